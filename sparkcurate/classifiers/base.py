@@ -1,0 +1,287 @@
+"""``DistributedDataClassifier``: what a classifier *is* — model format, limits, labels, post-processing.
+
+A classifier instance holds plain values only, so it can be pickled to executors; the model is loaded there, once
+per Python worker and device (``load_engine``), never shipped. Subclasses are small declarations: class-level
+defaults plus, where the format differs, ``build_module`` / ``postprocess``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
+
+from sparkcurate.models.loading import (
+    LoadOptions,
+    ModelArtifactError,
+    backbone_config_dict,
+    build_backbone_config,
+    check_remote_code,
+    checkpoint_shapes,
+    compare_keys,
+    expected_shapes,
+    labels_from_config,
+    load_strict,
+    load_tokenizer,
+    read_json,
+    resolve_model_dir,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+    from pyspark.sql import DataFrame
+
+    from sparkcurate.engine.runner import InferenceEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    """A column a classifier adds. ``kind``: string, float, int, bool, float_list."""
+
+    name: str
+    kind: str
+
+
+@dataclass
+class DistributedDataClassifier:
+    """Base of every classifier. Call it on a DataFrame: ``DomainClassifier(model=..., filter_by=[...])(df)``.
+
+    Arguments (as NeMo Curator's): ``model`` (hub id, local directory or object-store URI; default the published
+    model), ``filter_by`` (keep rows whose label is listed), ``text_field``, ``pred_column``, ``prob_column``
+    (the probability vector, ordered like ``labels``), ``max_chars`` (character cut before tokenizing),
+    ``max_tokens``, ``batch_size`` (documents per micro-batch at most), ``device`` (auto|cuda|cpu); and:
+    ``revision`` (hub revision to pin), ``labels`` (for old configs without them), ``token_budget``,
+    ``precision`` (auto|fp32|bf16|fp16), ``packed`` (auto|on|off), ``allow_pickle``, ``trust_remote_code``,
+    ``cache_dir``.
+    """
+
+    model: str | None = None
+    filter_by: Sequence[str] | None = None
+    text_field: str = "text"
+    pred_column: str | None = None
+    prob_column: str | None = None
+    max_chars: int | None = None
+    max_tokens: int | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    revision: str | None = None
+    labels: Sequence[str] | None = None
+    token_budget: int | None = None
+    precision: str = "auto"
+    packed: str = "auto"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    # Set by ``preflight`` on the driver, so executors check they load the very same artifacts.
+    model_fingerprint: str | None = field(default=None, repr=False)
+    preflight_info: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    # --- the declaration: subclasses override these ---
+    name: ClassVar[str] = "custom"
+    description: ClassVar[str] = "a user-defined classifier"
+    default_model: ClassVar[str | None] = None
+    default_pred_column: ClassVar[str] = "pred"
+    default_prob_column: ClassVar[str | None] = None
+    default_max_chars: ClassVar[int | None] = None
+    default_max_tokens: ClassVar[int] = 512
+    supports_filter: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self.model = self.model or self.default_model
+        if not self.model:
+            raise ValueError(f"{type(self).__name__} needs model= (a hub id, a local directory or a URI)")
+        self.pred_column = self.pred_column or self.default_pred_column
+        if self.prob_column is None:
+            self.prob_column = self.default_prob_column
+        self.max_chars = self.max_chars if self.max_chars is not None else self.default_max_chars
+        self.max_tokens = self.max_tokens or self.default_max_tokens
+        if isinstance(self.filter_by, str):
+            self.filter_by = [self.filter_by]
+        if self.filter_by is not None:
+            self.filter_by = list(self.filter_by)
+            if not self.supports_filter:
+                raise ValueError(f"{self.name} does not support filter_by")
+        if self.labels is not None:
+            self.labels = list(self.labels)
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be auto, cuda or cpu; got {self.device!r}")
+        if self.batch_size < 1 or self.max_tokens < 1 or (self.max_chars is not None and self.max_chars < 1):
+            raise ValueError("batch_size, max_tokens and max_chars must be positive")
+
+    # ----------------------------------------------------------------------------------------------------
+    # Options and identity
+    # ----------------------------------------------------------------------------------------------------
+
+    @property
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(self.revision, self.cache_dir, self.allow_pickle, self.trust_remote_code)
+
+    def engine_config(self):
+        from sparkcurate.engine.runner import EngineConfig
+
+        return EngineConfig(max_tokens=self.max_tokens, max_chars=self.max_chars, token_budget=self.token_budget,
+                            max_batch_size=self.batch_size, precision=self.precision, packed=self.packed)
+
+    def cache_key(self) -> str:
+        """Identity of the loaded model in a worker's cache: same key, same weights and settings."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "preflight_info"}
+        payload = json.dumps(fields, sort_keys=True, default=str)
+        return f"{type(self).__module__}.{type(self).__qualname__}:{hashlib.sha256(payload.encode()).hexdigest()}"
+
+    # ----------------------------------------------------------------------------------------------------
+    # Declaration hooks
+    # ----------------------------------------------------------------------------------------------------
+
+    def resolve_dir(self) -> Path:
+        """The local directory of the model on this node (downloaded or copied into a node-local cache)."""
+        return resolve_model_dir(self.model, self.load_options)
+
+    def read_config(self, model_dir: Path) -> dict[str, Any]:
+        config = read_json(model_dir / "config.json")
+        check_remote_code(config, model_dir, self.load_options)
+        return config
+
+    def resolve_labels(self, config: dict[str, Any]) -> list[str]:
+        """Labels ordered by id: from the config, or from the caller for old configs that have none."""
+        found = labels_from_config(config)
+        if self.labels is not None:
+            if found is not None and list(found) != list(self.labels):
+                raise ModelArtifactError(
+                    f"labels given ({self.labels}) differ from the model's label2id order ({found})"
+                )
+            return list(self.labels)
+        if found is None:
+            raise ModelArtifactError(f"{self.name}: config.json has no label2id/id2label: pass labels=[...]")
+        return found
+
+    def build_module(self, model_dir: Path, config: dict[str, Any]):
+        """The torch module with no weights loaded. Default: the published DeBERTa head."""
+        from sparkcurate.models.heads import ClsHeadModel
+
+        backbone = build_backbone_config(backbone_config_dict(config, model_dir, self.load_options))
+        labels = self.resolve_labels(config)
+        return ClsHeadModel(backbone, len(labels), float(config.get("fc_dropout", 0.2)))
+
+    def output_columns(self) -> list[OutputColumn]:
+        cols = [OutputColumn(self.pred_column, "string")]
+        if self.prob_column:
+            cols.append(OutputColumn(self.prob_column, "float_list"))
+        return cols
+
+    def label_values(self) -> list[str] | None:
+        """The values the prediction column can take, for ``filter_by`` checks and reports."""
+        return list(self.labels) if self.labels is not None else None
+
+    def postprocess(self, outputs: np.ndarray) -> dict[str, Any]:
+        """Model outputs (one row per valid document) -> column values (lists or numpy arrays)."""
+        labels = np.asarray(self.labels, dtype=object)
+        cols: dict[str, Any] = {self.pred_column: labels[outputs.argmax(axis=1)].tolist()}
+        if self.prob_column:
+            cols[self.prob_column] = [row for row in outputs.astype(np.float32)]
+        return cols
+
+    def confidence(self, outputs: np.ndarray) -> np.ndarray | None:
+        """One number per document for the report's histogram (top probability), or None."""
+        return outputs.max(axis=1) if outputs.size else outputs.reshape(0)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Driver side: pre-flight
+    # ----------------------------------------------------------------------------------------------------
+
+    def preflight(self) -> dict[str, Any]:
+        """Check the artifacts in seconds, before any data is read: config, labels, remote code, tokenizer,
+        and every weight name and shape (from the safetensors header, with truncation detected).
+
+        Fills in ``labels`` and ``model_fingerprint``; raises ``ModelArtifactError`` with a clear reason.
+        """
+        model_dir = self.resolve_dir()
+        config = self.read_config(model_dir)
+        self.labels = self.resolve_labels_for_preflight(config)
+        expected = expected_shapes(lambda: self.build_module(model_dir, config))
+        found = checkpoint_shapes(model_dir, self.load_options)
+        compare_keys(expected, found, str(model_dir))
+        self.load_tokenizer(model_dir)
+        if self.filter_by:
+            values = self.label_values()
+            unknown = [v for v in self.filter_by if values is not None and v not in values]
+            if unknown:
+                raise ValueError(f"{self.name}: filter_by has unknown labels {unknown}; labels are {values}")
+        self.model_fingerprint = fingerprint(model_dir)
+        self.preflight_info = {"classifier": self.name, "model": self.model, "revision": self.revision,
+                               "model_dir": str(model_dir), "fingerprint": self.model_fingerprint,
+                               "labels": self.label_values()}
+        return self.preflight_info
+
+    def resolve_labels_for_preflight(self, config: dict[str, Any]) -> list[str] | None:
+        return self.resolve_labels(config)
+
+    def load_tokenizer(self, model_dir: Path):
+        return load_tokenizer(model_dir, self.load_options)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Executor side: loading
+    # ----------------------------------------------------------------------------------------------------
+
+    def load_module(self, model_dir: Path):
+        config = self.read_config(model_dir)
+        if self.labels is None:
+            self.labels = self.resolve_labels_for_preflight(config)
+        module = self.build_module(model_dir, config)
+        load_strict(module, model_dir, self.load_options)
+        return module
+
+    def load_engine(self, device: str) -> "InferenceEngine":
+        """Model + tokenizer + engine on ``device``. Called once per worker process and device."""
+        from sparkcurate.engine.runner import InferenceEngine
+
+        model_dir = self.resolve_dir()
+        if self.model_fingerprint and fingerprint(model_dir) != self.model_fingerprint:
+            raise ModelArtifactError(
+                f"the model at {self.model} on this executor differs from the one checked on the driver: every "
+                "node must see the same checkpoint"
+            )
+        module = self.load_module(model_dir)
+        return InferenceEngine(module, self.load_tokenizer(model_dir), self.engine_config(), device)
+
+    def classify_texts(self, texts: Sequence[str], device: str = "cpu") -> dict[str, Any]:
+        """Classify a list of texts with no Spark (handy in tests and notebooks)."""
+        if self.labels is None or self.model_fingerprint is None:
+            self.preflight()
+        return self.postprocess(self.load_engine(device).predict(texts))
+
+    # ----------------------------------------------------------------------------------------------------
+    # DataFrame API
+    # ----------------------------------------------------------------------------------------------------
+
+    def __call__(self, df: "DataFrame") -> "DataFrame":
+        """Add this classifier's columns to ``df`` and keep the ``filter_by`` labels, as NeMo Curator does.
+
+        Rows whose text is null get null predictions (and are dropped by ``filter_by``); the command and
+        ``sparkcurate.pipeline`` route such rows to ``_rejects`` with a reason before classifying.
+        """
+        from sparkcurate.spark.stage import classify_dataframe, filter_expression
+
+        if self.labels is None or self.model_fingerprint is None:
+            self.preflight()
+        out = classify_dataframe(df, [self])
+        cond = filter_expression([self])
+        return out.filter(cond) if cond is not None else out
+
+
+def fingerprint(model_dir: Path) -> str:
+    """A cheap identity of a checkpoint: names, sizes and modification-independent header bytes of its files."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        h.update(path.name.encode())
+        h.update(str(path.stat().st_size).encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read(65536))
+    return h.hexdigest()[:16]

@@ -1,0 +1,228 @@
+"""The ``sparkcurate`` command: ``classify``, ``list``, ``report``.
+
+Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from typing import Any, Sequence
+
+log = logging.getLogger("sparkcurate")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT = 0, 1, 2, 3, 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparkcurate",
+        description="Classify JSONL text datasets on Spark with GPUs (NeMo Curator's classifiers), filter, write.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_classify_arguments(sub.add_parser(
+        "classify", help="classify, filter and write a JSONL dataset",
+        description="Read JSONL, classify every document, keep the filter's labels, write JSONL by source file.",
+        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input.",
+    ))
+    lst = sub.add_parser("list", help="show the classifiers, their models, limits and columns")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rep = sub.add_parser("report", help="(re)build OUT/_report/index.html from OUT/_summary.json")
+    rep.add_argument("output", help="the output directory of a classify run")
+    return parser
+
+
+def add_classify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="JSONL directory (recursive), file or glob; .gz works")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--classifier", action="append", required=True, metavar="NAME[=MODEL]",
+                   help="classifier name (see `sparkcurate list`), optionally =MODEL; repeat for one pass of several")
+    p.add_argument("--model", help="model for a single --classifier: hub id, local directory or s3:// gs:// URI")
+    p.add_argument("--revision", help="hub revision (commit) to pin")
+    p.add_argument("--filter-by", action="append", metavar="[NAME:]LABEL,LABEL",
+                   help="keep rows with these labels; NAME: picks the classifier when several run; repeated "
+                        "filters must all hold (AND)")
+    p.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
+    p.add_argument("--pred-column", help="prediction column (single classifier)")
+    p.add_argument("--prob-column", help="also write the probability vector to this column (single classifier)")
+    p.add_argument("--max-chars", type=int, help="character cut before tokenizing")
+    p.add_argument("--max-tokens", type=int, help="token limit")
+    p.add_argument("--batch-size", type=int, default=256, help="documents per micro-batch at most")
+    p.add_argument("--token-budget", type=int, help="tokens per micro-batch (default 65536 on GPU, 8192 on CPU)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...'")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle-only checkpoints (weights-only load)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (needs --revision)")
+    p.add_argument("--master", help="Spark master (default: the one spark-submit gives, else local[*])")
+    p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark setting; repeatable")
+    p.add_argument("--layout", choices=("partitioned", "mirror"), default="partitioned",
+                   help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
+    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none")
+    p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
+    p.add_argument("--file-name-column", default="file_name")
+    p.add_argument("--no-report", action="store_true", help="do not build OUT/_report/index.html")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (for scheduled jobs)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def parse_filters(items: Sequence[str] | None, names: Sequence[str]) -> dict[str, list[str]]:
+    """``--filter-by`` values -> classifier name -> labels. Without ``NAME:``, the filter is for the only
+    classifier (or the first, when several run)."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        name, sep, labels = item.partition(":")
+        if sep and name in names:
+            target = name
+        else:
+            if sep and len(names) > 1:
+                raise ValueError(f"--filter-by {item!r}: {name!r} is not one of the classifiers {list(names)}")
+            target, labels = names[0], item
+        values = [v.strip() for v in labels.split(",") if v.strip()]
+        if not values:
+            raise ValueError(f"--filter-by {item!r} names no label")
+        out.setdefault(target, []).extend(values)
+    return out
+
+
+def make_classifiers(args: argparse.Namespace) -> list[Any]:
+    from sparkcurate.classifiers import registry
+
+    specs = []
+    for item in args.classifier:
+        name, sep, model = item.partition("=")
+        specs.append((name.strip(), model.strip() if sep else None))
+    names = [n for n, _ in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a classifier is given twice: {names}")
+    if args.model and len(specs) > 1:
+        raise ValueError("--model is for a single --classifier; use --classifier NAME=MODEL for several")
+    single = len(specs) == 1
+    filters = parse_filters(args.filter_by, names)
+    out = []
+    for name, model in specs:
+        cls = registry.get(name)
+        kwargs: dict[str, Any] = dict(
+            model=model or (args.model if single else None), filter_by=filters.get(name),
+            text_field=args.text_field, batch_size=args.batch_size, device=args.device, revision=args.revision,
+            token_budget=args.token_budget, precision=args.precision, allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
+        )
+        if single:
+            kwargs.update(pred_column=args.pred_column, prob_column=args.prob_column, max_chars=args.max_chars,
+                          max_tokens=args.max_tokens)
+        elif args.pred_column or args.prob_column:
+            raise ValueError("--pred-column/--prob-column are for a single classifier")
+        if args.labels:
+            if name != "zero-shot":
+                raise ValueError("--labels is for the zero-shot classifier")
+            from sparkcurate.classifiers.zero_shot import read_label_descriptions
+
+            kwargs["label_descriptions"] = read_label_descriptions(args.labels)
+        out.append(cls(**{k: v for k, v in kwargs.items() if v is not None}))
+    return out
+
+
+def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from sparkcurate.io.read import InputError
+    from sparkcurate.models.loading import ModelArtifactError
+    from sparkcurate.pipeline import JobOptions, run
+    from sparkcurate.spark.session import get_session, parse_conf
+
+    try:
+        classifiers = make_classifiers(args)
+        conf = parse_conf(args.conf)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    try:
+        for c in classifiers:  # before Spark starts: a bad model fails in seconds
+            c.preflight()
+    except (ModelArtifactError, ValueError, OSError) as exc:
+        log.error("model check failed: %s", exc)
+        return EXIT_MODEL
+    spark = get_session(args.master, conf)
+    opts = JobOptions(
+        input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
+        file_name_column=args.file_name_column, schema=args.schema,
+        compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
+        command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
+    )
+    try:
+        summary = run(spark, opts)
+    except InputError as exc:
+        log.error("input: %s", exc)
+        return EXIT_INPUT
+    except ModelArtifactError as exc:
+        log.error("model check failed: %s", exc)
+        return EXIT_MODEL
+    if not args.no_report:
+        from sparkcurate.report import build_report
+
+        try:
+            log.info("report: %s", build_report(args.output))
+        except Exception as exc:  # the data is written; a report problem must not fail the job
+            log.warning("could not build the report: %s", exc)
+    log.info("%d input records: %d written, %d filtered out, %d rejected %s; summary in %s/_summary.json",
+             summary["input_records"], summary["output_records"], summary["filtered_records"],
+             summary["rejected_records"], summary["rejected_by_reason"] or "", args.output)
+    return EXIT_OK
+
+
+def run_list(as_json: bool) -> int:
+    from sparkcurate.classifiers.registry import describe
+
+    rows = describe()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        chars = r["max_chars"] if r["max_chars"] else "-"
+        print(f"{r['name']}\n    model: {r['model']}\n    limits: {r['max_tokens']} tokens, {chars} chars\n"
+              f"    columns: {', '.join(r['columns'])}\n    filter_by: {'yes' if r['filter'] else 'no'}\n"
+              f"    {r['description']}")
+    return EXIT_OK
+
+
+def run_report(output: str) -> int:
+    from sparkcurate.report import build_report
+
+    try:
+        print(build_report(output))
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return EXIT_INPUT
+    return EXIT_OK
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    if args.command == "list":
+        return run_list(args.json)
+    if args.command == "report":
+        return run_report(args.output)
+    try:
+        return run_classify(args, argv)
+    except KeyboardInterrupt:
+        log.error("interrupted: the output directory keeps its previous content or a partial new one "
+                  "(_RUNNING.json marks it)")
+        return EXIT_FAILED
+    except Exception:
+        log.exception("the job failed")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The inference engine: batches of texts in, one float row per document out, in input order. No Spark here.
+
+How the GPU is kept busy:
+- tokenization of the next batch runs on another thread (the Rust tokenizer releases the GIL) while the current
+  batch is on the GPU, with a bounded prefetch so memory stays flat;
+- documents are sorted by length and cut into micro-batches under a token budget, padded (or packed, with no
+  padding at all, when the model offers it);
+- micro-batch results stay on the device and come back with one copy per batch: no host sync per micro-batch;
+- inputs are built in pinned memory and copied without blocking;
+- an out-of-memory error halves the micro-batch and retries, giving the same results in the same order, and the
+  budget stays lowered for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from sparkcurate.engine.batching import plan_microbatches, restore_order, split_in_half
+from sparkcurate.engine.tokenize import Tokenized, enable_tokenizer_threads, tokenize
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Limits and speed settings. Plain values, so they travel to executors inside a classifier."""
+
+    max_tokens: int = 512
+    max_chars: int | None = None
+    token_budget: int | None = None  # tokens per micro-batch; None: 8,192 on CPU, 65,536 on a GPU
+    max_batch_size: int = 256  # documents per micro-batch, whatever the budget
+    precision: str = "auto"  # auto: fp32 on CPU (exact), bf16 on GPUs that have it, else fp16
+    packed: str = "auto"  # auto: unpadded forward when the model and device support it; on: required; off
+    prefetch: int = 2  # batches tokenized ahead of the GPU
+
+    def resolved_precision(self, device: torch.device) -> str:
+        if self.precision != "auto":
+            if self.precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
+            return self.precision
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+    def resolved_budget(self, device: torch.device) -> int:
+        if self.token_budget:
+            return int(self.token_budget)
+        return 65_536 if device.type == "cuda" else 8_192
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class InferenceEngine:
+    """Runs one model over texts. Build once per worker and device; call as many times as there are batches."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, config: EngineConfig, device: str | torch.device = "cpu"):
+        enable_tokenizer_threads()
+        self.device = torch.device(device)
+        self.config = config
+        self.precision = config.resolved_precision(self.device)
+        self.dtype = PRECISIONS[self.precision]
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.tokenizer = tokenizer
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.budget = config.resolved_budget(self.device)
+        self.packed = self._choose_packed()
+        self.oom_retries = 0
+        log.info("engine on %s, %s, token budget %d, %s forward", self.device, self.precision, self.budget,
+                 "packed" if self.packed else "padded")
+
+    def _choose_packed(self) -> bool:
+        if self.config.packed == "off" or not hasattr(self.model, "forward_packed"):
+            if self.config.packed == "on":
+                raise ValueError("packed=on but this model has no packed forward")
+            return False
+        ok, reason = self.model.packed_support(self.device)
+        if not ok:
+            if self.config.packed == "on":
+                raise ValueError(f"packed=on but the packed forward is not usable here: {reason}")
+            log.info("padded forward: %s", reason)
+        return ok
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return tokenize(self.tokenizer, texts, self.config.max_tokens, self.config.max_chars)
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """One row of model outputs (probabilities or scores) per text, in input order."""
+        return self.predict_tokenized(self.tokenize(texts))
+
+    def predict_batches(self, batches: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
+        """Like ``predict`` for each batch, tokenizing the next batches on another thread meanwhile."""
+        for tokens in prefetch(batches, self.tokenize, self.config.prefetch):
+            yield self.predict_tokenized(tokens)
+
+    @torch.inference_mode()
+    def predict_tokenized(self, tokens: Tokenized) -> np.ndarray:
+        n = len(tokens)
+        if n == 0:
+            return np.empty((0, 0), dtype=np.float32)
+        padded = not self.packed
+        chunks: list[tuple[np.ndarray, torch.Tensor]] = []
+        for idx in plan_microbatches(tokens.lengths, self.budget, self.config.max_batch_size, padded=padded):
+            chunks.extend(self._run_with_backoff(tokens, idx))
+        # One device-to-host copy for the whole batch: no sync per micro-batch.
+        values = torch.cat([out for _, out in chunks]).float().cpu().numpy()
+        order = np.concatenate([idx for idx, _ in chunks])
+        return restore_order([(order, values)], n, values.shape[1])
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _run_with_backoff(self, tokens: Tokenized, idx: np.ndarray) -> list[tuple[np.ndarray, torch.Tensor]]:
+        try:
+            return [(idx, self._forward(tokens, idx))]
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if len(idx) <= 1:
+                raise RuntimeError(
+                    f"out of memory on a single document of {int(tokens.lengths[idx].sum())} tokens: lower "
+                    "max_tokens or use a larger GPU"
+                ) from exc
+        self.oom_retries += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        used = int(tokens.lengths[idx].max() * len(idx)) if not self.packed else int(tokens.lengths[idx].sum())
+        self.budget = max(1, min(self.budget, used // 2))
+        log.warning("out of memory on %d documents: halving the micro-batch (token budget now %d)",
+                    len(idx), self.budget)
+        out: list[tuple[np.ndarray, torch.Tensor]] = []
+        for half in split_in_half(idx):
+            out.extend(self._run_with_backoff(tokens, half))
+        return out
+
+    def _forward(self, tokens: Tokenized, idx: np.ndarray) -> torch.Tensor:
+        seqs = [tokens.ids[i] for i in idx]
+        if self.packed:
+            flat = np.concatenate(seqs).astype(np.int64)
+            cu = np.zeros(len(seqs) + 1, dtype=np.int32)
+            np.cumsum(tokens.lengths[idx], out=cu[1:])
+            ids = self._to_device(torch.from_numpy(flat))
+            cu_t = self._to_device(torch.from_numpy(cu))
+            return self.model.forward_packed(ids, cu_t, int(tokens.lengths[idx].max()))
+        width = max(int(tokens.lengths[idx].max()), 1)
+        ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        return self.model(self._to_device(torch.from_numpy(ids)), self._to_device(torch.from_numpy(mask)))
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def with_config(self, **changes) -> "InferenceEngine":
+        """A copy of the settings with changes, sharing the loaded model (used by tests and benchmarks)."""
+        clone = object.__new__(InferenceEngine)
+        clone.__dict__.update(self.__dict__)
+        clone.config = replace(self.config, **changes)
+        clone.budget = clone.config.resolved_budget(self.device)
+        clone.packed = clone._choose_packed()
+        return clone
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable, work: Callable, depth: int) -> Iterator:
+    """``work(item)`` for each item, computed up to ``depth`` items ahead on a background thread.
+
+    Errors in the worker are re-raised in the consumer; the bounded queue keeps at most ``depth`` results in memory.
+    """
+    if depth <= 0:
+        for item in items:
+            yield work(item)
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def producer() -> None:
+        try:
+            for item in items:
+                if not _put(q, (True, work(item)), stop):
+                    return
+            _put(q, (True, _DONE), stop)
+        except BaseException as exc:  # handed to the consumer, never lost
+            _put(q, (False, exc), stop)
+
+    thread = threading.Thread(target=producer, name="sparkcurate-tokenize", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, value = q.get()
+            if not ok:
+                raise value
+            if value is _DONE:
+                return
+            yield value
+    finally:
+        stop.set()
+
+
+def _put(q: queue.Queue, value, stop: threading.Event) -> bool:
+    """Put unless the consumer went away (then the producer thread ends instead of blocking forever)."""
+    while not stop.is_set():
+        try:
+            q.put(value, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False

@@ -1,0 +1,299 @@
+"""The whole job: read -> classify -> filter -> write -> summary. One function, no Spark tricks.
+
+Every input record ends in exactly one place: the output (kept), the filtered count (classified, not kept) or
+``OUT/_rejects`` (with a reason); ``OUT/_summary.json`` says how many of each, and the numbers are counted from
+the very rows that were written. The classified rows are persisted once, so the model runs once per record
+even though the output, the rejects and the counts are three Spark actions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Sequence
+
+from sparkcurate.io.read import CORRUPT_COLUMN, REASON_COLUMN, list_input_files, read_jsonl_checked
+from sparkcurate.io.write import write_jsonl
+from sparkcurate.spark.stage import device_accumulator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+    from sparkcurate.classifiers.base import DistributedDataClassifier
+
+log = logging.getLogger(__name__)
+
+STATUS_COLUMN = "_sparkcurate_status"
+RUNNING_MARKER = "_RUNNING.json"
+SUMMARY_FILE = "_summary.json"
+REJECTS_DIR = "_rejects"
+HISTOGRAM_BINS = 20
+
+
+@dataclass
+class JobOptions:
+    """What ``sparkcurate classify`` was asked to do (plain values)."""
+
+    input: str
+    output: str
+    classifiers: Sequence["DistributedDataClassifier"]
+    layout: str = "partitioned"
+    file_name_column: str = "file_name"
+    schema: str | None = None
+    sampling_ratio: float = 1.0
+    compression: str | None = None
+    quiet: bool = False
+    progress_interval_s: float = 10.0
+    command: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
+    """Run the job and return the summary (also written to ``OUT/_summary.json``)."""
+    from sparkcurate.io.fs import HadoopFS
+
+    started = time.time()
+    run_id = uuid.uuid4().hex[:12]
+    # Fails in seconds, before any data is read (the command has usually done it already).
+    models = [c.preflight_info or c.preflight() for c in opts.classifiers]
+    fs = HadoopFS(spark, opts.output)
+    previous = fs.read_json(RUNNING_MARKER)
+    if previous:
+        log.warning("the previous run into %s (%s, started %s) did not finish: its output may be partial; this "
+                    "run replaces it", opts.output, previous.get("run_id"), previous.get("started_at"))
+    fs.write_json(RUNNING_MARKER, {"run_id": run_id, "started_at": _iso(started), "command": opts.command})
+
+    text_field = _common_text_field(opts.classifiers)
+    listing = list_input_files(spark, opts.input)
+    df, listing = read_jsonl_checked(spark, opts.input, text_field, opts.schema, opts.file_name_column,
+                                     opts.sampling_ratio, listing)
+    counter = spark.sparkContext.accumulator(0)
+    device_log = device_accumulator(spark.sparkContext)
+    rows = classified_rows(df, opts.classifiers, counter, device_log).persist(_disk_level())
+    try:
+        from sparkcurate.report.progress import ProgressReporter
+
+        with ProgressReporter(spark.sparkContext, counter, None, opts.progress_interval_s, opts.quiet, log):
+            write_jsonl(output_rows(rows, opts.classifiers), opts.output, opts.layout, opts.file_name_column,
+                        opts.compression)
+        write_rejects(spark, rows, opts, run_id)
+        counts = count_rows(rows, opts.classifiers, opts.file_name_column)
+    finally:
+        rows.unpersist()
+    elapsed = time.time() - started
+    summary = build_summary(spark, opts, counts, models, listing, started, elapsed, device_log.value)
+    fs.write_json(SUMMARY_FILE, summary)
+    fs.delete(RUNNING_MARKER)
+    return summary
+
+
+def _common_text_field(classifiers: Sequence["DistributedDataClassifier"]) -> str:
+    fields = {c.text_field for c in classifiers}
+    if len(fields) != 1:
+        raise ValueError(f"all classifiers in one pass must read the same text field, got {sorted(fields)}")
+    return fields.pop()
+
+
+def _disk_level():
+    from pyspark import StorageLevel
+
+    return StorageLevel.DISK_ONLY
+
+
+def classified_rows(df: "DataFrame", classifiers: Sequence["DistributedDataClassifier"], counter=None,
+                    device_log=None) -> "DataFrame":
+    """Every record with its predictions (null for rejects) and a status: kept, filtered or rejected."""
+    from pyspark.sql import functions as F
+
+    from sparkcurate.spark.stage import classify_dataframe, filter_expression
+
+    out = classify_dataframe(df, classifiers, counter, skip_column=REASON_COLUMN, device_log=device_log)
+    keep = filter_expression(classifiers)
+    status = (F.when(F.col(REASON_COLUMN).isNotNull(), F.lit("rejected"))
+              .when(F.coalesce(keep, F.lit(False)) if keep is not None else F.lit(True), F.lit("kept"))
+              .otherwise(F.lit("filtered")))
+    return out.withColumn(STATUS_COLUMN, status)
+
+
+def internal_columns(df: "DataFrame") -> list[str]:
+    from sparkcurate.spark.stage import CONFIDENCE_PREFIX
+
+    return [c for c in df.columns
+            if c in (STATUS_COLUMN, REASON_COLUMN, CORRUPT_COLUMN) or c.startswith(CONFIDENCE_PREFIX)]
+
+
+def output_rows(rows: "DataFrame", classifiers) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    kept = rows.filter(F.col(STATUS_COLUMN) == "kept")
+    return kept.drop(*internal_columns(rows))
+
+
+def write_rejects(spark: "SparkSession", rows: "DataFrame", opts: JobOptions, run_id: str) -> None:
+    """``OUT/_rejects/``: one JSON line per rejected record with ``reason``, ``file_name`` and the original line
+    (malformed input) or record. Written to a staging folder, then swapped in, so a failed run keeps the old."""
+    from pyspark.sql import functions as F
+
+    from sparkcurate.io.fs import HadoopFS
+
+    rejected = rows.filter(F.col(STATUS_COLUMN) == "rejected")
+    data_cols = [c for c in rows.columns
+                 if c not in internal_columns(rows) and c != opts.file_name_column
+                 and c not in _output_column_names(opts.classifiers)]
+    record = F.when(F.col(CORRUPT_COLUMN).isNull(), F.struct(*[F.col(c) for c in data_cols]))
+    out = rejected.select(
+        F.col(REASON_COLUMN).alias("reason"),
+        F.col(opts.file_name_column).alias("file_name"),
+        F.col(CORRUPT_COLUMN).alias("line"),
+        record.alias("record"),
+    )
+    fs = HadoopFS(spark, opts.output)
+    staging = f"_staging/rejects-{run_id}"
+    out.write.mode("overwrite").json(f"{opts.output.rstrip('/')}/{staging}")
+    fs.delete(REJECTS_DIR)
+    fs.rename(staging, REJECTS_DIR)
+    if not fs.list("_staging"):
+        fs.delete("_staging")
+
+
+def _output_column_names(classifiers) -> set[str]:
+    from sparkcurate.spark.stage import output_fields
+
+    return {name for name, _ in output_fields(classifiers)}
+
+
+@dataclass
+class Counts:
+    by_status_file: list[tuple[str, str, str | None, int]]  # (file, status, reason, n)
+    labels: dict[str, list[tuple[str, str | None, str, int]]]  # classifier -> (file, label, status, n)
+    histograms: dict[str, list[int]]
+
+
+def count_rows(rows: "DataFrame", classifiers, file_name_column: str) -> Counts:
+    """Counts from the persisted rows: per file and status/reason, per label, and confidence histograms."""
+    from pyspark.sql import functions as F
+
+    from sparkcurate.spark.stage import confidence_column
+
+    by_status = [(r[0], r[1], r[2], int(r[3])) for r in
+                 rows.groupBy(file_name_column, STATUS_COLUMN, REASON_COLUMN).count().collect()]
+    labels: dict[str, list] = {}
+    hists: dict[str, list[int]] = {}
+    classified = rows.filter(F.col(STATUS_COLUMN) != "rejected")
+    for c in classifiers:
+        label_col = c.pred_column
+        labels[c.name] = [(r[0], r[1], r[2], int(r[3])) for r in classified.groupBy(
+            file_name_column, F.col(label_col).cast("string"), STATUS_COLUMN).count().collect()]
+        conf = F.col(confidence_column(c))
+        bucket = F.least(F.floor(conf * HISTOGRAM_BINS), F.lit(HISTOGRAM_BINS - 1)).cast("int")
+        hist = [0] * HISTOGRAM_BINS
+        for r in classified.filter(conf.isNotNull()).groupBy(bucket.alias("b")).count().collect():
+            if r["b"] is not None and 0 <= r["b"] < HISTOGRAM_BINS:
+                hist[r["b"]] += int(r["count"])
+        hists[c.name] = hist
+    return Counts(by_status, labels, hists)
+
+
+def build_summary(spark, opts: JobOptions, counts: Counts, models: list[dict], listing, started: float,
+                  elapsed: float, task_devices: dict[str, int] | None = None) -> dict[str, Any]:
+    totals = {"kept": 0, "filtered": 0, "rejected": 0}
+    reasons: dict[str, int] = {}
+    by_file: dict[str, dict[str, Any]] = {
+        f.file_name: {"input": 0, "output": 0, "filtered": 0, "rejected": 0, "labels": {}} for f in listing.files
+    }
+    for fname, status, reason, n in counts.by_status_file:
+        totals[status] += n
+        entry = by_file.setdefault(fname, {"input": 0, "output": 0, "filtered": 0, "rejected": 0, "labels": {}})
+        entry["input"] += n
+        entry[{"kept": "output", "filtered": "filtered", "rejected": "rejected"}[status]] += n
+        if reason:
+            reasons[reason] = reasons.get(reason, 0) + n
+    by_label: dict[str, dict[str, int]] = {}
+    for cname, rows in counts.labels.items():
+        agg = by_label.setdefault(cname, {})
+        for fname, label, _status, n in rows:
+            key = label if label is not None else "(none)"
+            agg[key] = agg.get(key, 0) + n
+            file_labels = by_file[fname]["labels"].setdefault(cname, {})
+            file_labels[key] = file_labels.get(key, 0) + n
+    total_in = sum(totals.values())
+    classified = totals["kept"] + totals["filtered"]
+    return {
+        "status": "succeeded",
+        "started_at": _iso(started),
+        "finished_at": _iso(started + elapsed),
+        "elapsed_s": round(elapsed, 3),
+        "input": opts.input,
+        "output": opts.output,
+        "command": opts.command,
+        "layout": opts.layout,
+        "input_files": len(listing.files),
+        "input_bytes": listing.total_bytes,
+        "empty_files": sorted(f.file_name for f in listing.files if f.size == 0),
+        "input_records": total_in,
+        "output_records": totals["kept"],
+        "filtered_records": totals["filtered"],
+        "rejected_records": totals["rejected"],
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "classifiers": [_classifier_entry(c) for c in opts.classifiers],
+        "by_label": by_label,
+        "by_file": by_file,
+        "prob_histograms": {
+            name: {"column": f"{name} top probability",
+                   "edges": [round(i / HISTOGRAM_BINS, 4) for i in range(HISTOGRAM_BINS + 1)], "counts": hist}
+            for name, hist in counts.histograms.items()
+        },
+        "docs_per_s": round(classified / elapsed, 2) if elapsed > 0 else None,
+        "devices": sorted(task_devices or {}),
+        "task_devices": dict(sorted((task_devices or {}).items())),
+        "spark": _spark_facts(spark),
+        "models": [{"classifier": m["classifier"], "model": m["model"], "revision": m["revision"],
+                    "fingerprint": m["fingerprint"]} for m in models],
+        "versions": versions(),
+        "rapids": _rapids(spark),
+        **opts.extra,
+    }
+
+
+def _classifier_entry(c) -> dict[str, Any]:
+    return {"name": c.name, "model": c.model, "revision": c.revision, "pred_column": c.pred_column,
+            "prob_column": c.prob_column, "filter_by": c.filter_by, "device": c.device,
+            "max_chars": c.max_chars, "max_tokens": c.max_tokens}
+
+
+def _spark_facts(spark) -> dict[str, Any]:
+    conf = spark.sparkContext.getConf()
+    return {"version": spark.version, "master": spark.sparkContext.master,
+            "task_gpu_amount": conf.get("spark.task.resource.gpu.amount", None),
+            "executor_gpu_amount": conf.get("spark.executor.resource.gpu.amount", None)}
+
+
+def _rapids(spark) -> dict[str, Any]:
+    try:
+        from sparkcurate.spark.rapids import detect_rapids
+    except ImportError:
+        return {"enabled": None}
+    try:
+        return detect_rapids(spark)
+    except Exception as exc:  # never fail a finished job over a report detail
+        return {"enabled": None, "error": str(exc)}
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("sparkcurate", "pyspark", "torch", "transformers", "tokenizers", "pyarrow", "safetensors"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+

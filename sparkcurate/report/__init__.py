@@ -1,0 +1,9 @@
+"""Seeing a run: the driver-side progress line while it runs and the HTML report afterwards.
+
+Both are cheap to import: matplotlib is only imported when a report is built, Spark never.
+"""
+
+from .html import build_report, load_summary
+from .progress import ProgressReporter, format_duration, format_progress
+
+__all__ = ["ProgressReporter", "build_report", "format_duration", "format_progress", "load_summary"]

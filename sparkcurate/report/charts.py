@@ -1,0 +1,201 @@
+"""Bar charts for the run report: matplotlib PNGs when available, inline SVG otherwise.
+
+The report must open fully offline, so charts are either PNG files written beside
+``index.html`` (matplotlib, Agg canvas, no pyplot global state) or SVG drawn here by hand
+and inlined in the page. matplotlib is an optional dependency (``sparkcurate[report]``):
+without it simple bars and histograms are still drawn as SVG, and the per-file stacked
+charts are left out (the tables below them carry the same numbers).
+
+Every string that reaches a chart comes from run data (labels, file names) and may be
+hostile: SVG text is HTML-escaped here, and matplotlib's mathtext parsing is switched off
+so a label such as ``$\\frac`` cannot break rendering.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+logger = logging.getLogger(__name__)
+
+# Colour-blind friendly-ish palette (matplotlib's tab10), fixed so SVG and PNG agree.
+PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+OTHER_COLOUR = "#c7c7c7"
+MAX_TICK_CHARS = 40
+
+
+def matplotlib_available() -> bool:
+    """True when matplotlib can be imported; checked at call time so tests can fake its absence."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def shorten(text: str, limit: int = MAX_TICK_CHARS) -> str:
+    """Cut long labels/file names for axis ticks (tables show them in full)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(text))
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
+@dataclass
+class ChartWriter:
+    """Writes the charts of one report into ``report_dir`` and returns HTML snippets.
+
+    ``use_matplotlib=None`` means "use it if installed". File names are generated from a
+    counter, never from data, so hostile labels cannot choose where files are written.
+    """
+
+    report_dir: Path
+    use_matplotlib: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.use_matplotlib is None:
+            self.use_matplotlib = matplotlib_available()
+        self._count = 0
+        self.files: list[Path] = []
+
+    def _next_name(self, kind: str) -> str:
+        self._count += 1
+        return f"chart-{self._count:02d}-{kind}.png"
+
+    # ---- public chart kinds -------------------------------------------------------------
+
+    def bars(self, labels: Sequence[str], values: Sequence[float], title: str,
+             xlabel: str = "documents") -> str:
+        """Horizontal bar chart (one bar per label); largest first is the caller's choice."""
+        if not labels:
+            return ""
+        if self.use_matplotlib:
+            return self._png_bars(labels, values, title, xlabel)
+        return svg_bars(labels, values, title)
+
+    def histogram(self, edges: Sequence[float], counts: Sequence[int], title: str) -> str:
+        """Vertical histogram of probabilities from precomputed ``edges`` (len = counts + 1)."""
+        if not counts or len(edges) != len(counts) + 1:
+            return ""
+        if self.use_matplotlib:
+            return self._png_histogram(edges, counts, title)
+        names = [f"{edges[i]:.2f}–{edges[i + 1]:.2f}" for i in range(len(counts))]
+        return svg_bars(names, counts, title)
+
+    def stacked(self, rows: Sequence[str], series: Sequence[str],
+                matrix: Sequence[Sequence[float]], title: str) -> str:
+        """Horizontal 100% stacked bars: one bar per row (file), one segment per series (label).
+
+        Only drawn with matplotlib; the SVG fallback relies on the table under it.
+        """
+        if not rows or not series or not self.use_matplotlib:
+            return ""
+        return self._png_stacked(rows, series, matrix, title)
+
+    # ---- matplotlib ---------------------------------------------------------------------
+
+    def _figure(self, height_in: float, width_in: float = 9.0):
+        """A standalone Figure on an Agg canvas: no pyplot, no global backend switch."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(width_in, max(2.2, height_in)), dpi=100)
+        FigureCanvasAgg(fig)
+        return fig
+
+    def _save(self, fig, kind: str, title: str) -> str:
+        import matplotlib
+
+        name = self._next_name(kind)
+        path = self.report_dir / name
+        with matplotlib.rc_context({"text.parse_math": False}):
+            fig.tight_layout()
+            fig.savefig(path, format="png")
+        self.files.append(path)
+        alt = html.escape(title, quote=True)
+        return f'<img class="chart" src="{name}" alt="{alt}" loading="lazy">'
+
+    def _png_bars(self, labels, values, title, xlabel) -> str:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            fig = self._figure(0.6 + 0.28 * len(labels))
+            ax = fig.add_subplot(1, 1, 1)
+            ys = list(range(len(labels)))
+            ax.barh(ys, list(values), color=PALETTE[0])
+            ax.set_yticks(ys, [shorten(x) for x in labels])
+            ax.invert_yaxis()
+            ax.set_xlabel(xlabel)
+            ax.set_title(shorten(title, 80))
+            top = max(values) if values else 0
+            for y, v in zip(ys, values):
+                ax.text(v + top * 0.01, y, f"{v:,.0f}", va="center", fontsize=8)
+            ax.set_xlim(0, top * 1.12 if top else 1)
+            return self._save(fig, "bars", title)
+
+    def _png_histogram(self, edges, counts, title) -> str:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            fig = self._figure(3.2)
+            ax = fig.add_subplot(1, 1, 1)
+            widths = [edges[i + 1] - edges[i] for i in range(len(counts))]
+            ax.bar(list(edges[:-1]), list(counts), width=widths, align="edge",
+                   color=PALETTE[2], edgecolor="white")
+            ax.set_xlabel("probability")
+            ax.set_ylabel("documents")
+            ax.set_title(shorten(title, 80))
+            return self._save(fig, "hist", title)
+
+    def _png_stacked(self, rows, series, matrix, title) -> str:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            fig = self._figure(1.2 + 0.3 * len(rows), width_in=11.0)
+            ax = fig.add_subplot(1, 1, 1)
+            ys = list(range(len(rows)))
+            left = [0.0] * len(rows)
+            # Shares, not counts: a small file's label mix must be as visible as a big one's.
+            totals = [float(sum(r)) or 1.0 for r in matrix]
+            for j, name in enumerate(series):
+                widths = [100.0 * float(matrix[i][j]) / totals[i] for i in range(len(rows))]
+                colour = OTHER_COLOUR if name == OTHER else PALETTE[j % len(PALETTE)]
+                ax.barh(ys, widths, left=left, color=colour, label=shorten(name, 30))
+                left = [a + b for a, b in zip(left, widths)]
+            ax.set_yticks(ys, [shorten(r) for r in rows])
+            ax.invert_yaxis()
+            ax.set_xlim(0, 100)
+            ax.set_xlabel("% of the file's classified documents")
+            ax.set_title(shorten(title, 80))
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+            return self._save(fig, "stacked", title)
+
+
+OTHER = "(other)"
+
+
+def svg_bars(labels: Sequence[str], values: Sequence[float], title: str) -> str:
+    """Inline SVG horizontal bars; used when matplotlib is not installed."""
+    bar_h, gap, label_w, chart_w = 16, 6, 260, 420
+    top = max((float(v) for v in values), default=0.0) or 1.0
+    height = 28 + len(labels) * (bar_h + gap)
+    parts = [
+        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{label_w + chart_w + 90}" '
+        f'height="{height}" role="img" aria-label="{html.escape(title, quote=True)}">',
+        f'<text x="0" y="16" font-size="13" font-weight="bold">{html.escape(shorten(title, 80))}</text>',
+    ]
+    for i, (name, value) in enumerate(zip(labels, values)):
+        y = 28 + i * (bar_h + gap)
+        width = max(1.0, chart_w * float(value) / top) if value else 0.0
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + bar_h - 4}" font-size="11" text-anchor="end">'
+            f"{html.escape(shorten(name))}</text>"
+            f'<rect x="{label_w}" y="{y}" width="{width:.1f}" height="{bar_h}" fill="{PALETTE[0]}"/>'
+            f'<text x="{label_w + width + 4:.1f}" y="{y + bar_h - 4}" font-size="11">{float(value):,.0f}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,235 @@
+"""The Spark stage: ``mapInArrow`` over the DataFrame, one model per Python worker and device, all columns kept.
+
+Only plain values cross to executors (the classifier declarations); each worker loads its models once into a
+module-level cache keyed by the classifier's identity and device, and Spark's worker reuse keeps that cache
+across tasks. Everything model-related lives in the engine; this module only moves Arrow batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+from pyspark.accumulators import AccumulatorParam
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+    from pyspark.sql import Column, DataFrame
+
+    from sparkcurate.classifiers.base import DistributedDataClassifier, OutputColumn
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE_PREFIX = "__sparkcurate_conf_"
+_ENGINES: dict[tuple[str, str], Any] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def confidence_column(classifier: "DistributedDataClassifier") -> str:
+    """A hidden per-row number (top probability) kept for the run report, dropped before writing."""
+    return CONFIDENCE_PREFIX + classifier.name.replace("-", "_")
+
+
+def spark_type(kind: str):
+    from pyspark.sql import types as T
+
+    return {
+        "string": T.StringType(),
+        "float": T.FloatType(),
+        "double": T.DoubleType(),
+        "int": T.LongType(),
+        "bool": T.BooleanType(),
+        "float_list": T.ArrayType(T.FloatType()),
+        "string_list": T.ArrayType(T.StringType()),
+    }[kind]
+
+
+def arrow_type(kind: str) -> "pa.DataType":
+    import pyarrow as pa
+
+    return {
+        "string": pa.string(),
+        "float": pa.float32(),
+        "double": pa.float64(),
+        "int": pa.int64(),
+        "bool": pa.bool_(),
+        "float_list": pa.list_(pa.float32()),
+        "string_list": pa.list_(pa.string()),
+    }[kind]
+
+
+def output_fields(classifiers: Sequence["DistributedDataClassifier"]) -> list[tuple[str, str]]:
+    fields: list[tuple[str, str]] = []
+    for c in classifiers:
+        fields.extend((col.name, col.kind) for col in c.output_columns())
+        fields.append((confidence_column(c), "float"))
+    names = [n for n, _ in fields]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"two classifiers write the same column(s) {dupes}: set pred_column/prob_column")
+    return fields
+
+
+def classify_dataframe(df: "DataFrame", classifiers: Sequence["DistributedDataClassifier"],
+                       counter=None, skip_column: str | None = None, device_log=None) -> "DataFrame":
+    """``df`` with every classifier's columns added (plus hidden confidence columns), rows unchanged.
+
+    ``counter``: an optional Spark accumulator that tasks add their document counts to, for progress display.
+    ``skip_column``: rows where this column is not null (e.g. a reject reason) are passed through unclassified.
+    ``device_log``: an optional ``device_accumulator`` that records where each task ran.
+    """
+    from pyspark.sql import types as T
+
+    if not classifiers:
+        raise ValueError("no classifier given")
+    fields = output_fields(classifiers)
+    existing = set(df.columns)
+    clash = [n for n, _ in fields if n in existing]
+    if clash:
+        raise ValueError(f"the input already has column(s) {clash}; choose other output column names")
+    for c in classifiers:
+        if c.text_field not in existing:
+            raise ValueError(f"{c.name}: text field {c.text_field!r} is not a column (columns: {sorted(existing)})")
+    schema = T.StructType(list(df.schema.fields) + [T.StructField(n, spark_type(k), True) for n, k in fields])
+    fn = make_partition_function(list(classifiers), counter, skip_column, device_log)
+    return df.mapInArrow(fn, schema)
+
+
+class CountsParam(AccumulatorParam):
+    """Accumulator of ``{key: count}`` dicts (where tasks ran), merged by adding counts."""
+
+    def zero(self, value: dict) -> dict:
+        return {}
+
+    def addInPlace(self, a: dict, b: dict) -> dict:
+        for key, n in b.items():
+            a[key] = a.get(key, 0) + n
+        return a
+
+
+def device_accumulator(sc):
+    """An accumulator that collects ``"<device> (GPU address <a>)" -> tasks`` from the classify stage."""
+    return sc.accumulator({}, CountsParam())
+
+
+def make_partition_function(classifiers: list["DistributedDataClassifier"], counter=None,
+                            skip_column: str | None = None, device_log=None
+                            ) -> Callable[[Iterator["pa.RecordBatch"]], Iterator["pa.RecordBatch"]]:
+    """The function Spark runs per partition. It closes over plain values only."""
+
+    def classify_partition(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
+        from sparkcurate.engine.runner import prefetch
+        from sparkcurate.spark.devices import current_task_device
+
+        engines = []
+        for c in classifiers:
+            device, address = current_task_device(c.device)
+            engines.append((c, worker_engine(c, device)))
+        if device_log is not None:
+            given = f"GPU address {address}" if address is not None else "no GPU address"
+            device_log.add({f"{device} ({given})": 1})
+
+        def prepare(batch: "pa.RecordBatch"):
+            return batch, [tokenize_valid(batch, c, engine, skip_column) for c, engine in engines]
+
+        depth = max(engine.config.prefetch for _, engine in engines)
+        for batch, prepared in prefetch(batches, prepare, depth):
+            yield classify_batch(batch, engines, prepared)
+            if counter is not None:
+                counter.add(int(len(prepared[0][1])))
+
+    return classify_partition
+
+
+def worker_engine(classifier: "DistributedDataClassifier", device: str):
+    """The engine for this classifier and device, loaded once per Python worker and reused across tasks."""
+    key = (classifier.cache_key(), device)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            log.info("loading %s (%s) on %s", classifier.name, classifier.model, device)
+            engine = classifier.load_engine(device)
+            _ENGINES[key] = engine
+    return engine
+
+
+def valid_text_mask(batch: "pa.RecordBatch", column: "pa.Array", skip_column: str | None):
+    """Rows to classify: text not null and, when given, ``skip_column`` null. (Empty and blank texts are routed
+    to rejects before the stage by the pipeline; a DataFrame API user who passes them gets what the model says.)"""
+    import pyarrow.compute as pc
+
+    mask = pc.is_valid(column)
+    if skip_column is not None:
+        mask = pc.and_(mask, pc.is_null(batch.column(batch.schema.get_field_index(skip_column))))
+    return pc.fill_null(mask, False)
+
+
+def tokenize_valid(batch: "pa.RecordBatch", classifier: "DistributedDataClassifier", engine,
+                   skip_column: str | None = None):
+    import pyarrow.compute as pc
+
+    column = batch.column(batch.schema.get_field_index(classifier.text_field))
+    if not (column.type == "string" or column.type == "large_string"):
+        column = pc.cast(column, "string")
+    mask = valid_text_mask(batch, column, skip_column)
+    texts = pc.filter(column, mask).to_pylist()
+    return mask, engine.tokenize(texts)
+
+
+def classify_batch(batch: "pa.RecordBatch", engines, prepared) -> "pa.RecordBatch":
+    import numpy as np
+    import pyarrow as pa
+
+    arrays = list(batch.columns)
+    names = list(batch.schema.names)
+    for (classifier, engine), (mask, tokens) in zip(engines, prepared):
+        outputs = engine.predict_tokenized(tokens) if len(tokens) else np.empty((0, 0), np.float32)
+        values = classifier.postprocess(outputs) if len(tokens) else {}
+        valid = np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+        for col in classifier.output_columns():
+            arrays.append(scatter(values.get(col.name, []), valid, col.kind))
+            names.append(col.name)
+        conf = classifier.confidence(outputs) if len(tokens) else None
+        arrays.append(scatter(conf if conf is not None else [], valid, "float"))
+        names.append(confidence_column(classifier))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def scatter(values, valid, kind: str) -> "pa.Array":
+    """Values for the valid rows, nulls elsewhere, as an Arrow array of the column's type."""
+    import numpy as np
+    import pyarrow as pa
+
+    typ = arrow_type(kind)
+    n = len(valid)
+    if len(values) == 0 and valid.any():
+        return pa.nulls(n, type=typ)  # a classifier that writes no value for this column
+    if valid.all():
+        return pa.array(_as_list(values, kind), type=typ)
+    full: list[Any] = [None] * n
+    for i, v in zip(np.flatnonzero(valid), _as_list(values, kind)):
+        full[i] = v
+    return pa.array(full, type=typ)
+
+
+def _as_list(values, kind: str) -> list:
+    import numpy as np
+
+    if kind == "float_list":
+        return [np.asarray(v, dtype=np.float32).tolist() for v in values]
+    if isinstance(values, np.ndarray):
+        return values.tolist()
+    return list(values)
+
+
+def filter_expression(classifiers: Sequence["DistributedDataClassifier"]) -> "Column | None":
+    """Rows kept: for each classifier with ``filter_by``, its prediction is one of the listed labels (AND)."""
+    from pyspark.sql import functions as F
+
+    cond = None
+    for c in classifiers:
+        if c.filter_by:
+            term = F.col(c.pred_column).isin(list(c.filter_by))
+            cond = term if cond is None else cond & term
+    return cond

@@ -1,0 +1,69 @@
+"""Shared fixtures: offline model hub, loopback Spark, one local SparkSession for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples" / "web"
+DOMAIN_TEST_LABELS = ["Finance", "Sports", "Science", "News", "Games"]
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] session for every test that needs Spark (start-up costs seconds)."""
+    from sparkcurate.spark.session import get_session
+
+    session = get_session("local[2]", {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false",
+                                       "spark.default.parallelism": "2"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def deberta_dir(tmp_path_factory) -> Path:
+    """A tiny DeBERTa-v2 classifier in the published layout (config + model.safetensors + tokenizer files)."""
+    from tests.fixtures.tiny_models import make_deberta_classifier
+
+    return make_deberta_classifier(tmp_path_factory.mktemp("deberta") / "domain", DOMAIN_TEST_LABELS, seed=3,
+                                   head_spread=4.0)
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    import json
+
+    texts = []
+    for path in sorted(SAMPLES.rglob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record.get("text"), str) and record["text"].strip():
+                texts.append(record["text"])
+    return texts
+
+
+def write_jsonl(path: Path, records: list, raw_lines: list[str] | None = None) -> Path:
+    """Write records (and optional raw lines) as JSON lines, creating folders."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+        for line in raw_lines or []:
+            fh.write(line + "\n")
+    return path

@@ -1,0 +1,138 @@
+"""The inference engine with no Spark: tiny DeBERTa in the published layout vs plain transformers math."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparkcurate.classifiers import DomainClassifier
+from sparkcurate.engine.batching import plan_microbatches, restore_order
+from sparkcurate.engine.runner import EngineConfig, InferenceEngine, prefetch
+from tests.fixtures.reference_math import reference_deberta_probs
+
+
+@pytest.fixture(scope="module")
+def classifier(deberta_dir):
+    c = DomainClassifier(model=str(deberta_dir), device="cpu")
+    c.preflight()
+    return c
+
+
+@pytest.fixture(scope="module")
+def engine(classifier):
+    return classifier.load_engine("cpu")
+
+
+def test_probabilities_equal_reference_math(classifier, engine, sample_texts):
+    texts = sample_texts + ["x", "a " * 3000, "Sports. " * 10]
+    got = engine.predict(texts)
+    ref = reference_deberta_probs(classifier.model, texts, max_chars=2000, max_tokens=512)
+    assert got.shape == ref.shape == (len(texts), 5)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    cols = classifier.postprocess(got)
+    assert cols["domain_pred"] == [classifier.labels[i] for i in ref.argmax(axis=1)]
+
+
+def test_labels_follow_label2id_order(classifier):
+    # The fixture writes label2id in a shuffled key order; labels must be sorted by id.
+    assert classifier.labels == ["Finance", "Sports", "Science", "News", "Games"]
+
+
+@pytest.mark.parametrize("budget,batch", [(64, 256), (512, 3), (100_000, 1)])
+def test_results_independent_of_micro_batching(engine, sample_texts, budget, batch):
+    base = engine.predict(sample_texts)
+    other = engine.with_config(token_budget=budget, max_batch_size=batch).predict(sample_texts)
+    np.testing.assert_allclose(other, base, atol=1e-5)
+
+
+def test_empty_batch(engine):
+    assert engine.predict([]).shape[0] == 0
+
+
+def test_plan_microbatches_budget_and_order():
+    lengths = np.array([5, 100, 7, 50, 50, 1])
+    plan = plan_microbatches(lengths, token_budget=100, max_batch_size=8)
+    flat = np.concatenate(plan)
+    assert sorted(flat.tolist()) == list(range(6))
+    assert lengths[plan[0][0]] == 100  # longest first
+    for idx in plan:
+        assert len(idx) == 1 or lengths[idx].max() * len(idx) <= 100
+    packed = plan_microbatches(lengths, token_budget=101, max_batch_size=8, padded=False)
+    for idx in packed:
+        assert len(idx) == 1 or lengths[idx].sum() <= 101
+
+
+def test_restore_order_detects_gaps():
+    with pytest.raises(RuntimeError):
+        restore_order([(np.array([0]), np.ones((1, 2)))], 2, 2)
+
+
+class _OomAbove(torch.nn.Module):
+    """Wraps a model and raises CUDA-style out-of-memory for micro-batches above a size."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.calls = inner, limit, []
+
+    def forward(self, input_ids, attention_mask):
+        self.calls.append(input_ids.shape[0])
+        if input_ids.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(input_ids, attention_mask)
+
+
+def test_out_of_memory_halves_and_keeps_order(engine, sample_texts):
+    expected = engine.predict(sample_texts)
+    wrapped = _OomAbove(engine.model, limit=3)
+    oom_engine = InferenceEngine(wrapped, engine.tokenizer, EngineConfig(max_chars=2000, token_budget=100_000))
+    got = oom_engine.predict(sample_texts)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert oom_engine.oom_retries > 0 and max(wrapped.calls) > 3
+    assert oom_engine.budget < 100_000  # the lowered budget is kept for later batches
+
+
+def test_out_of_memory_on_one_document_is_an_error(engine):
+    oom_engine = InferenceEngine(_OomAbove(engine.model, limit=0), engine.tokenizer, EngineConfig())
+    with pytest.raises(RuntimeError, match="single document"):
+        oom_engine.predict(["one document"])
+
+
+def test_other_errors_are_not_swallowed(engine):
+    class Broken(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        InferenceEngine(Broken(), engine.tokenizer, EngineConfig()).predict(["a", "b"])
+
+
+def test_predict_batches_overlaps_and_keeps_order(engine, sample_texts):
+    batches = [sample_texts[:5], sample_texts[5:6], [], sample_texts[6:]]
+    outs = list(engine.predict_batches(batches))
+    assert [len(o) for o in outs] == [5, 1, 0, len(sample_texts) - 6]
+    np.testing.assert_allclose(np.concatenate([o for o in outs if len(o)]), engine.predict(sample_texts), atol=1e-5)
+
+
+def test_prefetch_reraises_worker_errors():
+    def work(x):
+        if x == 2:
+            raise KeyError("bad item")
+        return x * 10
+
+    got = []
+    with pytest.raises(KeyError):
+        for v in prefetch(range(5), work, depth=2):
+            got.append(v)
+    assert got == [0, 10]
+
+
+def test_character_cut_before_tokenizing(engine):
+    long = "word " * 100_000  # 500,000 characters: cut to 2,000 before the tokenizer sees it
+    tokens = engine.tokenize([long])
+    assert tokens.lengths[0] <= 512
+    assert engine.tokenize([long[:2000]]).ids[0].tolist() == tokens.ids[0].tolist()
+
+
+def test_cpu_precision_is_fp32(engine):
+    assert engine.precision == "fp32" and next(engine.model.parameters()).dtype == torch.float32

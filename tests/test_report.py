@@ -1,0 +1,203 @@
+"""HTML report: numbers shown, hostile strings escaped, offline, and renders in a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sparkcurate.report import build_report, load_summary
+from sparkcurate.report import charts as charts_mod
+
+HOSTILE_FILE = "evil/<script>alert(1)</script>.jsonl"
+HOSTILE_LABEL = '<img src=x onerror="alert(2)">'
+
+
+def sample_summary(n_files: int = 3) -> dict:
+    """A realistic summary (schema of sparkcurate.report.summary) with hostile names in it."""
+    edges = [round(i * 0.05, 2) for i in range(21)]
+    by_file = {
+        HOSTILE_FILE: {"input": 500, "output": 300, "filtered": 190, "rejected": 10,
+                       "labels": {"domain": {"News": 200, "Sports": 100, HOSTILE_LABEL: 190}}},
+        "a/part2.jsonl": {"input": 500, "output": 300, "filtered": 190, "rejected": 10,
+                          "labels": {"domain": {"News": 100, "Sports": 180, "Finance": 210}}},
+    }
+    for i in range(n_files - 2):
+        by_file[f"bulk/part-{i:04d}.jsonl"] = {"input": 1, "output": 0, "filtered": 1, "rejected": 0,
+                                               "labels": {"domain": {"Finance": 1}}}
+    return {
+        "status": "succeeded",
+        "started_at": "2026-11-26T14:00:00Z", "finished_at": "2026-11-26T14:00:12Z", "elapsed_s": 12.3,
+        "input": "/data/in", "output": "/data/out",
+        "command": "sparkcurate classify --input /data/in --output /data/out --classifier domain",
+        "input_records": 1000, "output_records": 600, "filtered_records": 380, "rejected_records": 20,
+        "rejected_by_reason": {"malformed_json": 5, "text_missing": 3, "text_empty": 12},
+        "classifiers": [{"name": "domain", "model": "nvidia/domain-classifier", "revision": None,
+                         "pred_column": "domain_pred", "prob_column": None, "filter_by": ["News"]}],
+        "by_label": {"domain": {"News": 300, "Sports": 280, "Finance": 210, HOSTILE_LABEL: 190}},
+        "by_file": by_file,
+        "prob_histograms": {"domain": {"column": "domain_prob_max", "edges": edges,
+                                       "counts": [0] * 5 + [3, 7, 12, 20, 31, 40, 52, 60, 75, 90, 100, 110,
+                                                            120, 130, 200]}},
+        "docs_per_s": 81.3, "devices": ["cpu"],
+        "models": [{"classifier": "domain", "model": "nvidia/domain-classifier", "revision": None,
+                    "sha256": "ab" * 32}],
+        "versions": {"sparkcurate": "0.1.0", "pyspark": "4.3.0", "torch": "2.13.0", "transformers": "4.57.0"},
+        "rapids": {"enabled": False},
+    }
+
+
+def write_summary(out: Path, summary: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return out
+
+
+def test_report_shows_numbers_and_escapes_hostile_names(tmp_path):
+    out = write_summary(tmp_path / "out", sample_summary())
+    index = build_report(out)
+    assert index == out / "_report" / "index.html"
+    page = index.read_text(encoding="utf-8")
+    equation = re.search(r'<div class="eq" id="equation">(.*?)</div>', page).group(1)
+    assert re.sub(r"<[^>]+>", "", equation) == "1,000 input = 600 output + 380 filtered + 20 rejected"
+    assert "does not add up" not in page
+    for text in ("81.3", "12.3s", "nvidia/domain-classifier", "(not pinned)", "ab" * 32, "4.3.0",
+                 "malformed_json", "text_empty", "domain_prob_max", "News", "300"):
+        assert text in page, text
+    # Hostile strings appear only escaped.
+    assert "<script>alert" not in page and 'onerror="alert' not in page
+    assert "evil/&lt;script&gt;alert(1)&lt;/script&gt;.jsonl" in page
+    assert "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in page
+    # Offline: no network URLs referenced anywhere.
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    assert "@import" not in page
+
+
+def test_report_charts_are_local_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = write_summary(tmp_path / "out", sample_summary())
+    page = build_report(out).read_text(encoding="utf-8")
+    srcs = re.findall(r'<img class="chart" src="([^"]+)"', page)
+    # labels bar + per-file stacked + histogram + rejects bar
+    assert len(srcs) == 4, srcs
+    for src in srcs:
+        png = out / "_report" / src
+        assert "/" not in src and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 2000
+
+
+def test_rebuild_removes_stale_charts(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = write_summary(tmp_path / "out", sample_summary())
+    stale = out / "_report" / "chart-99-bars.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    build_report(out)
+    assert not stale.exists()
+
+
+def test_many_files_shows_top_n_and_says_how_many_omitted(tmp_path):
+    out = write_summary(tmp_path / "out", sample_summary(n_files=250))
+    page = build_report(out, max_files=10).read_text(encoding="utf-8")
+    assert "Showing the 10 largest of 250 files (by input records); 240 files omitted." in page
+    assert "a/part2.jsonl" in page  # among the largest
+    assert "bulk/part-0247.jsonl" not in page
+
+
+def test_svg_fallback_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setattr(charts_mod, "matplotlib_available", lambda: False)
+    out = write_summary(tmp_path / "out", sample_summary())
+    page = build_report(out).read_text(encoding="utf-8")
+    assert "<img" not in page
+    assert page.count('<svg class="chart"') == 3  # labels, histogram, rejects (stacked -> table only)
+    assert not list((out / "_report").glob("*.png"))
+    assert "<script>alert" not in page and "&lt;img src=x" in page
+
+
+def test_missing_optional_keys_and_unbalanced_counts(tmp_path):
+    summary = {"status": "failed", "input_records": 10, "output_records": 3, "filtered_records": 3,
+               "rejected_records": 0, "error": "OutOfMemoryError <boom>"}
+    out = write_summary(tmp_path / "out", summary)
+    page = build_report(out).read_text(encoding="utf-8")
+    assert "failed" in page and "OutOfMemoryError &lt;boom&gt;" in page
+    assert "The counts do not add up: output + filtered + rejected = 6, 4 fewer than the input records." in page
+    assert "No label counts recorded." in page and "No records were rejected." in page
+
+
+def test_malformed_histogram_is_reported_not_crashing(tmp_path):
+    summary = sample_summary()
+    summary["prob_histograms"]["domain"]["counts"] = [1, 2]
+    out = write_summary(tmp_path / "out", summary)
+    assert "unexpected shape" in build_report(out).read_text(encoding="utf-8")
+
+
+def test_missing_summary_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no run summary _summary\.json in .*finished sparkcurate run"):
+        build_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_report(tmp_path / "nope")
+
+
+def test_bad_summary_json_is_a_clear_error(tmp_path):
+    (tmp_path / "_summary.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_summary(tmp_path)
+    (tmp_path / "_summary.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_summary(tmp_path)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium(args: list[str], profile: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    pytest.importorskip("matplotlib")
+    from matplotlib import image as mpimg
+    import numpy as np
+
+    out = write_summary(tmp_path / "out", sample_summary())
+    url = build_report(out).resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    proc = _chromium([f"--screenshot={shot}", "--window-size=1280,2000", url], tmp_path / "profile1")
+    assert shot.is_file(), f"no screenshot; rc={proc.returncode} stderr={proc.stderr[-2000:]}"
+    pixels = mpimg.imread(shot)[..., :3]
+    colours = np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
+    assert len(colours) > 50, "screenshot looks blank"
+    assert (pixels < 0.99).any(axis=-1).mean() > 0.02, "screenshot is almost all white"
+    # The bars' blue (#1f77b4) only exists inside the chart PNGs: proves the images loaded.
+    blue = (np.abs(pixels * 255 - np.array([31, 119, 180])) < 12).all(axis=-1).sum()
+    assert blue > 2000, f"chart images did not render ({blue} bar-coloured pixels)"
+
+    proc = _chromium(["--dump-dom", url], tmp_path / "profile2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert len(re.findall(r'<img class="chart" src="chart-\d+-\w+\.png"', dom)) == 4
+    assert "1,000" in dom and "<script>alert" not in dom
+
+
+def test_awkward_labels_do_not_break_charts(tmp_path):
+    """mathtext-like, empty, control-character and very long labels/file names still render."""
+    pytest.importorskip("matplotlib")
+    summary = sample_summary()
+    weird = {"$\\frac{1": 5, "": 2, "tab\there\nnewline": 3, "x" * 500: 1, "50% _under_ ^hat": 4}
+    summary["by_label"]["domain"].update(weird)
+    summary["by_file"]["f" * 400 + ".jsonl"] = {"input": 9999, "labels": {"domain": weird}}
+    summary["rejected_by_reason"]["$$"] = 1
+    out = write_summary(tmp_path / "out", summary)
+    page = build_report(out).read_text(encoding="utf-8")
+    assert "$\\frac{1" in page and "x" * 500 in page
+    assert len(list((out / "_report").glob("chart-*.png"))) == 4
