@@ -9,6 +9,7 @@ even though the output, the rejects and the counts are three Spark actions.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -52,7 +53,13 @@ class JobOptions:
 
 
 def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
-    """Run the job and return the summary (also written to ``OUT/_summary.json``)."""
+    """Run the job and return the summary (also written to ``OUT/_summary.json``).
+
+    Order matters for exactly-once output: every record is read and classified, and counted, *before* the output
+    directory is touched, so a bad model, a corrupt or vanished input file or a dead executor fails the run with
+    the earlier output intact. ``_RUNNING.json`` marks the window in which the output is being replaced; a run
+    that finds one says so (log and summary) and cleans the leftovers.
+    """
     from sparkcurate.io.fs import HadoopFS
 
     started = time.time()
@@ -64,30 +71,123 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     if previous:
         log.warning("the previous run into %s (%s, started %s) did not finish: its output may be partial; this "
                     "run replaces it", opts.output, previous.get("run_id"), previous.get("started_at"))
+        clean_leftovers(fs)
     fs.write_json(RUNNING_MARKER, {"run_id": run_id, "started_at": _iso(started), "command": opts.command})
-
-    text_field = _common_text_field(opts.classifiers)
-    listing = list_input_files(spark, opts.input)
-    df, listing = read_jsonl_checked(spark, opts.input, text_field, opts.schema, opts.file_name_column,
-                                     opts.sampling_ratio, listing)
-    counter = spark.sparkContext.accumulator(0)
-    device_log = device_accumulator(spark.sparkContext)
-    rows = classified_rows(df, opts.classifiers, counter, device_log).persist(_disk_level())
+    touched = False
     try:
-        from sparkcurate.report.progress import ProgressReporter
+        text_field = _common_text_field(opts.classifiers)
+        listing = list_input_files(spark, opts.input)
+        df, listing = read_jsonl_checked(spark, opts.input, text_field, opts.schema, opts.file_name_column,
+                                         opts.sampling_ratio, listing)
+        counter = spark.sparkContext.accumulator(0)
+        device_log = device_accumulator(spark.sparkContext)
+        rows = classified_rows(df, opts.classifiers, counter, device_log).persist(_disk_level())
+        try:
+            from sparkcurate.report.progress import ProgressReporter
 
-        with ProgressReporter(spark.sparkContext, counter, None, opts.progress_interval_s, opts.quiet, log):
+            with ProgressReporter(spark.sparkContext, counter, None, opts.progress_interval_s, opts.quiet, log):
+                counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
+            check_no_vanished_files(spark, listing, counts)
+            touched = True
             write_jsonl(output_rows(rows, opts.classifiers), opts.output, opts.layout, opts.file_name_column,
                         opts.compression)
-        write_rejects(spark, rows, opts, run_id)
-        counts = count_rows(rows, opts.classifiers, opts.file_name_column)
-    finally:
-        rows.unpersist()
+            prune_stale_outputs(spark, opts, listing, counts)
+            write_rejects(spark, rows, opts, run_id)
+        finally:
+            rows.unpersist()
+    except BaseException as exc:
+        if not touched:
+            _restore_marker(fs, previous)
+            log.error("the run failed before writing anything: %s keeps its earlier content", opts.output)
+        else:
+            log.error("the run failed while replacing the output: %s/%s marks it as unfinished", opts.output,
+                      RUNNING_MARKER)
+        explained = explain_failure(exc) if isinstance(exc, Exception) else None
+        if explained is not None:
+            raise explained from exc
+        raise
     elapsed = time.time() - started
     summary = build_summary(spark, opts, counts, models, listing, started, elapsed, device_log.value)
+    summary["previous_run_unfinished"] = previous or None
     fs.write_json(SUMMARY_FILE, summary)
     fs.delete(RUNNING_MARKER)
     return summary
+
+
+def _restore_marker(fs, previous: dict | None) -> None:
+    """Undo this run's marker: the output is as it was, including an earlier run's unfinished state."""
+    try:
+        if previous:
+            fs.write_json(RUNNING_MARKER, previous)
+        else:
+            fs.delete(RUNNING_MARKER)
+    except Exception as exc:  # never hide the real failure
+        log.warning("could not restore %s: %s", RUNNING_MARKER, exc)
+
+
+def clean_leftovers(fs) -> None:
+    """Staging folders an interrupted run left (ours and Spark's): hidden from readers, but they take space."""
+    for name, is_dir in fs.list():
+        if is_dir and (name in ("_staging", "_temporary") or name.startswith(".spark-staging")):
+            log.info("removing %s left by the unfinished run", name)
+            fs.delete(name)
+
+
+_READ_FAILURE = re.compile(r"(?:reading file|File|Path does not exist:) (\S+?)\.? (?:does not exist|SQLSTATE)"
+                           r"|reading file (\S+)")
+
+
+def explain_failure(exc: Exception) -> Exception | None:
+    """An ``InputError`` naming the file when Spark failed reading an input file (truncated or corrupt
+    compressed data, a file deleted mid-run); None for any other failure."""
+    from sparkcurate.io.read import InputError
+
+    text = str(exc)
+    if not any(key in text for key in ("FAILED_READ_FILE", "FileNotFoundException", "PATH_NOT_FOUND")):
+        return None
+    match = _READ_FAILURE.search(text)
+    name = (match.group(1) or match.group(2)).rstrip(".") if match else "(see the Spark error)"
+    if any(key in text for key in ("FILE_NOT_EXIST", "FileNotFoundException", "PATH_NOT_FOUND")):
+        why = "it was deleted or moved while the job ran"
+    elif "EOF" in text or "end of input stream" in text or "GZIP" in text or "ZipException" in text:
+        why = "it is truncated or not valid compressed data"
+    else:
+        why = "Spark could not read it"
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    return InputError(f"input file {name}: {why}; nothing was written (Spark: {first})")
+
+
+def check_no_vanished_files(spark, listing, counts: "Counts") -> None:
+    """A listed, non-empty file that produced no record and no longer exists was deleted between listing and
+    reading: fail rather than report a run that silently skipped it."""
+    from sparkcurate.io.fs import HadoopFS
+    from sparkcurate.io.read import InputError
+
+    seen = {fname for fname, _status, _reason, _n in counts.by_status_file}
+    for f in listing.files:
+        if f.size > 0 and f.file_name not in seen and not HadoopFS(spark, f.path).exists(""):
+            raise InputError(f"input file {f.path} was deleted or moved after it was listed; nothing was written")
+
+
+def prune_stale_outputs(spark, opts: JobOptions, listing, counts: "Counts") -> None:
+    """Remove the earlier output of input files that keep nothing this time (every record filtered out or
+    rejected): Spark writes no partition for them, so the old one would otherwise survive a re-run."""
+    from sparkcurate.io.fs import HadoopFS
+    from sparkcurate.io.write import partition_dir_name, safe_relative_path
+
+    kept = {fname for fname, status, _reason, n in counts.by_status_file if status == "kept" and n > 0}
+    fs = HadoopFS(spark, opts.output)
+    ext = {"gzip": ".gz", "bzip2": ".bz2", "deflate": ".deflate"}.get(opts.compression or "", "")
+    for f in listing.files:
+        if f.file_name in kept:
+            continue
+        if opts.layout == "partitioned":
+            target = partition_dir_name(spark, opts.file_name_column, f.file_name)
+        else:
+            target = safe_relative_path(f.file_name) + ext
+        if fs.exists(target):
+            log.info("removing %s: %s keeps no record this time", target, f.file_name)
+            fs.delete(target)
 
 
 def _common_text_field(classifiers: Sequence["DistributedDataClassifier"]) -> str:
@@ -233,6 +333,8 @@ def build_summary(spark, opts: JobOptions, counts: Counts, models: list[dict], l
         "input_files": len(listing.files),
         "input_bytes": listing.total_bytes,
         "empty_files": sorted(f.file_name for f in listing.files if f.size == 0),
+        "ignored_files": [{"file": name, "why": why} for name, why in listing.ignored[:1000]],
+        "ignored_files_count": len(listing.ignored),
         "input_records": total_in,
         "output_records": totals["kept"],
         "filtered_records": totals["filtered"],

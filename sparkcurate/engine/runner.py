@@ -168,7 +168,7 @@ class InferenceEngine:
 
     def with_config(self, **changes) -> "InferenceEngine":
         """A copy of the settings with changes, sharing the loaded model (used by tests and benchmarks)."""
-        clone = object.__new__(InferenceEngine)
+        clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone.config = replace(self.config, **changes)
         clone.budget = clone.config.resolved_budget(self.device)

@@ -35,7 +35,8 @@ BLANK_PATTERN = r"^[\s\p{Z}\p{Cf}\p{Cc}]*$"
 REASONS = {
     "malformed_json": "the line is not a JSON object (or not valid JSON)",
     "invalid_utf8": "the line holds bytes that are not valid UTF-8",
-    "text_missing": "the text field is missing or null",
+    "nul_bytes": "the line holds raw NUL bytes: a UTF-16/UTF-32 file or binary data (re-encode it as UTF-8)",
+    "text_missing": "the text field is missing or null (a key that differs only in case, like TEXT, is not it)",
     "text_empty": "the text is empty, or only whitespace, zero-width or control characters",
 }
 
@@ -55,6 +56,9 @@ class InputFile:
 class InputListing:
     root: str
     files: list[InputFile]
+    source: str = ""  # the path as given
+    # Files under the input that are not read, with why (hidden or '_' names, other suffixes): reported, not lost.
+    ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -126,30 +130,150 @@ def list_input_files(spark: "SparkSession", path: str) -> InputListing:
             raise InputError(f"input {path!r} does not exist")
     if local and _has_glob(path) and not _glob.glob(path, recursive=True):
         raise InputError(f"input glob {path!r} matches nothing")
-    reader = spark.read.format("binaryFile")
-    if not _has_glob(path):
-        reader = reader.option("recursiveFileLookup", "true").option("pathGlobFilter", INPUT_GLOB)
+    ignored: list[tuple[str, str]] = []
     try:
-        rows = reader.load(path).select("path", "length").collect()
+        found = _hadoop_listing(spark, path, ignored)
     except Exception as exc:
-        if "Path does not exist" in str(exc) or "FileNotFound" in str(exc):
+        if "FileNotFound" in str(exc) or "does not exist" in str(exc):
             raise InputError(f"input {path!r} does not exist") from exc
         raise
+    if found is None:  # no JVM handle (Spark Connect): Spark's own listing (it leaves out empty files)
+        found = _binary_file_listing(spark, path)
     from sparkcurate.io.write import partition_safe_name
 
     root = input_root(path)
-    files = sorted((InputFile(r["path"], partition_safe_name(relative_name(r["path"], root)), int(r["length"]))
-                    for r in rows), key=lambda f: f.file_name)
+    files = sorted((InputFile(p, partition_safe_name(relative_name(p, root)), size) for p, size in found),
+                   key=lambda f: f.file_name)
     names = [f.file_name for f in files]
     if len(set(names)) != len(names):  # only possible for globs spanning several roots
         files = [InputFile(f.path, canonical_path(f.path).lstrip("/"), f.size) for f in files]
-    return InputListing(root=root, files=files)
+    skipped = tuple(sorted((relative_name(p, root), why) for p, why in ignored))
+    if skipped:
+        log.warning("%d file(s) under %s are not read (see ignored_files in the summary), e.g. %s", len(skipped),
+                    path, skipped[0])
+    return InputListing(root=root, files=files, source=path, ignored=skipped)
+
+
+INPUT_SUFFIXES = tuple("." + ext for ext in INPUT_GLOB[3:-1].split(","))
+
+
+def _wanted(name: str) -> bool:
+    return not name.startswith(("_", ".")) and name.endswith(INPUT_SUFFIXES)
+
+
+def _ignore_reason(rel_parts: list[str]) -> str | None:
+    """Why Spark would not read a file under a directory input (None: it reads it)."""
+    if any(p.startswith(("_", ".")) for p in rel_parts if p):
+        return "hidden: a name in its path starts with '_' or '.' (Spark skips those)"
+    if not rel_parts[-1].endswith(INPUT_SUFFIXES):
+        return f"not a JSONL suffix ({', '.join(INPUT_SUFFIXES)})"
+    return None
+
+
+def _hadoop_listing(spark: "SparkSession", path: str,
+                    ignored: list[tuple[str, str]] | None = None) -> list[tuple[str, int]] | None:
+    """(path, size) of every input file, empty ones included, through Hadoop's FileSystem API. Files under a
+    directory that are not read are appended to ``ignored`` with the reason."""
+    try:
+        jvm = spark.sparkContext._jvm
+    except Exception:
+        return None
+    if jvm is None:
+        return None
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(conf)
+    statuses = fs.globStatus(hpath) if _has_glob(path) else [fs.getFileStatus(hpath)]
+    out: list[tuple[str, int]] = []
+    for st in statuses or []:
+        if st.isDirectory():
+            it = fs.listFiles(st.getPath(), True)
+            while it.hasNext():
+                f = it.next()
+                rel_parts = str(f.getPath().toString())[len(str(st.getPath().toString())):].split("/")
+                why = _ignore_reason(rel_parts)
+                if why is None:
+                    out.append((str(f.getPath().toString()), int(f.getLen())))
+                elif ignored is not None:
+                    ignored.append((str(f.getPath().toString()), why))
+        elif _has_glob(path) and not _wanted(st.getPath().getName()):
+            continue
+        else:  # a file named explicitly is read whatever its name
+            out.append((str(st.getPath().toString()), int(st.getLen())))
+    return out
+
+
+def _binary_file_listing(spark: "SparkSession", path: str) -> list[tuple[str, int]]:
+    reader = spark.read.format("binaryFile")
+    if not _has_glob(path):
+        reader = reader.option("recursiveFileLookup", "true").option("pathGlobFilter", INPUT_GLOB)
+    return [(r["path"], int(r["length"])) for r in reader.load(path).select("path", "length").collect()]
 
 
 def _infer_schema(spark: "SparkSession", paths: list[str], sampling_ratio: float):
+    """Spark's inferred schema. Inferred case-sensitively: with the default (case-insensitive) analysis, keys that
+    differ only in case ("text" and "TEXT") make Spark fail the whole read with COLUMN_ALREADY_EXISTS;
+    ``_fold_case_duplicates`` then decides which spelling is read."""
     reader = spark.read.option("samplingRatio", sampling_ratio).option("mode", "PERMISSIVE")
     reader = reader.option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
-    return reader.json(paths).schema
+    key = "spark.sql.caseSensitive"
+    before = spark.conf.get(key, "false")
+    spark.conf.set(key, "true")
+    try:
+        try:
+            return reader.json(paths).schema
+        except Exception as exc:  # a record with the same key twice: Spark's inference cannot express it
+            if "COLUMN_ALREADY_EXISTS" not in str(exc):
+                raise
+            log.warning("some records repeat a key; inferring the schema with the last value of each key (as the "
+                        "reader then reads them)")
+            return _infer_schema_deduplicated(spark, paths, sampling_ratio)
+    finally:
+        spark.conf.set(key, before)
+
+
+def _last_value_wins(line: str) -> str:
+    """A JSON line re-encoded with each repeated key kept once (its last value, as Spark's reader reads it); lines
+    that are not JSON are returned as they are (the reader marks them corrupt)."""
+    import json
+
+    def hook(pairs):
+        return dict(pairs)
+
+    try:
+        return json.dumps(json.loads(line, object_pairs_hook=hook))
+    except ValueError:
+        return line
+
+
+def _infer_schema_deduplicated(spark: "SparkSession", paths: list[str], sampling_ratio: float):
+    lines = spark.read.text(paths).rdd.map(lambda r: _last_value_wins(r[0]) if r[0] is not None else r[0])
+    if sampling_ratio < 1.0:
+        lines = lines.sample(False, sampling_ratio, seed=1)
+    return (spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+            .json(lines).schema)
+
+
+def _fold_case_duplicates(spark: "SparkSession", fields: list, text_field: str) -> list:
+    """Fields to read when keys differ only in case. Case-sensitive sessions read them all. Otherwise the exact
+    text field wins (a record holding only "TEXT" has no text and is rejected as ``text_missing``) and, for other
+    keys, the first spelling is read and the others are dropped, with a warning naming them."""
+    if str(spark.conf.get("spark.sql.caseSensitive", "false")).lower() == "true":
+        return fields
+    kept: dict[str, object] = {}
+    dropped: list[str] = []
+    for f in fields:
+        low = f.name.lower()
+        if low == text_field.lower() and f.name != text_field:
+            dropped.append(f.name)
+        elif low in kept:
+            dropped.append(f.name)
+        else:
+            kept[low] = f
+    if dropped:
+        log.warning("keys that differ only in case from another key are not read: %s (the text field is %r; set "
+                    "spark.sql.caseSensitive=true to read every spelling)", sorted(dropped), text_field)
+    return list(kept.values())
 
 
 def read_schema(spark: "SparkSession", paths: list[str], text_field: str, schema=None, sampling_ratio: float = 1.0):
@@ -164,6 +288,7 @@ def read_schema(spark: "SparkSession", paths: list[str], text_field: str, schema
     else:
         base = schema
     fields = [f for f in base.fields if f.name not in (text_field, CORRUPT_COLUMN)]
+    fields = _fold_case_duplicates(spark, fields, text_field)
     fields.append(T.StructField(text_field, T.StringType(), True))
     fields.append(T.StructField(CORRUPT_COLUMN, T.StringType(), True))
     return T.StructType(fields)
@@ -183,8 +308,15 @@ def read_jsonl_checked(spark: "SparkSession", path: str, text_field: str = "text
     read_schema_ = read_schema(spark, paths, text_field, schema, sampling_ratio)
     if file_name_column in read_schema_.names:
         raise InputError(f"the input already has a {file_name_column!r} field: choose another --file-name-column")
-    df = (spark.read.schema(read_schema_).option("mode", "PERMISSIVE")
-          .option("columnNameOfCorruptRecord", CORRUPT_COLUMN).json(paths)
+    reader = spark.read.schema(read_schema_).option("mode", "PERMISSIVE").option(
+        "columnNameOfCorruptRecord", CORRUPT_COLUMN)
+    if _is_directory(listing):
+        # A directory is read as one source (no per-file list: names with glob characters stay literal).
+        reader = reader.option("recursiveFileLookup", "true").option("pathGlobFilter", INPUT_GLOB)
+        source: str | list[str] = path
+    else:
+        source = paths
+    df = (reader.json(source)
           .withColumn(SOURCE_COLUMN, F.expr(RECORD_PATH_SQL)))
     names = spark.createDataFrame([(canonical_path(f.path), f.file_name) for f in listing.files],
                                   f"{SOURCE_COLUMN} string, {file_name_column} string")
@@ -193,13 +325,19 @@ def read_jsonl_checked(spark: "SparkSession", path: str, text_field: str = "text
     return df.withColumn(REASON_COLUMN, reject_reason(text_field)).drop(SOURCE_COLUMN), listing
 
 
+def _is_directory(listing: InputListing) -> bool:
+    src = listing.source
+    return bool(src) and not _has_glob(src) and canonical_path(src).rstrip("/") == canonical_path(listing.root).rstrip("/")
+
+
 def reject_reason(text_field: str):
     """Why a record cannot be classified, or null."""
     from pyspark.sql import functions as F
 
     corrupt = F.col(CORRUPT_COLUMN)
     text = F.col(text_field)
-    return (F.when(corrupt.isNotNull() & corrupt.contains("\ufffd"), F.lit("invalid_utf8"))
+    return (F.when(corrupt.isNotNull() & ~F.is_valid_utf8(corrupt), F.lit("invalid_utf8"))
+            .when(corrupt.isNotNull() & corrupt.contains("\u0000"), F.lit("nul_bytes"))
             .when(corrupt.isNotNull(), F.lit("malformed_json"))
             .when(text.isNull(), F.lit("text_missing"))
             .when(text.rlike(BLANK_PATTERN), F.lit("text_empty")))

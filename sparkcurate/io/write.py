@@ -41,6 +41,19 @@ def partition_dir_bytes(value: str) -> int:
     )
 
 
+def partition_dir_name(spark, column: str, value: str) -> str:
+    """The directory Spark's ``partitionBy(column)`` writes for ``value`` (Spark's own escaping, from the JVM
+    when there is one)."""
+    try:
+        utils = spark.sparkContext._jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils
+        return f"{utils.escapePathName(column)}={utils.escapePathName(value)}"
+    except Exception:  # no JVM handle: the same rule in Python
+        def esc(text: str) -> str:
+            return "".join(f"%{ord(ch):02X}" if (ch in _SPARK_ESCAPED or ord(ch) < 32) else ch for ch in text)
+
+        return f"{esc(column)}={esc(value)}"
+
+
 def partition_safe_name(name: str, limit: int = 240) -> str:
     """``name`` itself when its partition directory fits a file system's 255-byte limit; else a shortened,
     still-unique form (a prefix plus a hash of the full name)."""

@@ -1,0 +1,109 @@
+"""The job end to end in local Spark: nested inputs with the same file name, exactly-once output, filters,
+probabilities against the reference math, rejects and the summary's invariant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparkcurate.classifiers import DomainClassifier
+from sparkcurate.pipeline import JobOptions, run
+from tests.conftest import write_jsonl
+from tests.fixtures.reference_math import reference_deberta_probs
+
+
+@pytest.fixture(scope="module")
+def nested_input(tmp_path_factory, sample_texts) -> Path:
+    """Two folders holding a file of the same name, a gzip file, a file with bad lines, an empty file."""
+    import gzip
+
+    root = tmp_path_factory.mktemp("input")
+    docs = [{"id": f"d{i}", "text": t, "meta": {"n": i}} for i, t in enumerate(sample_texts)]
+    write_jsonl(root / "a" / "part.jsonl", docs[:10])
+    write_jsonl(root / "b" / "part.jsonl", docs[10:20], raw_lines=["{not json", '{"id": "nt"}', '{"text": ""}'])
+    with gzip.open(root / "b" / "c" / "more.jsonl.gz", "wt", encoding="utf-8") if (root / "b" / "c").mkdir() is None \
+            else None as fh:
+        for d in docs[20:]:
+            fh.write(json.dumps(d) + "\n")
+    (root / "empty.jsonl").write_text("")
+    return root
+
+
+def _read_output(spark, out: Path):
+    return {r["id"]: r.asDict(recursive=True) for r in spark.read.json(str(out)).collect()}
+
+
+def test_every_document_exactly_once_with_reference_probabilities(spark, nested_input, deberta_dir, tmp_path,
+                                                                  sample_texts):
+    out = tmp_path / "out"
+    clf = DomainClassifier(model=str(deberta_dir), prob_column="domain_prob", device="cpu")
+    summary = run(spark, JobOptions(input=str(nested_input), output=str(out), classifiers=[clf]))
+    rows = _read_output(spark, out)
+    assert len(rows) == len(sample_texts)  # every classifiable document, once
+    assert {r["file_name"] for r in rows.values()} == {"a/part.jsonl", "b/part.jsonl", "b/c/more.jsonl.gz"}
+    assert rows["d0"]["file_name"] == "a/part.jsonl" and rows["d10"]["file_name"] == "b/part.jsonl"
+    assert rows["d3"]["meta"] == {"n": 3}  # other fields kept as they came
+    ids = sorted(rows, key=lambda k: int(k[1:]))
+    ref = reference_deberta_probs(deberta_dir, [sample_texts[int(k[1:])] for k in ids], 2000, 512)
+    got = np.array([rows[k]["domain_prob"] for k in ids])
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    assert [rows[k]["domain_pred"] for k in ids] == [clf.labels[i] for i in ref.argmax(axis=1)]
+    assert summary["input_records"] == len(sample_texts) + 3
+    assert summary["rejected_by_reason"] == {"malformed_json": 1, "text_missing": 1, "text_empty": 1}
+    assert summary["input_records"] == summary["output_records"] + summary["filtered_records"] + \
+        summary["rejected_records"]
+    assert summary["empty_files"] == ["empty.jsonl"]
+    assert json.loads((out / "_summary.json").read_text())["output_records"] == len(sample_texts)
+    assert not (out / "_RUNNING.json").exists()
+    rejects = [json.loads(line) for p in (out / "_rejects").glob("*.json") for line in p.read_text().splitlines()]
+    assert sorted(r["reason"] for r in rejects) == ["malformed_json", "text_empty", "text_missing"]
+    assert all(r["file_name"] == "b/part.jsonl" for r in rejects)
+    assert any(r.get("line") == "{not json" for r in rejects)
+
+
+def test_filter_by_keeps_exactly_those_labels(spark, nested_input, deberta_dir, tmp_path, sample_texts):
+    clf = DomainClassifier(model=str(deberta_dir), device="cpu")
+    clf.preflight()
+    preds = clf.postprocess(clf.load_engine("cpu").predict(sample_texts))["domain_pred"]
+    wanted = sorted(set(preds))[:2]
+    out = tmp_path / "filtered"
+    summary = run(spark, JobOptions(input=str(nested_input), output=str(out), classifiers=[
+        DomainClassifier(model=str(deberta_dir), device="cpu", filter_by=wanted)]))
+    rows = _read_output(spark, out)
+    expected = {f"d{i}" for i, p in enumerate(preds) if p in wanted}
+    assert set(rows) == expected and all(r["domain_pred"] in wanted for r in rows.values())
+    assert summary["filtered_records"] == len(sample_texts) - len(expected)
+    assert sum(summary["by_label"]["domain"].values()) == len(sample_texts)
+
+
+def test_rerun_replaces_without_duplicates(spark, nested_input, deberta_dir, tmp_path):
+    out = tmp_path / "rerun"
+    opts = JobOptions(input=str(nested_input), output=str(out),
+                      classifiers=[DomainClassifier(model=str(deberta_dir), device="cpu")])
+    run(spark, opts)
+    first = sorted(_read_output(spark, out))
+    run(spark, opts)
+    assert sorted(_read_output(spark, out)) == first
+    assert spark.read.json(str(out)).count() == len(first)
+
+
+def test_mirror_layout_one_file_per_input(spark, nested_input, deberta_dir, tmp_path, sample_texts):
+    out = tmp_path / "mirror"
+    run(spark, JobOptions(input=str(nested_input), output=str(out), layout="mirror",
+                          classifiers=[DomainClassifier(model=str(deberta_dir), device="cpu")]))
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*.jsonl"))
+    assert files == ["a/part.jsonl", "b/c/more.jsonl", "b/part.jsonl"]
+    lines = [json.loads(line) for f in files for line in (out / f).read_text().splitlines()]
+    assert len(lines) == len(sample_texts)
+    assert not (out / "_staging").exists()
+
+
+def test_dataframe_api(spark, nested_input, deberta_dir):
+    from sparkcurate.io.read import read_jsonl
+
+    df = read_jsonl(spark, str(nested_input))
+    out = DomainClassifier(model=str(deberta_dir), device="cpu")(df)
+    assert "domain_pred" in out.columns and out.count() == df.count()
