@@ -55,6 +55,9 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...'")
+    p.add_argument("--param", action="append", metavar="[NAME:]KEY=VALUE",
+                   help="a classifier option by name, e.g. aegis:adapter=permissive or zero-shot:temperature=0.1 "
+                        "(values parsed as JSON when they can be); repeatable")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle-only checkpoints (weights-only load)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (needs --revision)")
     p.add_argument("--master", help="Spark master (default: the one spark-submit gives, else local[*])")
@@ -88,6 +91,38 @@ def parse_filters(items: Sequence[str] | None, names: Sequence[str]) -> dict[str
     return out
 
 
+def parse_params(items: Sequence[str] | None, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--param [NAME:]KEY=VALUE`` -> classifier name -> options. Values are JSON when they parse (numbers,
+    true/false, lists), else strings."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        head, eq, raw = item.partition("=")
+        if not eq:
+            raise ValueError(f"--param takes [NAME:]KEY=VALUE, got {item!r}")
+        name, colon, key = head.partition(":")
+        if not colon:
+            name, key = names[0], head
+            if len(names) > 1:
+                raise ValueError(f"--param {item!r}: say which classifier (NAME:KEY=VALUE)")
+        if name not in names:
+            raise ValueError(f"--param {item!r}: {name!r} is not one of the classifiers {list(names)}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(name, {})[key.strip()] = value
+    return out
+
+
+def _check_params(cls, params: dict[str, Any]) -> None:
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{cls.name} has no option {unknown}; options: {', '.join(sorted(known))}")
+
+
 def make_classifiers(args: argparse.Namespace) -> list[Any]:
     from sparkcurate.classifiers import registry
 
@@ -102,6 +137,7 @@ def make_classifiers(args: argparse.Namespace) -> list[Any]:
         raise ValueError("--model is for a single --classifier; use --classifier NAME=MODEL for several")
     single = len(specs) == 1
     filters = parse_filters(args.filter_by, names)
+    params = parse_params(args.param, names)
     out = []
     for name, model in specs:
         cls = registry.get(name)
@@ -122,7 +158,12 @@ def make_classifiers(args: argparse.Namespace) -> list[Any]:
             from sparkcurate.classifiers.zero_shot import read_label_descriptions
 
             kwargs["label_descriptions"] = read_label_descriptions(args.labels)
-        out.append(cls(**{k: v for k, v in kwargs.items() if v is not None}))
+        _check_params(cls, params.get(name, {}))
+        kwargs.update(params.get(name, {}))
+        try:
+            out.append(cls(**{k: v for k, v in kwargs.items() if v is not None}))
+        except TypeError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
     return out
 
 

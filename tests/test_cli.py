@@ -106,3 +106,18 @@ def test_readme_main_command_offline(tmp_path):
     assert len(records) == 28
     right = sum(r["zero_shot_pred"].lower() == r["url"].split("/")[3] for r in records)
     assert right >= 24, f"only {right}/28 sample documents got their topic"
+
+
+def test_parse_params():
+    from sparkcurate.cli import parse_params
+
+    assert parse_params(["aegis:adapter=permissive", "aegis:max_new_tokens=20"], ["aegis"]) == {
+        "aegis": {"adapter": "permissive", "max_new_tokens": 20}}
+    assert parse_params(["temperature=0.1"], ["zero-shot"]) == {"zero-shot": {"temperature": 0.1}}
+    with pytest.raises(ValueError, match="which classifier"):
+        parse_params(["x=1"], ["domain", "quality"])
+
+
+def test_unknown_param_is_a_usage_error(tmp_path):
+    assert main(["classify", "--input", str(SAMPLES), "--output", str(tmp_path), "--classifier", "zero-shot",
+                 "--param", "nonsense=1"]) == EXIT_USAGE

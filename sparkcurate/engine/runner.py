@@ -57,6 +57,15 @@ class EngineConfig:
         return 65_536 if device.type == "cuda" else 8_192
 
 
+def tokenizer_identity(tokenizer) -> str:
+    """A hash of the tokenizer's full definition (vocabulary, normalizer, special tokens)."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}:{text}".encode()).hexdigest()[:16]
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -76,6 +85,9 @@ class InferenceEngine:
         self.budget = config.resolved_budget(self.device)
         self.packed = self._choose_packed()
         self.oom_retries = 0
+        # Engines with equal keys produce identical tokens: several classifiers in one pass tokenize once.
+        self.tokenize_key = (type(self).__qualname__, tokenizer_identity(tokenizer), config.max_chars,
+                             config.max_tokens)
         log.info("engine on %s, %s, token budget %d, %s forward", self.device, self.precision, self.budget,
                  "packed" if self.packed else "padded")
 

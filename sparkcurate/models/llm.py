@@ -269,6 +269,9 @@ class PromptInferenceEngine(InferenceEngine):
                  prompt: Callable[[str], str] | None = None):
         super().__init__(model, tokenizer, config, device)
         self.prompt = prompt
+        # The prompt is part of what is tokenized: engines with different prompts never share tokens.
+        marker = prompt("\x00") if prompt is not None else None
+        self.tokenize_key = (*self.tokenize_key, marker)
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         pieces = cut(texts, self.config.max_chars)

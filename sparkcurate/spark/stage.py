@@ -131,7 +131,15 @@ def make_partition_function(classifiers: list["DistributedDataClassifier"], coun
             device_log.add({f"{device} ({given})": 1})
 
         def prepare(batch: "pa.RecordBatch"):
-            return batch, [tokenize_valid(batch, c, engine, skip_column) for c, engine in engines]
+            # One tokenization per distinct (tokenizer, text field, limits): shared by the classifiers using it.
+            done: dict[tuple, Any] = {}
+            out = []
+            for c, engine in engines:
+                key = (engine.tokenize_key, c.text_field)
+                if key not in done:
+                    done[key] = tokenize_valid(batch, c, engine, skip_column)
+                out.append(done[key])
+            return batch, out
 
         depth = max(engine.config.prefetch for _, engine in engines)
         for batch, prepared in prefetch(batches, prepare, depth):

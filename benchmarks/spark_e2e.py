@@ -1,0 +1,206 @@
+"""End-to-end Spark benchmark: JSONL read -> classify -> JSONL written partitioned by source file, with the
+``predict_batch_udf`` + Hugging Face fp32 baseline measured in the same run, on the same card.
+
+Runs sparkcurate's real job (``sparkcurate.pipeline.run``: rejects, persisted rows, summary, model load included)
+in local-cluster mode with GPU-scheduled tasks (the discovery script in conf/), on synthetic documents of the
+performance.md length mix, with a DeBERTa-v3-base-shaped classifier (random weights, 26 labels) written in the
+published checkpoint layout.
+
+    python3 -m benchmarks.spark_e2e --docs 100000 --tasks-per-gpu 4        # on the GPU machine (Spark from the kit)
+    python3 -m benchmarks.spark_e2e --smoke                                  # CPU, tiny model, seconds (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+log = logging.getLogger("benchmarks.spark_e2e")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_checkpoint(out: Path, smoke: bool, seed: int = 0) -> Path:
+    """A published-layout DeBERTa head checkpoint: config.json (+ base_model dir), model.safetensors, tokenizer."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DebertaV2Config
+
+    from benchmarks.synthetic import benchmark_tokenizer
+    from sparkcurate.classifiers.domain import DOMAIN_LABELS
+    from sparkcurate.models.heads import ClsHeadModel
+
+    tokenizer = benchmark_tokenizer()
+    base = out / "base_model"
+    base.mkdir(parents=True, exist_ok=True)
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if smoke else \
+        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    cfg = DebertaV2Config(vocab_size=max(len(tokenizer), 128) if smoke else 128100, relative_attention=True,
+                          position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
+                          pos_att_type=["p2c", "c2p"], max_relative_positions=-1, position_biased_input=False,
+                          type_vocab_size=0, layer_norm_eps=1e-7, max_position_embeddings=512, **shape)
+    cfg.save_pretrained(base)
+    torch.manual_seed(seed)
+    model = ClsHeadModel(cfg, len(DOMAIN_LABELS))
+    with torch.no_grad():
+        model.fc.weight.mul_(20.0)  # decisive predictions, as a trained head gives
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    save_file(state, str(out / "model.safetensors"))
+    labels = {i: name for i, name in enumerate(DOMAIN_LABELS)}
+    (out / "config.json").write_text(json.dumps({
+        "base_model": str(base), "fc_dropout": 0.2, "id2label": labels,
+        "label2id": {v: k for k, v in labels.items()}, "model_type": "deberta-v2"}))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def gpu_session(args):
+    from sparkcurate.spark.session import get_session
+
+    cores = args.tasks_per_gpu * args.gpus
+    conf = {
+        "spark.ui.enabled": "false",
+        "spark.executorEnv.PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO)),
+        "spark.executorEnv.TOKENIZERS_PARALLELISM": "true",
+        "spark.sql.files.maxPartitionBytes": str(args.partition_mb * 2**20),
+        "spark.driver.memory": "8g",
+    }
+    if not args.smoke:
+        discovery = str(REPO / "conf" / "getGpusResources.sh")
+        conf.update({
+            "spark.worker.resource.gpu.amount": str(args.gpus),
+            "spark.worker.resource.gpu.discoveryScript": discovery,
+            "spark.executor.resource.gpu.amount": str(args.gpus),
+            "spark.executor.resource.gpu.discoveryScript": discovery,
+            "spark.task.resource.gpu.amount": str(1 / args.tasks_per_gpu),
+            "spark.executor.cores": str(cores),
+        })
+    master = f"local-cluster[1,{cores},{args.executor_mb}]" if not args.smoke else "local[2]"
+    return get_session(master, conf)
+
+
+def run_sparkcurate(spark, data: Path, out: Path, ckpt: Path, args) -> dict:
+    from sparkcurate.classifiers import DomainClassifier
+    from sparkcurate.pipeline import JobOptions, run
+
+    clf = DomainClassifier(model=str(ckpt), device="cpu" if args.smoke else "auto", token_budget=args.token_budget)
+    start = time.perf_counter()
+    summary = run(spark, JobOptions(input=str(data), output=str(out), classifiers=[clf], quiet=True))
+    seconds = time.perf_counter() - start
+    return {"name": "sparkcurate_spark_e2e", "docs": summary["input_records"], "seconds": round(seconds, 2),
+            "docs_per_s": round(summary["input_records"] / seconds, 1), "task_devices": summary["task_devices"],
+            "tasks_per_gpu": args.tasks_per_gpu, "summary_docs_per_s": summary["docs_per_s"]}
+
+
+def run_predict_batch_udf(spark, data: Path, out: Path, ckpt: Path, args) -> dict:
+    """The shape of the Spark docs' example: predict_batch_udf, a Hugging Face model in fp32, batch 64."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    try:
+        from pyspark.ml.functions import predict_batch_udf
+    except Exception as exc:  # pragma: no cover - pyspark.ml missing from a slim install
+        return {"name": "predict_batch_udf_fp32", "skipped": f"pyspark.ml unavailable: {exc}"}
+    ckpt_s, device = str(ckpt), "cpu" if args.smoke else "cuda"
+
+    def make_predict_fn():
+        import numpy as np
+        import torch
+        from transformers import AutoTokenizer
+
+        from sparkcurate.classifiers import DomainClassifier
+
+        clf = DomainClassifier(model=ckpt_s)
+        clf.preflight()
+        model = clf.load_module(Path(ckpt_s)).to(device).eval()
+        tok = AutoTokenizer.from_pretrained(ckpt_s)
+
+        def predict(texts: np.ndarray) -> np.ndarray:
+            enc = tok([str(t) for t in texts], truncation=True, max_length=512, padding=True, return_tensors="pt")
+            with torch.no_grad():
+                probs = model(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+            return probs.argmax(dim=1).cpu().numpy().astype(np.int32)
+
+        return predict
+
+    udf = predict_batch_udf(make_predict_fn, return_type=T.IntegerType(), batch_size=64)
+    start = time.perf_counter()
+    df = spark.read.json(str(data)).withColumn("file_name", F.input_file_name())
+    df = df.withColumn("domain_pred", udf(F.substring("text", 1, 2000)))
+    df.write.mode("overwrite").partitionBy("file_name").json(str(out))
+    seconds = time.perf_counter() - start
+    n = spark.read.json(str(out)).count()
+    return {"name": "predict_batch_udf_fp32", "docs": n, "seconds": round(seconds, 2),
+            "docs_per_s": round(n / seconds, 1)}
+
+
+def card() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--docs", type=int, default=100_000)
+    p.add_argument("--baseline-docs", type=int, default=4_000, help="documents for the slow baseline")
+    p.add_argument("--files", type=int, default=32)
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--tasks-per-gpu", type=int, default=4)
+    p.add_argument("--executor-mb", type=int, default=32_768)
+    p.add_argument("--partition-mb", type=int, default=16)
+    p.add_argument("--token-budget", type=int, default=None)
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few hundred documents")
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--results", default="benchmarks/results")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.docs, args.baseline_docs, args.files, args.tasks_per_gpu = 200, 100, 2, 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from benchmarks.synthetic import write_jsonl
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ckpt = write_checkpoint(root / "model", args.smoke)
+        write_jsonl(root / "data", args.docs, args.files)
+        write_jsonl(root / "baseline-data", args.baseline_docs, max(1, args.files // 8), seed=1)
+        spark = gpu_session(args)
+        results.append(run_sparkcurate(spark, root / "data", root / "out", ckpt, args))
+        log.info("%s", results[-1])
+        if not args.skip_baseline:
+            results.append(run_predict_batch_udf(spark, root / "baseline-data", root / "out-baseline", ckpt, args))
+            log.info("%s", results[-1])
+        spark.stop()
+    base = next((r for r in results if r["name"] == "predict_batch_udf_fp32" and "docs_per_s" in r), None)
+    if base:
+        results[0]["speedup_vs_predict_batch_udf"] = round(results[0]["docs_per_s"] / base["docs_per_s"], 2)
+    doc = {"device": card(), "date": date.today().isoformat(),
+           "command": "python3 -m benchmarks.spark_e2e " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+           "results": results}
+    name = "cpu-smoke" if args.smoke else card().replace(" ", "-")
+    path = Path(args.results) / f"{doc['date']}-{name}-spark-e2e.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    for r in results:
+        print(f"{r['name']:28s} {r.get('docs_per_s', '-'):>10} docs/s  {r.get('seconds', '-')} s  "
+              f"{r.get('skipped', '')}")
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""Several classifiers in one pass: the same columns as separate runs, one tokenization per distinct tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparkcurate.classifiers import DomainClassifier, QualityClassifier
+from sparkcurate.classifiers.fineweb import FineWebEduClassifier
+from sparkcurate.pipeline import JobOptions, run
+from tests.conftest import SAMPLES
+from tests.fixtures.tiny_models import QUALITY_LABELS, make_deberta_classifier, make_fineweb_edu_classifier
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, deberta_dir):
+    root = tmp_path_factory.mktemp("models")
+    quality = make_deberta_classifier(root / "quality", QUALITY_LABELS, seed=5, head_spread=4.0, max_tokens=1024)
+    fineweb = make_fineweb_edu_classifier(root / "fineweb", seed=1)
+    return deberta_dir, quality, fineweb
+
+
+def _classifiers(models, **filters):
+    domain, quality, fineweb = models
+    return [DomainClassifier(model=str(domain), device="cpu", filter_by=filters.get("domain")),
+            QualityClassifier(model=str(quality), device="cpu", filter_by=filters.get("quality")),
+            FineWebEduClassifier(model=str(fineweb), device="cpu")]
+
+
+def _rows(spark, out):
+    return {r["id"]: r.asDict(recursive=True) for r in spark.read.json(str(out)).collect()}
+
+
+def test_one_pass_equals_separate_runs(spark, models, tmp_path):
+    together = tmp_path / "together"
+    run(spark, JobOptions(input=str(SAMPLES), output=str(together), classifiers=_classifiers(models)))
+    combined = _rows(spark, together)
+    assert len(combined) == 28
+    for clf in _classifiers(models):
+        out = tmp_path / clf.name
+        run(spark, JobOptions(input=str(SAMPLES), output=str(out), classifiers=[clf]))
+        alone = _rows(spark, out)
+        assert set(alone) == set(combined)
+        for col in [c.name for c in clf.output_columns()]:
+            for key, row in alone.items():
+                a, b = row[col], combined[key][col]
+                if isinstance(a, float):
+                    assert abs(a - b) < 1e-5, (col, key)
+                elif isinstance(a, list):
+                    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (col, key)
+                else:
+                    assert a == b, (col, key)
+
+
+def test_combined_filter_is_and_across_classifiers(spark, models, tmp_path):
+    out = tmp_path / "all"
+    run(spark, JobOptions(input=str(SAMPLES), output=str(out), classifiers=_classifiers(models)))
+    rows = _rows(spark, out).values()
+    domains = sorted({r["domain_pred"] for r in rows})[:2]
+    quality = sorted({r["quality_pred"] for r in rows})[:1]
+    expected = {r["id"] for r in rows if r["domain_pred"] in domains and r["quality_pred"] in quality}
+    filtered = tmp_path / "filtered"
+    summary = run(spark, JobOptions(input=str(SAMPLES), output=str(filtered),
+                                    classifiers=_classifiers(models, domain=domains, quality=quality)))
+    assert expected, "the sample should keep some rows under this filter"
+    assert set(_rows(spark, filtered)) == expected
+    assert summary["filtered_records"] == 28 - len(expected)
+
+
+def test_shared_tokenizer_tokenizes_once(deberta_dir, sample_texts):
+    """Two classifiers with the same tokenizer and limits share one tokenization per batch."""
+    import pyarrow as pa
+
+    from sparkcurate.spark import stage
+
+    a = DomainClassifier(model=str(deberta_dir), device="cpu")
+    b = DomainClassifier(model=str(deberta_dir), device="cpu", pred_column="domain_pred_2")
+    for c in (a, b):
+        c.preflight()
+    calls = []
+    original = stage.tokenize_valid
+
+    def counting(batch, c, engine, skip_column=None):
+        calls.append(c.pred_column)
+        return original(batch, c, engine, skip_column)
+
+    stage.tokenize_valid = counting
+    try:
+        fn = stage.make_partition_function([a, b])
+        batch = pa.RecordBatch.from_pydict({"text": sample_texts})
+        (out,) = list(fn(iter([batch])))
+    finally:
+        stage.tokenize_valid = original
+    assert calls == ["domain_pred"]
+    assert out.column(out.schema.get_field_index("domain_pred")).to_pylist() == \
+        out.column(out.schema.get_field_index("domain_pred_2")).to_pylist()
