@@ -74,11 +74,21 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         clean_leftovers(fs)
     fs.write_json(RUNNING_MARKER, {"run_id": run_id, "started_at": _iso(started), "command": opts.command})
     touched = False
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:  # where the time went, for the summary (and for tuning)
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
     try:
         text_field = _common_text_field(opts.classifiers)
         listing = list_input_files(spark, opts.input)
         df, listing = read_jsonl_checked(spark, opts.input, text_field, opts.schema, opts.file_name_column,
                                          opts.sampling_ratio, listing)
+        lap("list_and_infer_schema")
         counter = spark.sparkContext.accumulator(0)
         device_log = device_accumulator(spark.sparkContext)
         rows = classified_rows(df, opts.classifiers, counter, device_log).persist(_disk_level())
@@ -87,12 +97,15 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
 
             with ProgressReporter(spark.sparkContext, counter, None, opts.progress_interval_s, opts.quiet, log):
                 counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
+            lap("read_classify_count")
             check_no_vanished_files(spark, listing, counts)
             touched = True
             write_jsonl(output_rows(rows, opts.classifiers), opts.output, opts.layout, opts.file_name_column,
                         opts.compression)
+            lap("write_output")
             prune_stale_outputs(spark, opts, listing, counts)
             write_rejects(spark, rows, opts, run_id)
+            lap("write_rejects")
         finally:
             rows.unpersist()
     except BaseException as exc:
@@ -109,6 +122,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     elapsed = time.time() - started
     summary = build_summary(spark, opts, counts, models, listing, started, elapsed, device_log.value)
     summary["previous_run_unfinished"] = previous or None
+    summary["timings_s"] = timings
     fs.write_json(SUMMARY_FILE, summary)
     fs.delete(RUNNING_MARKER)
     return summary
@@ -149,11 +163,17 @@ def explain_failure(exc: Exception) -> Exception | None:
     name = (match.group(1) or match.group(2)).rstrip(".") if match else "(see the Spark error)"
     if any(key in text for key in ("FILE_NOT_EXIST", "FileNotFoundException", "PATH_NOT_FOUND")):
         why = "it was deleted or moved while the job ran"
-    elif "EOF" in text or "end of input stream" in text or "GZIP" in text or "ZipException" in text:
+    elif any(key in text for key in ("EOF", "end of input stream", "GZIP", "ZipException", "Truncated",
+                                     "ZstdIOException", "Unknown frame descriptor")):
         why = "it is truncated or not valid compressed data"
     else:
         why = "Spark could not read it"
-    first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if "FAILED_READ_FILE" in ln or "PATH_NOT_FOUND" in ln),
+                 lines[0] if lines else type(exc).__name__)[:300]
+    cause = next((ln for ln in lines if ln.startswith("Caused by:")), "")
+    if cause:
+        first = f"{first}; {cause[:200]}"
     return InputError(f"input file {name}: {why}; nothing was written (Spark: {first})")
 
 

@@ -136,3 +136,50 @@ def test_character_cut_before_tokenizing(engine):
 
 def test_cpu_precision_is_fp32(engine):
     assert engine.precision == "fp32" and next(engine.model.parameters()).dtype == torch.float32
+
+
+class _OverflowsInHalf(torch.nn.Module):
+    """Returns NaN rows for long documents unless run in fp32: the fp16 overflow the engine must rescue."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        out = self.inner(input_ids, attention_mask)
+        if next(self.inner.parameters()).dtype != torch.float32:
+            long_rows = attention_mask.sum(1) > 40
+            out = torch.where(long_rows[:, None], torch.full_like(out, float("nan")), out)
+        return out
+
+
+def test_non_finite_half_outputs_are_recomputed_in_fp32(engine, sample_texts):
+    sample_texts = sample_texts + ["a short one", "tiny", "two words"]
+    rounded = copy_module(engine.model).to(torch.bfloat16).float()  # what an fp32 copy of bf16 weights computes
+    reference = InferenceEngine(rounded, engine.tokenizer, EngineConfig(max_chars=2000)).predict(sample_texts)
+    half = InferenceEngine(_OverflowsInHalf(copy_module(engine.model)), engine.tokenizer,
+                           EngineConfig(max_chars=2000, precision="bf16"))
+    got = half.predict(sample_texts)
+    assert np.isfinite(got).all()
+    long_rows = half.tokenize(sample_texts).lengths > 40
+    assert long_rows.any() and (~long_rows).any()
+    np.testing.assert_allclose(got[long_rows], reference[long_rows], atol=1e-5)
+
+
+def test_non_finite_in_fp32_is_an_error(engine):
+    class Nan(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask):
+            return torch.full((input_ids.shape[0], 2), float("nan"))
+
+    with pytest.raises(FloatingPointError):
+        InferenceEngine(Nan(), engine.tokenizer, EngineConfig()).predict(["a"])
+
+
+def copy_module(module):
+    import copy
+
+    return copy.deepcopy(module)

@@ -302,7 +302,9 @@ def read_jsonl_checked(spark: "SparkSession", path: str, text_field: str = "text
     from pyspark.sql import functions as F
 
     listing = listing or list_input_files(spark, path)
-    paths = [f.path for f in listing.files if f.size > 0]
+    # Spark treats every path it is given as a glob: escape the names, so 'a[1].jsonl' or 'back\\slash.jsonl'
+    # are read as themselves.
+    paths = [glob_escape(f.path) for f in listing.files if f.size > 0]
     if not paths:
         return _empty_frame(spark, text_field, file_name_column, schema), listing
     read_schema_ = read_schema(spark, paths, text_field, schema, sampling_ratio)
@@ -313,7 +315,7 @@ def read_jsonl_checked(spark: "SparkSession", path: str, text_field: str = "text
     if _is_directory(listing):
         # A directory is read as one source (no per-file list: names with glob characters stay literal).
         reader = reader.option("recursiveFileLookup", "true").option("pathGlobFilter", INPUT_GLOB)
-        source: str | list[str] = path
+        source: str | list[str] = glob_escape(path)
     else:
         source = paths
     df = (reader.json(source)
@@ -323,6 +325,14 @@ def read_jsonl_checked(spark: "SparkSession", path: str, text_field: str = "text
     df = df.join(F.broadcast(names), on=SOURCE_COLUMN, how="left")
     df = df.withColumn(file_name_column, F.coalesce(F.col(file_name_column), F.col(SOURCE_COLUMN)))
     return df.withColumn(REASON_COLUMN, reject_reason(text_field)).drop(SOURCE_COLUMN), listing
+
+
+_GLOB_SPECIAL = re.compile(r"([\\*?\[\]{}])")
+
+
+def glob_escape(path: str) -> str:
+    """``path`` with Hadoop's glob characters backslash-escaped: a literal path for Spark's reader."""
+    return _GLOB_SPECIAL.sub(r"\\\1", path)
 
 
 def _is_directory(listing: InputListing) -> bool:

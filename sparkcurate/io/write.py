@@ -98,7 +98,7 @@ def safe_relative_path(name: str, suffix: str = ".jsonl") -> str:
             plain_ext = plain_ext[: -len(comp)]
     target_ext = plain_ext if plain_ext in (".jsonl", ".json", ".ndjson") else suffix
     parts = [p for p in stem.replace("\\", "/").split("/")]
-    safe = [_safe_component(p) for p in parts if p != ""] or ["_"]
+    safe = [_safe_component(p) for p in parts if p != ""] or [_safe_component("")]
     candidate = "/".join(safe) + target_ext
     if "/".join(safe) != stem.strip("/") or len(candidate.encode()) > 1000:
         safe[-1] = safe[-1][:100] + "~" + _short_hash(name)

@@ -39,7 +39,7 @@ class ClsHeadModel(nn.Module):
         from sparkcurate.engine.packed import packed_last_hidden
 
         hidden = packed_last_hidden(self.model, input_ids, cu_seqlens, max_seqlen)
-        first = hidden.index_select(0, cu_seqlens[:-1].long())
+        first = hidden.index_select(0, cu_seqlens[:-1].to(hidden.device, non_blocking=True).long())
         return torch.softmax(self.fc(first).float(), dim=-1)
 
 

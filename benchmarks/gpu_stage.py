@@ -1,0 +1,627 @@
+"""GPU-stage benchmark: DeBERTa-v3-base-shaped classifier over synthetic documents, without Spark.
+
+Why: the numbers to beat in reference/performance.md are for the GPU stage alone; this script
+reproduces them (arrival-order fp32, sorted bf16, packed bf16) and times sparkcurate's own engine
+on the same documents, so every change can be compared on one card in one run.
+
+Run on the GPU machine from the repository root::
+
+    python3 -m benchmarks.gpu_stage                       # full: 12,000 domain + 6,000 quality docs
+    python3 -m benchmarks.gpu_stage --memory-fraction 0.2 # defaults must fit a 16 GB card (80 GB x 0.2)
+    python3 -m benchmarks.gpu_stage --smoke               # CPU, tiny model, ~50 docs, seconds (CI)
+
+Model: random weights, DeBERTa-v3-base shape (12 layers, hidden 768, 12 heads, 256 position
+buckets, vocab 128,100) with a 26-label head. Random backbones give near-identical [CLS] states, so
+the head is *calibrated* (bias centres the fp32 [CLS] states of 256 documents, weights scaled to a
+logit spread of ~4): predictions are decisive and spread over classes, like a trained model's, and
+argmax agreement measures precision effects rather than near-ties (performance.md, "Measuring
+agreement"). Agreement is also reported on documents whose fp32 top-two margin is >= 0.1.
+
+Tokenizer: the real DeBERTa-v3 tokenizer cannot be downloaded; benchmarks/synthetic.py builds a
+WordPiece tokenizer whose token counts follow the length mix exactly (see its docstring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import logging
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger("gpu_stage")
+
+N_LABELS = 26
+CALIBRATION: dict = {}
+MARGIN = 0.1  # fp32 top-two probability margin that makes a document "decisive"
+WIDE_MARGIN = 0.5
+
+
+@dataclass
+class Docs:
+    """One length mix, tokenized once (tokenization is not part of the GPU stage)."""
+
+    mix_name: str
+    texts: list[str]
+    ids: list[np.ndarray]
+    lengths: np.ndarray
+    max_tokens: int
+    max_chars: int
+
+
+@dataclass
+class Result:
+    name: str
+    mix: str
+    docs: int
+    tokens: int
+    seconds: float
+    docs_per_s: float
+    tokens_per_s: float
+    model_tflops: float
+    peak_gpu_gb: float | None
+    argmax_agreement: float | None = None
+    decisive_agreement: float | None = None
+    decisive_fraction: float | None = None
+    wide_margin_agreement: float | None = None
+    wide_margin_fraction: float | None = None
+    max_prob_abs_diff: float | None = None
+    classes_predicted: int | None = None
+    padded_tokens: int | None = None
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def backbone_config(smoke: bool, vocab_size: int):
+    """DeBERTa-v3-base shape (or a tiny one for --smoke)."""
+    from transformers import DebertaV2Config
+
+    common = dict(
+        relative_attention=True, max_relative_positions=-1, pos_att_type=["p2c", "c2p"], share_att_key=True,
+        norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0, max_position_embeddings=512,
+        hidden_act="gelu", layer_norm_eps=1e-7,
+    )
+    if smoke:
+        return DebertaV2Config(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=128, position_buckets=32, **common)
+    return DebertaV2Config(vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                           intermediate_size=3072, position_buckets=256, **common)
+
+
+class _LocalClsHead:
+    """Fallback when sparkcurate.models.heads is not importable: the same padded forward."""
+
+    @staticmethod
+    def build(config, n_labels: int):
+        import torch
+        from torch import nn
+        from transformers import AutoModel
+
+        class ClsHead(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = AutoModel.from_config(config)
+                self.dropout = nn.Dropout(0.2)
+                self.fc = nn.Linear(config.hidden_size, n_labels)
+
+            def forward(self, input_ids, attention_mask):
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                return torch.softmax(self.fc(self.dropout(hidden[:, 0, :])).float(), dim=-1)
+
+        return ClsHead()
+
+
+def build_model(config, seed: int, init_std: float = 0.05):
+    """fp32 classifier on the CPU; the lead's ClsHeadModel when available (the engine needs it).
+
+    Matrices are re-drawn with std ``init_std`` (HF's init is 0.02). The [CLS] states of different
+    documents must differ by much more than bf16 rounding moves them, or no head can be decisive.
+    Measured on an H100 (base shape, 256 domain docs; spread / bf16 noise of the [CLS] state):
+    std 0.05 -> 15.7, 0.1 -> 2.0, 0.2 -> 0.7 (deep random nets turn chaotic as std grows; at 0.02
+    the tiny smoke model gave 1.1). 0.05 is the default.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    try:
+        from sparkcurate.models.heads import ClsHeadModel
+
+        model = ClsHeadModel(config, N_LABELS)
+    except ImportError as exc:
+        log.warning("sparkcurate.models.heads unavailable (%s): using a local head", exc)
+        model = _LocalClsHead.build(config, N_LABELS)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, init_std)
+    return model.eval()
+
+
+def calibrate_head(model, docs: Docs, device, n: int = 256, logit_std: float = 4.0, k: int = 16) -> None:
+    """Make the random head decisive, like a trained one (see module doc).
+
+    A random backbone's [CLS] states differ little between documents, so a random head would mostly
+    read the common part plus rounding noise. Trained heads read the directions along which
+    documents differ: here the head mixes the top-``k`` principal components of the fp32 [CLS]
+    states (whitened), centred by the bias and scaled to a logit spread of ``logit_std``.
+    """
+    import torch
+
+    idx = np.arange(min(n, len(docs.ids)))
+    ids, mask = pad_batch(docs, idx)
+    with torch.no_grad():
+        backbone = model.model.to(device)
+        cls = []
+        for lo in range(0, len(idx), 32):
+            out = backbone(input_ids=ids[lo:lo + 32].to(device), attention_mask=mask[lo:lo + 32].to(device))
+            cls.append(out.last_hidden_state[:, 0, :].float().cpu())
+        cls = torch.cat(cls).double()
+        mean = cls.mean(0)
+        half = copy.deepcopy(backbone).to(torch.bfloat16)
+        out = half(input_ids=ids[:32].to(device), attention_mask=mask[:32].to(device))
+        noise = (out.last_hidden_state[:, 0, :].double().cpu() - cls[:32]).norm(dim=1).mean().item()
+        del half
+        spread = (cls - mean).norm(dim=1).mean().item()
+        CALIBRATION.update(cls_spread=round(spread, 5), bf16_cls_noise=round(noise, 5),
+                           spread_over_noise=round(spread / max(noise, 1e-12), 2))
+        log.info("head calibration: [CLS] spread %.4f, bf16 noise %.4f", spread, noise)
+        _, sing, vh = torch.linalg.svd(cls - mean, full_matrices=False)
+        k = min(k, int((sing > sing[0] * 1e-6).sum()))
+        whiten = vh[:k] / sing[:k, None] * math.sqrt(len(idx))  # unit variance along each component
+        gen = torch.Generator().manual_seed(1234)
+        w = torch.randn(model.fc.weight.shape[0], k, generator=gen, dtype=torch.float64) @ whiten
+        w *= logit_std / ((cls - mean) @ w.T).std()
+        model.fc.weight.copy_(w.float())
+        model.fc.bias.copy_((-(mean @ w.T)).float())
+    model.to("cpu")
+
+
+def model_flops(lengths: np.ndarray, config) -> float:
+    """Useful forward FLOPs (no padding): linear layers + content attention + relative-position scores."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    slots = 2 * config.position_buckets
+    per_token = 2 * (4 * h * h + 2 * h * inter) + 4 * slots * h
+    lengths = lengths.astype(np.float64)
+    return float(layers * (lengths.sum() * per_token + (4 * h * lengths * lengths).sum()))
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def pad_batch(docs: Docs, idx: np.ndarray, pad_id: int = 0):
+    """Right-padded [B, S] ids and mask (CPU tensors) for documents ``idx``."""
+    import torch
+
+    width = int(docs.lengths[idx].max())
+    ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(idx), width), dtype=np.int64)
+    for row, i in enumerate(idx):
+        n = int(docs.lengths[i])
+        ids[row, :n] = docs.ids[i]
+        mask[row, :n] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def arrival_batches(n: int, size: int) -> list[np.ndarray]:
+    return [np.arange(lo, min(n, lo + size)) for lo in range(0, n, size)]
+
+
+def sorted_batches(lengths: np.ndarray, budget: int, padded: bool, max_rows: int = 256) -> list[np.ndarray]:
+    """Longest first; the budget counts rows x longest (padded) or the sum of lengths (packed)."""
+    order = np.argsort(-lengths, kind="stable")
+    out, start = [], 0
+    while start < len(order):
+        stop, used = start, 0
+        longest = int(lengths[order[start]])
+        while stop < len(order) and stop - start < max_rows:
+            cost = longest if padded else int(lengths[order[stop]])
+            if stop > start and used + cost > budget:
+                break
+            used += cost
+            stop += 1
+        out.append(order[start:stop])
+        start = stop
+    return out
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def to_device(t, device):
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def run_padded(model, docs: Docs, batches, device) -> Callable[[list], Any]:
+    """Padded HF forward over ``batches``; returns a runner that yields [N, K] probs on the host."""
+    import torch
+
+    def run(selected):
+        outs = []
+        with torch.inference_mode():
+            for idx in selected:
+                ids, mask = pad_batch(docs, idx)
+                outs.append((idx, model(to_device(ids, device), to_device(mask, device))))
+        return outs
+
+    return run
+
+
+def run_packed(model, docs: Docs, batches, device, impl: str) -> Callable[[list], Any]:
+    """Packed forward through sparkcurate.engine.packed; [CLS] rows through the head."""
+    import torch
+
+    from sparkcurate.engine.packed import packed_last_hidden
+
+    def run(selected):
+        outs = []
+        with torch.inference_mode():
+            for idx in selected:
+                flat = np.concatenate([docs.ids[i] for i in idx]).astype(np.int64)
+                cu = np.zeros(len(idx) + 1, dtype=np.int32)
+                np.cumsum(docs.lengths[idx], out=cu[1:])
+                cu_cpu = torch.from_numpy(cu)
+                ids = to_device(torch.from_numpy(flat), device)
+                hidden = packed_last_hidden(model.model, ids, cu_cpu, int(docs.lengths[idx].max()), impl)
+                rows = hidden.index_select(0, to_device(cu_cpu[:-1].long(), device))
+                outs.append((idx, torch.softmax(model.fc(rows).float(), dim=-1)))
+        return outs
+
+    return run
+
+
+def collect(outs, n: int) -> np.ndarray:
+    """One device-to-host copy at the end, then input order."""
+    import torch
+
+    values = torch.cat([o for _, o in outs]).float().cpu().numpy()
+    order = np.concatenate([i for i, _ in outs])
+    probs = np.empty_like(values)
+    probs[order] = values
+    if len(order) != n:
+        raise RuntimeError(f"internal error: {len(order)} results for {n} documents")
+    return probs
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device, run, batches, n_docs: int, warm: list) -> tuple[np.ndarray, float, float | None]:
+    """Warm up (compilation, allocator) on ``warm``, then time one full pass."""
+    import torch
+
+    if warm:
+        run(warm)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    outs = run(batches)
+    probs = collect(outs, n_docs)  # includes the final sync
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return probs, seconds, peak
+
+
+def warm_subset(batches: list, k: int = 8) -> list:
+    """Evenly spaced batches (sorted batches: every length family gets compiled before timing)."""
+    if len(batches) <= k:
+        return list(batches)
+    picks = np.linspace(0, len(batches) - 1, k).round().astype(int)
+    return [batches[i] for i in sorted(set(picks.tolist()))]
+
+
+def agreement(probs: np.ndarray, ref: np.ndarray | None) -> dict:
+    if ref is None:
+        return {}
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) >= MARGIN
+    wide = (top2[:, 1] - top2[:, 0]) >= WIDE_MARGIN
+    same = probs.argmax(1) == ref.argmax(1)
+    return dict(
+        wide_margin_agreement=float(same[wide].mean()) if wide.any() else None,
+        wide_margin_fraction=float(wide.mean()),
+        argmax_agreement=float(same.mean()),
+        decisive_agreement=float(same[decisive].mean()) if decisive.any() else None,
+        decisive_fraction=float(decisive.mean()),
+        max_prob_abs_diff=float(np.abs(probs - ref).max()),
+    )
+
+
+def make_result(name, docs: Docs, probs, seconds, peak, ref, config, padded_tokens=None, notes="", **extra):
+    tokens = int(docs.lengths.sum())
+    return Result(
+        name=name, mix=docs.mix_name, docs=len(docs.ids), tokens=tokens, seconds=round(seconds, 4),
+        docs_per_s=round(len(docs.ids) / seconds, 1), tokens_per_s=round(tokens / seconds, 1),
+        model_tflops=round(model_flops(docs.lengths, config) / seconds / 1e12, 2),
+        peak_gpu_gb=None if peak is None else round(peak, 3), padded_tokens=padded_tokens,
+        classes_predicted=int(len(np.unique(probs.argmax(1)))), notes=notes, extra=extra,
+        **agreement(probs, ref),
+    )
+
+
+def padded_token_count(docs: Docs, batches) -> int:
+    return int(sum(len(b) * int(docs.lengths[b].max()) for b in batches))
+
+
+# --------------------------------------------------------------------------- one mix
+
+
+def bench_mix(args, docs: Docs, base_model, config, tokenizer, device) -> list[Result]:
+    """All variants on one length mix; the fp32 arrival-order run is the agreement reference."""
+    import torch
+
+    results: list[Result] = []
+    n = len(docs.ids)
+    ref = None
+    wanted = set(args.variants)
+
+    if "arrival_fp32_b64" in wanted:
+        model = copy.deepcopy(base_model).to(device, torch.float32)
+        batches = arrival_batches(n, 64)
+        probs, secs, peak = timed(device, run_padded(model, docs, batches, device), batches, n, batches[:2])
+        ref = probs
+        results.append(make_result("arrival_fp32_b64", docs, probs, secs, peak, ref, config,
+                                   padded_tokens=padded_token_count(docs, batches)))
+        del model
+        log_result(results[-1])
+
+    # On the CPU (--smoke) the "bf16" variants run in fp32: CPU bf16 kernels would make the smoke slow.
+    half = torch.bfloat16 if device.type == "cuda" else torch.float32
+    bf16 = copy.deepcopy(base_model).to(device, half)
+    if "sorted_bf16_baseline" in wanted:
+        batches = sorted_batches(docs.lengths, args.token_budget, padded=True)
+        probs, secs, peak = timed(device, run_padded(bf16, docs, batches, device), batches, n, warm_subset(batches, 3))
+        results.append(make_result("sorted_bf16_baseline", docs, probs, secs, peak, ref, config,
+                                   padded_tokens=padded_token_count(docs, batches),
+                                   notes=str(half).replace("torch.", ""),
+                                   token_budget=args.token_budget))
+        log_result(results[-1])
+
+    impl = "kernel" if device.type == "cuda" else "reference"
+    packed_batches = sorted_batches(docs.lengths, args.token_budget, padded=False)
+    if "packed_bf16" in wanted:
+        # Warm-up is a whole pass: kernel configs are compiled per (length family, occupancy family).
+        runner = run_packed(bf16, docs, packed_batches, device, impl)
+        warm = packed_batches if device.type == "cuda" else packed_batches[:1]
+        probs, secs, peak = timed(device, runner, packed_batches, n, warm)
+        results.append(make_result("packed_bf16", docs, probs, secs, peak, ref, config,
+                                   notes=f"attention_impl={impl}, {str(half).replace('torch.', '')}",
+                                   token_budget=args.token_budget))
+        log_result(results[-1])
+    del bf16
+
+    # Exactness check of the kernel inside the benchmark (strict fp32). Domain mix only, and warmed on
+    # a subset, to keep the run short: its speed is not a target.
+    if "packed_fp32" in wanted and device.type == "cuda" and docs.mix_name == "domain":
+        fp32 = copy.deepcopy(base_model).to(device, torch.float32)
+        runner = run_packed(fp32, docs, packed_batches, device, impl)
+        probs, secs, peak = timed(device, runner, packed_batches, n, warm_subset(packed_batches))
+        results.append(make_result("packed_fp32", docs, probs, secs, peak, ref, config,
+                                   notes=f"attention_impl={impl}, strict fp32", token_budget=args.token_budget))
+        log_result(results[-1])
+        del fp32
+
+    if "sparkcurate_gpu_stage" in wanted:
+        results.extend(bench_engine(args, docs, base_model, config, tokenizer, device, ref))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+def bench_engine(args, docs: Docs, base_model, config, tokenizer, device, ref) -> list[Result]:
+    """The lead's InferenceEngine, defaults except length limits (guarded: it may not exist yet)."""
+    try:
+        from sparkcurate.engine.runner import EngineConfig, InferenceEngine
+    except ImportError as exc:
+        log.warning("sparkcurate_gpu_stage skipped: %s", exc)
+        return [skipped("sparkcurate_gpu_stage", docs, f"engine not importable: {exc}")]
+    import torch
+
+    try:
+        cfg = EngineConfig(max_tokens=docs.max_tokens, max_chars=docs.max_chars)
+        engine = InferenceEngine(copy.deepcopy(base_model), tokenizer, cfg, device=device)
+        tokens = engine.tokenize(docs.texts)
+        if not np.array_equal(tokens.lengths, docs.lengths):
+            log.warning("engine tokenization differs from the benchmark's (%d vs %d tokens)",
+                        tokens.total_tokens, int(docs.lengths.sum()))
+        engine.predict_tokenized(tokens)  # warm-up pass: kernel compilation, allocator
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        probs = engine.predict_tokenized(tokens)
+        secs = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+        notes = f"{engine.precision}, {'packed' if engine.packed else 'padded'}, budget {engine.budget}"
+        out = [make_result("sparkcurate_gpu_stage", docs, probs, secs, peak, ref, config, notes=notes,
+                           oom_retries=engine.oom_retries)]
+        log_result(out[-1])
+        start = time.perf_counter()
+        probs2 = np.concatenate(list(engine.predict_batches(
+            [docs.texts[i:i + 2000] for i in range(0, len(docs.texts), 2000)])))
+        secs2 = time.perf_counter() - start
+        out.append(make_result("sparkcurate_with_tokenize", docs, probs2, secs2, None, ref, config,
+                               notes=notes + ", tokenizing 2000-doc batches on a prefetch thread"))
+        log_result(out[-1])
+        return out
+    except Exception as exc:  # report, don't lose the other variants' numbers
+        log.exception("sparkcurate_gpu_stage failed")
+        return [skipped("sparkcurate_gpu_stage", docs, f"failed: {type(exc).__name__}: {exc}")]
+
+
+def skipped(name: str, docs: Docs, why: str) -> Result:
+    return Result(name=name, mix=docs.mix_name, docs=len(docs.ids), tokens=int(docs.lengths.sum()), seconds=0.0,
+                  docs_per_s=0.0, tokens_per_s=0.0, model_tflops=0.0, peak_gpu_gb=None, notes="SKIPPED: " + why)
+
+
+def log_result(r: Result) -> None:
+    log.info("%-26s %-8s %8.1f docs/s %10.0f tok/s agree=%s peak=%s GB %s", r.name, r.mix, r.docs_per_s,
+             r.tokens_per_s, r.argmax_agreement, r.peak_gpu_gb, r.notes)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def load_docs(mix, n: int, tokenizer, seed: int) -> Docs:
+    from benchmarks.synthetic import make_documents
+
+    texts = make_documents(n, mix, seed)
+    cut = [t[: mix.max_chars] for t in texts]
+    backend = tokenizer._tokenizer
+    backend.no_padding()
+    backend.enable_truncation(max_length=mix.max_tokens)
+    ids = [np.asarray(e.ids, dtype=np.int32) for e in backend.encode_batch(cut, add_special_tokens=True)]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    return Docs(mix.name, texts, ids, lengths, mix.max_tokens, mix.max_chars)
+
+
+def card_name(device) -> tuple[str, str]:
+    """(long description, short slug for the file name)."""
+    import torch
+
+    if device.type != "cuda":
+        return "cpu", "cpu"
+    name = torch.cuda.get_device_name(device)
+    m = re.search(r"(h100|h200|a100|l40s?|a10g?|t4|l4)", name.lower())
+    return name, (m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))
+
+
+def print_table(results: list[Result]) -> None:
+    """The table goes last on stdout (the device tool returns the tail of the output)."""
+    head = f"{'variant':26} {'mix':8} {'docs/s':>8} {'tok/s':>10} {'TFLOP/s':>8} {'agree':>7} {'agree>m':>7} " \
+           f"{'maxdp':>7} {'peakGB':>7}  notes"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        fmt = lambda v, p=4: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+        print(f"{r.name:26} {r.mix:8} {r.docs_per_s:8.1f} {r.tokens_per_s:10.0f} {r.model_tflops:8.1f} "
+              f"{fmt(r.argmax_agreement):>7} {fmt(r.decisive_agreement):>7} {fmt(r.max_prob_abs_diff, 3):>7} "
+              f"{fmt(r.peak_gpu_gb, 2):>7}  {r.notes}")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="GPU-stage benchmark (no Spark)")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny model, ~50 docs: a seconds-long check")
+    p.add_argument("--docs", type=int, default=None, help="domain-mix documents (default 12000; smoke 50)")
+    p.add_argument("--quality-docs", type=int, default=None, help="quality-mix documents (default 6000; smoke 20)")
+    p.add_argument("--token-budget", type=int, default=None, help="tokens per micro-batch (default 65536; smoke 4096)")
+    p.add_argument("--variants", nargs="+", default=["arrival_fp32_b64", "sorted_bf16_baseline", "packed_bf16",
+                                                      "packed_fp32", "sparkcurate_gpu_stage"])
+    p.add_argument("--memory-fraction", type=float, default=None,
+                   help="torch.cuda.set_per_process_memory_fraction (0.2 of 80 GB = a 16 GB card); "
+                        "skips the fp32 reference variant, which is not a default")
+    p.add_argument("--out-dir", default="benchmarks/results")
+    p.add_argument("--init-std", type=float, default=0.05, help="std of the random backbone matrices")
+    p.add_argument("--sweep-init-std", type=float, nargs="+", default=None,
+                   help="only measure [CLS] spread / bf16 noise for these init stds, then exit")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.docs = args.docs if args.docs is not None else (48 if args.smoke else 12_000)
+    args.quality_docs = args.quality_docs if args.quality_docs is not None else (16 if args.smoke else 6_000)
+    args.token_budget = args.token_budget or (4096 if args.smoke else 65_536)
+    if args.memory_fraction is not None:
+        if not 0 < args.memory_fraction <= 1:
+            p.error("--memory-fraction must be in (0, 1]")
+        args.variants = [v for v in args.variants if v not in ("arrival_fp32_b64", "packed_fp32")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from benchmarks.synthetic import DOMAIN, QUALITY, benchmark_tokenizer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if not args.smoke and device.type != "cuda":
+        log.error("no CUDA device: run with --smoke on a CPU machine")
+        return 2
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference stays true fp32
+        if args.memory_fraction:
+            torch.cuda.set_per_process_memory_fraction(args.memory_fraction, torch.cuda.current_device())
+    tokenizer = benchmark_tokenizer()
+    config = backbone_config(args.smoke, len(tokenizer))
+    if args.smoke:  # same shape of mix, shorter documents: seconds on a CPU
+        DOMAIN, QUALITY = (replace(DOMAIN, max_tokens=128, max_chars=500, cut_low=110, median=55.0),
+                           replace(QUALITY, max_tokens=256, max_chars=1000, cut_low=225, median=97.0))
+    mixes = [(DOMAIN, args.docs), (QUALITY, args.quality_docs)]
+    all_docs = [load_docs(mix, n, tokenizer, args.seed) for mix, n in mixes if n > 0]
+    if args.sweep_init_std:
+        for std in args.sweep_init_std:
+            CALIBRATION.clear()
+            calibrate_head(build_model(config, args.seed, std), all_docs[0], device)
+            print(f"init_std={std}: {CALIBRATION}")
+        return 0
+    base = build_model(config, args.seed, args.init_std)
+    calibrate_head(base, all_docs[0], device)
+    results: list[Result] = []
+    for docs in all_docs:
+        log.info("%s mix: %d docs, %d tokens (mean %.1f)", docs.mix_name, len(docs.ids), docs.lengths.sum(),
+                 docs.lengths.mean())
+        results.extend(bench_mix(args, docs, base, config, tokenizer, device))
+    write_results(args, device, results)
+    print_table(results)
+    return 0
+
+
+def write_results(args, device, results: list[Result]) -> Path:
+    import torch
+    import transformers
+
+    long_name, slug = card_name(device)
+    date = dt.date.today().isoformat()
+    suffix = "-smoke" if args.smoke else (f"-mem{args.memory_fraction:g}" if args.memory_fraction else "")
+    out = Path(args.out_dir) / f"{date}-{slug}{suffix}-gpu-stage.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import disentangled_flash
+
+        dflash = disentangled_flash.__version__
+    except ImportError:
+        dflash = None
+    payload = {
+        "device": long_name, "date": date, "command": "python3 -m benchmarks.gpu_stage " + " ".join(sys.argv[1:]),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "disentangled_flash": dflash},
+        "memory_fraction": args.memory_fraction, "token_budget": args.token_budget,
+        "agreement": f"vs arrival_fp32_b64 probabilities; 'decisive' = fp32 top-two margin >= {MARGIN}, "
+                     f"'wide_margin' >= {WIDE_MARGIN}; "
+                     "head calibrated for decisive predictions (see module docstring)",
+        "calibration": CALIBRATION, "init_std": args.init_std,
+        "results": [r.__dict__ for r in results],
+    }
+    out.write_text(json.dumps(payload, indent=2, default=_json_default))
+    log.info("wrote %s", out)
+    return out
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if math.isnan(value) else float(value)
+    raise TypeError(f"not JSON-serialisable: {type(value)}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

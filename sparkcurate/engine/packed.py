@@ -1,0 +1,422 @@
+"""Packed (unpadded) DeBERTa-v2/v3 inference.
+
+Why: documents in a batch have very different lengths. A padded forward spends
+most of its attention and linear-layer work on padding. DeBERTa's relative
+positions stay inside each sequence, so dropping the padding and running the
+concatenated tokens ``[T, H]`` through the encoder is *exact*: every linear
+layer is per token, and attention only needs the sequence boundaries
+(``cu_seqlens``, FlashAttention style).
+
+The attention itself runs through the ``disentangled-flash`` package's Triton
+varlen kernel (``InferenceDisentangledSelfAttention.forward_packed``); the
+embeddings, attention output, intermediate and output blocks are the Hugging
+Face modules of the backbone, called on ``[T, H]`` tensors. No weight is
+copied: the per-layer attention wrappers alias the backbone's own ``Linear``
+modules, and only parameter-derived tables (the relative-position embeddings
+projected by each layer's key/query projection, ``2 * position_buckets`` rows
+per layer) are cached.
+
+Entry points:
+
+* :func:`packed_support` says whether the kernel path can be used for a
+  backbone on a device, with a human-readable reason when it cannot.
+* :func:`packed_last_hidden` returns the last hidden state ``[T, H]``.
+  ``attention_impl="kernel"`` uses the Triton kernel (CUDA only),
+  ``"torch"`` the package's PyTorch backend (loops over sequences; runs on
+  CPU) and ``"reference"`` loops over sequences through transformers' own
+  ``DisentangledSelfAttention`` (needs only transformers; used by the CPU
+  tests to check the packing glue against the padded HF forward).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay lazy at runtime
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_IMPLS = ("kernel", "torch", "reference")
+#: disentangled-flash versions whose internals (the attention wrapper's
+#: ``_project_qkv`` / ``_prepare_fused_qkv`` hooks) this module was written against.
+SUPPORTED_DFLASH_PREFIXES = ("1.1.",)
+#: Head dimensions the Triton kernel is compiled for.
+KERNEL_HEAD_DIMS = (32, 64, 128)
+#: Longest sequence the bounded Triton kernel family supports.
+KERNEL_MAX_SEQLEN = 8192
+
+
+@dataclass(frozen=True)
+class PackedInfo:
+    """Host-side description of a packed batch (offsets and lengths)."""
+
+    offsets: tuple[int, ...]
+    lengths: tuple[int, ...]
+    max_seqlen: int
+
+
+# --------------------------------------------------------------------------- support
+
+
+def _pos_att_types(config: Any) -> tuple[str, ...]:
+    """Normalise ``pos_att_type`` (a list, or an older ``"p2c|c2p"`` string)."""
+    raw = getattr(config, "pos_att_type", None) or ()
+    if isinstance(raw, str):
+        raw = raw.split("|")
+    return tuple(str(part).strip().lower() for part in raw if str(part).strip())
+
+
+def config_problems(backbone: Any) -> list[str]:
+    """List why a backbone's architecture cannot use the packed path (empty: it can).
+
+    Why separate from :func:`packed_support`: these checks need no GPU, so the
+    CPU tests can exercise them.
+    """
+    problems: list[str] = []
+    config = getattr(backbone, "config", None)
+    encoder = getattr(backbone, "encoder", None)
+    if config is None or encoder is None or not hasattr(backbone, "embeddings"):
+        return ["not a DeBERTa-v2/v3 backbone (needs .config, .embeddings and .encoder)"]
+    if not hasattr(encoder, "layer"):
+        return ["backbone.encoder has no .layer list"]
+    if not getattr(config, "relative_attention", False):
+        problems.append("relative_attention is False (only DeBERTa-v2/v3 relative attention is supported)")
+    types = _pos_att_types(config)
+    unknown = sorted(set(types) - {"c2p", "p2c"})
+    if unknown:
+        problems.append(f"pos_att_type has unsupported entries {unknown} (supported: c2p, p2c)")
+    if int(getattr(config, "position_buckets", -1) or -1) <= 0:
+        problems.append("position_buckets must be > 0 (log-bucketed relative positions)")
+    norm = [x.strip() for x in str(getattr(config, "norm_rel_ebd", "none")).lower().split("|")]
+    if not set(norm) <= {"layer_norm", "none"}:
+        problems.append(f"norm_rel_ebd={norm} (supported: layer_norm, none)")
+    if getattr(encoder, "conv", None) is not None:
+        problems.append("conv_kernel_size > 0 (the DeBERTa-v2 convolution layer is not supported)")
+    if int(getattr(backbone, "z_steps", 0) or 0) > 1:
+        problems.append("z_steps > 1 is not supported")
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "attention_head_size", None) or config.hidden_size // heads)
+    if head_dim not in KERNEL_HEAD_DIMS:
+        problems.append(f"head dimension {head_dim} is not one of {KERNEL_HEAD_DIMS}")
+    return problems
+
+
+def _dflash_problem() -> str | None:
+    """Return why disentangled-flash's Triton kernel is unusable, or None."""
+    try:
+        import disentangled_flash
+        from disentangled_flash import kernel as dflash_kernel
+    except ImportError as exc:
+        return f"disentangled-flash is not installed ({exc}); pip install 'sparkcurate[gpu]'"
+    version = getattr(disentangled_flash, "__version__", "?")
+    if not version.startswith(SUPPORTED_DFLASH_PREFIXES):
+        return f"disentangled-flash {version} is untested (supported: {SUPPORTED_DFLASH_PREFIXES})"
+    if getattr(dflash_kernel, "triton", None) is None:
+        return "Triton is not importable, so disentangled-flash has no kernel"
+    return None
+
+
+def packed_support(backbone: nn.Module, device: Any) -> tuple[bool, str]:
+    """Say whether :func:`packed_last_hidden` with the kernel can run, and why not.
+
+    Checks, in order: a CUDA device, disentangled-flash + Triton importable, a
+    supported architecture (:func:`config_problems`) and half-precision weights
+    (bf16/fp16: the packed path exists for speed; fp32 works but gains little).
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return False, f"packed attention needs a CUDA device, got '{dev}'"
+    if not torch.cuda.is_available():
+        return False, "packed attention needs CUDA, but torch.cuda.is_available() is False"
+    problem = _dflash_problem()
+    if problem:
+        return False, problem
+    problems = config_problems(backbone)
+    if problems:
+        return False, "unsupported model: " + "; ".join(problems)
+    dtype = next(backbone.parameters()).dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        return False, f"weights are {dtype}; the packed kernel path is enabled for bf16/fp16 only"
+    return True, f"packed DeBERTa attention (disentangled-flash, {dtype}) on {dev}"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def packed_info(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None) -> PackedInfo:
+    """Validate ``cu_seqlens`` and return host offsets.
+
+    Why: bad boundaries would silently mix documents. The copy to the host is
+    free when ``cu_seqlens`` is still on the CPU (how the engine builds it); a
+    CUDA tensor costs one sync per batch.
+    """
+    import torch
+
+    if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with B+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    offsets = tuple(int(v) for v in cu_seqlens.tolist())
+    if offsets[0] != 0 or offsets[-1] != total_tokens:
+        raise ValueError(f"cu_seqlens must run from 0 to the token count {total_tokens}, got {offsets[0]}..{offsets[-1]}")
+    lengths = tuple(b - a for a, b in zip(offsets, offsets[1:]))
+    if min(lengths) <= 0:
+        raise ValueError("cu_seqlens must be strictly increasing (empty sequences are not allowed)")
+    longest = max(lengths)
+    if max_seqlen is not None and int(max_seqlen) != longest:
+        raise ValueError(f"max_seqlen={max_seqlen} but the longest packed sequence has {longest} tokens")
+    return PackedInfo(offsets, lengths, longest)
+
+
+def _check_input_ids(input_ids: torch.Tensor) -> None:
+    """Reject inputs that would otherwise fail deep inside the model."""
+    import torch
+
+    if input_ids.ndim != 1:
+        raise ValueError(f"input_ids must be 1-D packed tokens [T], got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+
+
+def _embed(backbone: nn.Module, input_ids: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo) -> torch.Tensor:
+    """Run the HF embeddings on packed tokens; ``[T] -> [T, H]``.
+
+    Absolute positions (only when ``position_biased_input``) restart at 0 in
+    every sequence; the all-ones padding mask is a no-op and is skipped.
+    """
+    import torch
+
+    position_ids = None
+    if getattr(backbone.embeddings, "position_embeddings", None) is not None:
+        total = input_ids.numel()
+        lengths = cu_dev[1:] - cu_dev[:-1]
+        starts = torch.repeat_interleave(cu_dev[:-1].long(), lengths.long(), output_size=total)
+        position_ids = (torch.arange(total, device=input_ids.device) - starts)[None]
+    hidden = backbone.embeddings(input_ids=input_ids.long()[None], position_ids=position_ids, mask=None)
+    return hidden[0]
+
+
+# --------------------------------------------------------------------------- kernel wrappers
+
+
+@dataclass
+class _PackedState:
+    """Per-backbone attention wrappers plus the key that says they are fresh."""
+
+    key: tuple
+    attentions: list
+
+
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state_key(backbone: nn.Module, backend: str) -> tuple:
+    """A key that changes whenever a weight the cached tables derive from changes.
+
+    Why: the wrappers cache each layer's projected relative-position table.
+    ``data_ptr`` catches moved/re-cast weights, ``_version`` in-place loads.
+    """
+    encoder = backbone.encoder
+    tensors = [encoder.rel_embeddings.weight]
+    if hasattr(encoder, "LayerNorm"):
+        tensors += [encoder.LayerNorm.weight, encoder.LayerNorm.bias]
+    for layer in encoder.layer:
+        tensors += [p for p in layer.attention.self.parameters()]
+    first = tensors[0]
+    return (backend, str(first.device), first.dtype, tuple((t.data_ptr(), t._version) for t in tensors))
+
+
+def _wrapper_class() -> type:
+    """Build (once) the disentangled-flash attention subclass that keeps HF weights.
+
+    Why a subclass: upstream fuses Q/K/V by concatenating the three weights into a
+    new buffer and re-pointing the projections at views of it, i.e. it mutates the
+    module it was given. Here the projections are the backbone's own ``Linear``
+    modules, which must stay untouched, so Q/K/V are three GEMMs on them instead
+    (same math, no weight copy).
+    """
+    global _WRAPPER_CLASS
+    if _WRAPPER_CLASS is not None:
+        return _WRAPPER_CLASS
+    from disentangled_flash.kernel import InferenceDisentangledSelfAttention
+
+    class SharedWeightPackedAttention(InferenceDisentangledSelfAttention):
+        """Packed inference attention whose projections alias the HF layer's."""
+
+        def _prepare_fused_qkv(self) -> None:
+            # Marker only (a detached view, not a copy): upstream checks it for None.
+            self._cached_qkv_weight = self.query_proj.weight.detach()
+            self._cached_qkv_bias = None
+
+        def _project_qkv(self, hidden_states):
+            return (
+                self.query_proj(hidden_states),
+                self.key_proj(hidden_states),
+                self.value_proj(hidden_states),
+            )
+
+    _WRAPPER_CLASS = SharedWeightPackedAttention
+    return _WRAPPER_CLASS
+
+
+_WRAPPER_CLASS: type | None = None
+_ALIASED_SUBMODULES = ("query_proj", "key_proj", "value_proj", "pos_key_proj", "pos_query_proj", "pos_dropout", "dropout")
+
+
+def _build_attentions(backbone: nn.Module, backend: str) -> list:
+    """One disentangled-flash attention per layer, aliasing the HF modules."""
+    import torch
+    from disentangled_flash.position import SharedPositionPlanCache
+    from disentangled_flash.tuning import KernelTuningOptions, ProfileRegistry
+
+    encoder = backbone.encoder
+    config = backbone.config
+    buckets = int(encoder.position_buckets)
+    plans = SharedPositionPlanCache(
+        position_buckets=buckets,
+        max_relative_positions=int(encoder.max_relative_positions),
+        position_embedding_size=buckets if buckets > 0 else int(encoder.max_relative_positions),
+        uses_position_bias=bool({"c2p", "p2c"} & set(_pos_att_types(config))),
+    )
+    cls = _wrapper_class()
+    tuning = KernelTuningOptions()
+    registry = ProfileRegistry.from_options(tuning)  # parsed once, shared by all layers
+    rel = encoder.get_rel_embedding()
+    attentions = []
+    for layer in encoder.layer:
+        source = layer.attention.self
+        with torch.device("meta"):  # the wrapper's own Linear layers are replaced below
+            wrapper = cls(config, backend=backend, position_plan_cache=plans, fp32_precision="strict",
+                          tuning=tuning, profile_registry=registry)
+        for name in _ALIASED_SUBMODULES:
+            if hasattr(source, name):
+                setattr(wrapper, name, getattr(source, name))
+        wrapper.eval()
+        wrapper.prepare_for_inference(rel)
+        attentions.append(wrapper)
+    return attentions
+
+
+def _attentions_for(backbone: nn.Module, backend: str) -> list:
+    """Cached wrappers for a backbone, rebuilt when its attention weights change."""
+    key = _state_key(backbone, backend)
+    state = _STATES.get(backbone)
+    if state is None or state.key != key:
+        logger.debug("building packed attention wrappers (%s) for %s", backend, type(backbone).__name__)
+        state = _PackedState(key=key, attentions=_build_attentions(backbone, backend))
+        _STATES[backbone] = state
+    return state.attentions
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _attention_reference_varlen(
+    attention: nn.Module,
+    hidden: torch.Tensor,
+    info: PackedInfo,
+    rel_embeddings: torch.Tensor | None,
+) -> torch.Tensor:
+    """Packed attention by looping over sequences with HF's own module.
+
+    Why: a kernel-free definition of what the packed kernel must compute, so the
+    packing/unpacking glue can be checked on CPU against the padded forward.
+    """
+    import torch
+    from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+    outputs = []
+    for start, length in zip(info.offsets, info.lengths):
+        chunk = hidden[start : start + length][None]
+        mask = torch.ones((1, 1, length, length), dtype=torch.bool, device=hidden.device)
+        relative_pos = None
+        if getattr(attention, "relative_attention", False):
+            relative_pos = build_relative_position(
+                chunk, chunk, bucket_size=attention.position_buckets, max_position=attention.max_relative_positions
+            )
+        context, _ = attention(chunk, mask, relative_pos=relative_pos, rel_embeddings=rel_embeddings)
+        outputs.append(context[0])
+    return torch.cat(outputs, dim=0)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def packed_last_hidden(
+    backbone: nn.Module,
+    input_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int | None,
+    attention_impl: str = "kernel",
+) -> torch.Tensor:
+    """Exact DeBERTa forward over packed sequences; returns the last hidden state ``[T, H]``.
+
+    ``input_ids`` holds the B sequences concatenated (``[T]``), ``cu_seqlens`` their
+    prefix sums (``[B+1]``, int32/int64, ideally still on the CPU so reading the
+    boundaries costs no sync). The first token of sequence b is row
+    ``cu_seqlens[b]`` of the result.
+    """
+    import torch
+
+    if attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
+    problems = config_problems(backbone)
+    if problems:
+        raise ValueError("packed DeBERTa cannot run this model: " + "; ".join(problems))
+    _check_input_ids(input_ids)
+    info = packed_info(cu_seqlens, input_ids.numel(), max_seqlen)
+    if attention_impl == "kernel" and info.max_seqlen > KERNEL_MAX_SEQLEN:
+        raise ValueError(f"the packed kernel supports sequences up to {KERNEL_MAX_SEQLEN} tokens, got {info.max_seqlen}")
+    if backbone.training:
+        raise RuntimeError("packed_last_hidden is inference-only: call model.eval() first")
+    device = input_ids.device
+    cu_dev = cu_seqlens.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
+    with torch.no_grad():
+        hidden = _embed(backbone, input_ids, cu_dev, info)
+        if attention_impl == "reference":
+            return _encode_reference(backbone, hidden, info)
+        backend = "triton" if attention_impl == "kernel" else "torch"
+        return _encode_dflash(backbone, hidden, cu_dev, info, backend)
+
+
+def _encode_reference(backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo) -> torch.Tensor:
+    """Encoder layers with the per-sequence HF attention (CPU reference)."""
+    rel = backbone.encoder.get_rel_embedding()
+    for layer in backbone.encoder.layer:
+        context = _attention_reference_varlen(layer.attention.self, hidden, info, rel)
+        hidden = _layer_tail(layer, context, hidden)
+    return hidden
+
+
+def _encode_dflash(
+    backbone: nn.Module, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo, backend: str
+) -> torch.Tensor:
+    """Encoder layers with disentangled-flash's packed attention."""
+    from disentangled_flash.packed import PackedSequenceInfo
+
+    if backend == "triton" and hidden.device.type != "cuda":
+        raise RuntimeError("attention_impl='kernel' needs CUDA tensors; use 'torch' or 'reference' on CPU")
+    attentions = _attentions_for(backbone, backend)
+    dinfo = PackedSequenceInfo(info.offsets, info.lengths, info.max_seqlen)
+    for layer, attention in zip(backbone.encoder.layer, attentions):
+        context, _ = attention.forward_packed(hidden, cu_dev, info.max_seqlen, packed_info=dinfo)
+        hidden = _layer_tail(layer, context, hidden)
+    return hidden
+
+
+def _layer_tail(layer: nn.Module, context: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Attention output, intermediate and output blocks of one HF layer (per token)."""
+    attention_output = layer.attention.output(context, hidden)
+    return layer.output(layer.intermediate(attention_output), attention_output)
+
+
+def first_token_rows(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Row index of each sequence's first ([CLS]) token in a packed ``[T, H]`` tensor."""
+    return cu_seqlens[:-1].long()
