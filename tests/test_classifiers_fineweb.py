@@ -125,23 +125,15 @@ def test_two_output_checkpoint_is_refused(tmp_path, fineweb_dir):
         FineWebEduClassifier(model=str(bad)).preflight()
 
 
-def test_spark_stage_and_filter(fineweb_dir, monkeypatch):
+def test_spark_stage_and_filter(fineweb_dir, spark):
     """Through the DataFrame API: three columns written, ``filter_by`` keeps only the listed label."""
-    monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
-
-    spark = (SparkSession.builder.master("local[1]").appName("fineweb-test")
-             .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "1").getOrCreate())
-    try:
-        texts = TEXTS[:12]
-        df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], ["id", "text"])
-        clf = FineWebEduClassifier(model=str(fineweb_dir), filter_by=["high_quality"])
-        rows = {r["id"]: r for r in clf(df).collect()}
-        ref = np.clip(rm.reference_fineweb_scores(fineweb_dir, texts), 0, 5)
-        assert set(rows) == {i for i, s in enumerate(ref) if s >= 2.5}
-        for i, r in rows.items():
-            assert r["fineweb-edu-score-label"] == "high_quality"
-            assert r["fineweb-edu-score-float"] == pytest.approx(ref[i], abs=1e-4)
-            assert r["fineweb-edu-score-int"] == int(np.rint(ref[i]))
-    finally:
-        spark.stop()
+    texts = TEXTS[:12]
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], ["id", "text"])
+    clf = FineWebEduClassifier(model=str(fineweb_dir), filter_by=["high_quality"])
+    rows = {r["id"]: r for r in clf(df).collect()}
+    ref = np.clip(rm.reference_fineweb_scores(fineweb_dir, texts), 0, 5)
+    assert set(rows) == {i for i, s in enumerate(ref) if s >= 2.5}
+    for i, r in rows.items():
+        assert r["fineweb-edu-score-label"] == "high_quality"
+        assert r["fineweb-edu-score-float"] == pytest.approx(ref[i], abs=1e-4)
+        assert r["fineweb-edu-score-int"] == int(np.rint(ref[i]))

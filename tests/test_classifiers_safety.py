@@ -305,22 +305,13 @@ def test_guard_head_must_fit_the_backbone(tmp_path, llm):
 # ------------------------------------------------------------------------------------------------------ Spark
 
 
-def test_aegis_through_spark(llm, monkeypatch):
+def test_aegis_through_spark(llm, spark):
     """The DataFrame API: the classifier crosses to a Python worker without a tokenizer and decodes there."""
-    monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the Python workers inherit it (see _one_torch_thread)
-    from pyspark.sql import SparkSession
-
     base, adapter, _ = llm
     clf = AegisClassifier(model=str(base), adapter=str(adapter), max_tokens=256, max_new_tokens=4,
                           keep_raw_pred=True)
     expected = clf.classify_texts(TEXTS[:2])
-    spark = (SparkSession.builder.master("local[1]").appName("aegis-test")
-             .config("spark.ui.enabled", "false").getOrCreate())
-    try:
-        df = spark.createDataFrame([(i, t) for i, t in enumerate(TEXTS[:2])] + [(2, None)], "id int, text string")
-        rows = sorted(clf(df).collect(), key=lambda r: r["id"])
-        assert [r["aegis_pred"] for r in rows] == expected["aegis_pred"] + [None]
-        assert [r["_aegis_raw_pred"] for r in rows] == expected["_aegis_raw_pred"] + [None]
-    finally:
-        spark.stop()
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(TEXTS[:2])] + [(2, None)], "id int, text string")
+    rows = sorted(clf(df).collect(), key=lambda r: r["id"])
+    assert [r["aegis_pred"] for r in rows] == expected["aegis_pred"] + [None]
+    assert [r["_aegis_raw_pred"] for r in rows] == expected["_aegis_raw_pred"] + [None]

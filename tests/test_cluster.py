@@ -60,8 +60,16 @@ def test_spark_submit_local_cluster_with_gpu_scheduling(spark, deberta_dir, tmp_
     assert devices and all("GPU address" in k for k in devices), devices  # every task was given a GPU
     assert {k.split("GPU address ")[1].rstrip(")") for k in devices} <= {"0", "1"}
 
-    got, want = _rows(spark, out), _rows(spark, local_out)
-    assert set(got) == set(want) and len(got) == 28
+    api_out = tmp_path / "python-api"
+    from sparkcurate.classifiers import DomainClassifier
+    from sparkcurate.pipeline import JobOptions, run
+
+    run(spark, JobOptions(input=str(SAMPLES), output=str(api_out), classifiers=[
+        DomainClassifier(model=str(deberta_dir), prob_column="domain_prob")]))
+
+    got, want, api = _rows(spark, out), _rows(spark, local_out), _rows(spark, api_out)
+    assert set(got) == set(want) == set(api) and len(got) == 28
     for key, row in want.items():
+        assert api[key]["domain_pred"] == row["domain_pred"] and api[key]["domain_prob"] == row["domain_prob"]
         assert got[key]["domain_pred"] == row["domain_pred"] and got[key]["file_name"] == row["file_name"]
         assert max(abs(a - b) for a, b in zip(got[key]["domain_prob"], row["domain_prob"])) < 1e-5

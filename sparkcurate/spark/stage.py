@@ -32,6 +32,7 @@ def confidence_column(classifier: "DistributedDataClassifier") -> str:
 
 
 def spark_type(kind: str):
+    """The Spark type of a column kind a classifier can declare (built without a JVM: executors call it too)."""
     from pyspark.sql import types as T
 
     return {
@@ -46,17 +47,10 @@ def spark_type(kind: str):
 
 
 def arrow_type(kind: str) -> "pa.DataType":
-    import pyarrow as pa
+    """The Arrow type Spark expects back for that kind (derived, so the two can never disagree)."""
+    from pyspark.sql.pandas.types import to_arrow_type
 
-    return {
-        "string": pa.string(),
-        "float": pa.float32(),
-        "double": pa.float64(),
-        "int": pa.int64(),
-        "bool": pa.bool_(),
-        "float_list": pa.list_(pa.float32()),
-        "string_list": pa.list_(pa.string()),
-    }[kind]
+    return to_arrow_type(spark_type(kind))
 
 
 def output_fields(classifiers: Sequence["DistributedDataClassifier"]) -> list[tuple[str, str]]:
