@@ -73,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         timed_run(spark, root / "data", root / "warm", classifiers(models, names))  # JVM, workers, models warm
         one, separate = [], []
         for i in range(args.repeat):
-            one.append(timed_run(spark, root / "data", root / f"one-{i}", classifiers(models, names)))
-            separate.append(sum(timed_run(spark, root / "data", root / f"sep-{i}-{n}", classifiers(models, [n]))
-                                for n in names))
+            # Alternate which goes first, so a change in machine load biases neither side.
+            steps = [("one", names), ("sep", names)] if i % 2 == 0 else [("sep", names), ("one", names)]
+            for kind, group in steps:
+                if kind == "one":
+                    one.append(timed_run(spark, root / "data", root / f"one-{i}", classifiers(models, group)))
+                else:
+                    separate.append(sum(timed_run(spark, root / "data", root / f"sep-{i}-{n}",
+                                                  classifiers(models, [n])) for n in group))
             log.info("round %d: one pass %.1f s, three runs %.1f s", i, one[-1], separate[-1])
         spark.stop()
     best_one, best_sep = min(one), min(separate)

@@ -34,7 +34,6 @@ from sparkcurate.models.loading import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
     from pyspark.sql import DataFrame
 
     from sparkcurate.engine.runner import InferenceEngine

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
     from pyspark.sql import Column, DataFrame
 
-    from sparkcurate.classifiers.base import DistributedDataClassifier, OutputColumn
+    from sparkcurate.classifiers.base import DistributedDataClassifier
 
 log = logging.getLogger(__name__)
 
