@@ -219,21 +219,11 @@ def arrival_batches(n: int, size: int) -> list[np.ndarray]:
 
 
 def sorted_batches(lengths: np.ndarray, budget: int, padded: bool, max_rows: int = 256) -> list[np.ndarray]:
-    """Longest first; the budget counts rows x longest (padded) or the sum of lengths (packed)."""
-    order = np.argsort(-lengths, kind="stable")
-    out, start = [], 0
-    while start < len(order):
-        stop, used = start, 0
-        longest = int(lengths[order[start]])
-        while stop < len(order) and stop - start < max_rows:
-            cost = longest if padded else int(lengths[order[stop]])
-            if stop > start and used + cost > budget:
-                break
-            used += cost
-            stop += 1
-        out.append(order[start:stop])
-        start = stop
-    return out
+    """Longest first; the budget counts rows x longest (padded) or the sum of lengths (packed): the engine's own
+    micro-batch plan, so the baselines batch exactly as sparkcurate does."""
+    from sparkcurate.engine.batching import plan_microbatches
+
+    return plan_microbatches(lengths, budget, max_rows, padded=padded)
 
 
 # --------------------------------------------------------------------------- variants

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sparkcurate.classifiers.base import DistributedDataClassifier, OutputColumn
-from sparkcurate.models.loading import ModelArtifactError
+from sparkcurate.models.loading import ModelArtifactError, build_backbone_config
 
 FINEWEB_LABELS = ["high_quality", "low_quality"]
 HIGH_QUALITY_THRESHOLD = 2.5
@@ -28,16 +28,10 @@ def sequence_classification_config(config: dict[str, Any]):
     """The transformers config of a ``*ForSequenceClassification`` checkpoint, from its own config.json.
 
     Unlike a DeBERTa head's config, this one *is* the model's config: ``id2label`` sets ``num_labels`` and must
-    be kept (``build_backbone_config`` drops it, which would give two outputs instead of one).
+    be kept (dropping it, as for a DeBERTa head, would give two outputs instead of one).
     """
-    from transformers import AutoConfig
-
-    cfg = dict(config)
-    model_type = cfg.pop("model_type", None)
-    if not model_type:
-        raise ModelArtifactError("config.json has no model_type: not a transformers sequence-classification model")
-    cfg.pop("auto_map", None)
-    return AutoConfig.for_model(model_type, **cfg)
+    return build_backbone_config(config, keep_head_keys=True,
+                                 what="transformers sequence-classification model's")
 
 
 def fineweb_columns(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -23,6 +23,7 @@ from sparkcurate.engine.tokenize import Tokenized, cut, tokenize
 from sparkcurate.models.loading import (
     LoadOptions,
     ModelArtifactError,
+    build_backbone_config,
     checkpoint_shapes,
     compare_keys,
     expected_shapes,
@@ -50,14 +51,7 @@ def precision_dtype(config: EngineConfig, device: str | torch.device) -> torch.d
 # --------------------------------------------------------------------------------------------------------------
 
 def causal_lm_config(config: Mapping[str, Any]):
-    from transformers import AutoConfig
-
-    cfg = dict(config)
-    model_type = cfg.pop("model_type", None)
-    if not model_type:
-        raise ModelArtifactError("the base model's config.json has no model_type")
-    cfg.pop("auto_map", None)
-    return AutoConfig.for_model(model_type, **cfg)
+    return build_backbone_config(config, keep_head_keys=True, what="the base model's")
 
 
 def causal_lm_expected_shapes(config: Mapping[str, Any]) -> dict[str, list[int]]:

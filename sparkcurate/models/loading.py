@@ -181,16 +181,25 @@ def backbone_config_dict(head_config: Mapping[str, Any], model_dir: Path, option
     return read_json(Path(path))
 
 
-def build_backbone_config(config_dict: Mapping[str, Any]):
-    """A transformers config object from a dict, dropping the head's own keys."""
+_HEAD_KEYS = ("base_model", "fc_dropout", "id2label", "label2id", "architectures")
+
+
+def build_backbone_config(config_dict: Mapping[str, Any], keep_head_keys: bool = False, what: str = "backbone"):
+    """A transformers config object from a dict, never with ``auto_map`` (no remote code).
+
+    The head's own keys are dropped, unless ``keep_head_keys``: a full transformers model's config (FineWeb-Edu,
+    Llama) *is* the model's config, and there ``id2label`` sets ``num_labels``.
+    """
     from transformers import AutoConfig
 
     cfg = dict(config_dict)
     model_type = cfg.pop("model_type", None)
     if not model_type:
-        raise ModelArtifactError("backbone config has no model_type")
-    for key in ("base_model", "fc_dropout", "id2label", "label2id", "auto_map", "architectures"):
-        cfg.pop(key, None)
+        raise ModelArtifactError(f"{what} config has no model_type")
+    cfg.pop("auto_map", None)
+    if not keep_head_keys:
+        for key in _HEAD_KEYS:
+            cfg.pop(key, None)
     return AutoConfig.for_model(model_type, **cfg)
 
 
