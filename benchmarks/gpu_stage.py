@@ -9,6 +9,11 @@ Run on the GPU machine from the repository root::
     python3 -m benchmarks.gpu_stage                       # full: 12,000 domain + 6,000 quality docs
     python3 -m benchmarks.gpu_stage --memory-fraction 0.2 # defaults must fit a 16 GB card (80 GB x 0.2)
     python3 -m benchmarks.gpu_stage --smoke               # CPU, tiny model, ~50 docs, seconds (CI)
+    python3 -m benchmarks.gpu_stage --profile-ops         # + CUDA time per op category ("op_profile")
+    python3 -m benchmarks.gpu_stage --variants packed_bf16 packed_bf16_allrows packed_autotune
+
+The packed variants use disentangled-flash's tuning mode from SPARKCURATE_DFLASH_TUNING (auto, autotune,
+heuristic; default auto); packed_autotune always uses autotune.
 
 Model: random weights, DeBERTa-v3-base shape (12 layers, hidden 768, 12 heads, 256 position
 buckets, vocab 128,100) with a 26-label head. Random backbones give near-identical [CLS] states, so
@@ -250,11 +255,23 @@ def run_padded(model, docs: Docs, batches, device) -> Callable[[list], Any]:
     return run
 
 
-def run_packed(model, docs: Docs, batches, device, impl: str) -> Callable[[list], Any]:
-    """Packed forward through sparkcurate.engine.packed; [CLS] rows through the head."""
+def run_packed(model, docs: Docs, batches, device, impl: str, rows: str = "first") -> Callable[[list], Any]:
+    """Packed forward; returns a runner that yields [N, K] probs on the device.
+
+    ``rows="first"`` is what the engine runs: ``model.forward_packed`` (fused QKV, [CLS]-only last layer).
+    ``rows="all"`` computes every token's last hidden state and picks the [CLS] rows afterwards (the path
+    before the [CLS]-only last layer; kept as the ``packed_bf16_allrows`` variant to measure the gain).
+    """
     import torch
 
     from sparkcurate.engine.packed import packed_last_hidden
+
+    def forward(ids, cu_cpu, longest):
+        if rows == "first":
+            return model.forward_packed(ids, cu_cpu, longest, attention_impl=impl)
+        hidden = packed_last_hidden(model.model, ids, cu_cpu, longest, impl, rows="all")
+        first = hidden.index_select(0, to_device(cu_cpu[:-1].long(), device))
+        return torch.softmax(model.fc(first).float(), dim=-1)
 
     def run(selected):
         outs = []
@@ -263,11 +280,8 @@ def run_packed(model, docs: Docs, batches, device, impl: str) -> Callable[[list]
                 flat = np.concatenate([docs.ids[i] for i in idx]).astype(np.int64)
                 cu = np.zeros(len(idx) + 1, dtype=np.int32)
                 np.cumsum(docs.lengths[idx], out=cu[1:])
-                cu_cpu = torch.from_numpy(cu)
                 ids = to_device(torch.from_numpy(flat), device)
-                hidden = packed_last_hidden(model.model, ids, cu_cpu, int(docs.lengths[idx].max()), impl)
-                rows = hidden.index_select(0, to_device(cu_cpu[:-1].long(), device))
-                outs.append((idx, torch.softmax(model.fc(rows).float(), dim=-1)))
+                outs.append((idx, forward(ids, torch.from_numpy(cu), int(docs.lengths[idx].max()))))
         return outs
 
     return run
@@ -387,15 +401,20 @@ def bench_mix(args, docs: Docs, base_model, config, tokenizer, device) -> list[R
 
     impl = "kernel" if device.type == "cuda" else "reference"
     packed_batches = sorted_batches(docs.lengths, args.token_budget, padded=False)
-    if "packed_bf16" in wanted:
-        # Warm-up is a whole pass: kernel configs are compiled per (length family, occupancy family).
-        runner = run_packed(bf16, docs, packed_batches, device, impl)
-        warm = packed_batches if device.type == "cuda" else packed_batches[:1]
-        probs, secs, peak = timed(device, runner, packed_batches, n, warm)
-        results.append(make_result("packed_bf16", docs, probs, secs, peak, ref, config,
-                                   notes=f"attention_impl={impl}, {str(half).replace('torch.', '')}",
-                                   token_budget=args.token_budget))
-        log_result(results[-1])
+    # Warm-up is a whole pass: kernel configs are compiled per (length family, occupancy family).
+    packed_warm = packed_batches if device.type == "cuda" else packed_batches[:1]
+    half_name = str(half).replace("torch.", "")
+    for name, rows in (("packed_bf16", "first"), ("packed_bf16_allrows", "all")):
+        if name in wanted:
+            runner = run_packed(bf16, docs, packed_batches, device, impl, rows=rows)
+            probs, secs, peak = timed(device, runner, packed_batches, n, packed_warm)
+            results.append(make_result(name, docs, probs, secs, peak, ref, config,
+                                       notes=f"attention_impl={impl}, rows={rows}, {half_name}, "
+                                             f"tuning={tuning_mode_name()}",
+                                       token_budget=args.token_budget))
+            log_result(results[-1])
+    if "packed_autotune" in wanted and device.type == "cuda":
+        results.append(bench_packed_autotune(bf16, docs, packed_batches, device, impl, ref, config, args))
     del bf16
 
     # Exactness check of the kernel inside the benchmark (strict fp32). Domain mix only, and warmed on
@@ -414,6 +433,39 @@ def bench_mix(args, docs: Docs, base_model, config, tokenizer, device) -> list[R
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return results
+
+
+def tuning_mode_name() -> str:
+    """disentangled-flash's tuning mode in force for the packed variants (SPARKCURATE_DFLASH_TUNING)."""
+    from sparkcurate.engine.packed import tuning_mode
+
+    return tuning_mode()
+
+
+def bench_packed_autotune(model, docs: Docs, batches, device, impl, ref, config, args) -> Result:
+    """packed_bf16 with disentangled-flash's run-time autotuning (KernelTuningOptions(mode="autotune")).
+
+    Why: "auto" (the default) takes launch configs from saved profiles, else a heuristic; this shows what
+    benchmarking every candidate config on this card would gain. The warm-up pass does the tuning (every
+    workload family the timed pass meets), so the timed pass measures the tuned configs only.
+    """
+    from sparkcurate.engine.packed import set_tuning_mode
+
+    previous = set_tuning_mode("autotune")
+    try:
+        runner = run_packed(model, docs, batches, device, impl)
+        start = time.perf_counter()
+        runner(batches)
+        sync(device)
+        tune_secs = time.perf_counter() - start
+        probs, secs, peak = timed(device, runner, batches, len(docs.ids), [])
+    finally:
+        set_tuning_mode(previous)
+    result = make_result("packed_autotune", docs, probs, secs, peak, ref, config,
+                         notes=f"attention_impl={impl}, tuning=autotune, warm-up+tuning {tune_secs:.1f}s",
+                         token_budget=args.token_budget, tuning_warmup_s=round(tune_secs, 2))
+    log_result(result)
+    return result
 
 
 def bench_engine(args, docs: Docs, base_model, config, tokenizer, device, ref) -> list[Result]:
@@ -467,6 +519,133 @@ def log_result(r: Result) -> None:
              r.tokens_per_s, r.argmax_agreement, r.peak_gpu_gb, r.notes)
 
 
+# --------------------------------------------------------------------------- op profile
+
+#: Kernel/op name patterns per category, tried in order (lower-case names); the rest is "copy/other".
+OP_CATEGORIES = (
+    ("attention (disentangled-flash)", re.compile(r"deberta_attention|disentangled")),
+    ("layer_norm", re.compile(r"layer_?norm")),
+    ("softmax", re.compile(r"softmax")),
+    ("gemm", re.compile(r"gemm|gemv|cublas|cutlass|xmma|nvjet|wgmma|"
+                        r"^aten::(mm|bmm|addmm|baddbmm|addbmm|matmul|linear|einsum)$")),
+    ("copy/other", re.compile(r"copy|memcpy|memset|gather|index|scatter|cat_|catarray|^aten::(cat|to|clone)$")),
+    ("elementwise", re.compile(r"elementwise|gelu|^aten::(add|add_|mul|mul_|div|div_|sub|rsub|gelu|where|"
+                               r"masked_fill_?|clamp|exp|neg|sign|abs|log|ceil|sqrt|lt|gt|le|ge|eq|ne|tanh|erf|"
+                               r"bitwise_not|logical_not|__and__|__or__)$")),
+)
+
+
+def op_category(name: str) -> str:
+    low = name.lower()
+    for category, pattern in OP_CATEGORIES:
+        if pattern.search(low):
+            return category
+    return "copy/other"
+
+
+def op_time_rows(events, on_cuda: bool) -> list[tuple[str, float, int]]:
+    """(name, microseconds, calls) per op: self CUDA kernel time on a GPU, self CPU time on the CPU.
+
+    Self times sum to the total without double counting (a CPU op's time excludes its children's; on a GPU
+    only kernel/memcpy events carry device time).
+    """
+    from torch.autograd import DeviceType
+
+    rows = []
+    for evt in events:
+        if on_cuda:
+            if evt.device_type != DeviceType.CUDA:
+                continue
+            micros = float(evt.self_device_time_total)
+        else:
+            micros = float(evt.self_cpu_time_total)
+        if micros > 0:
+            rows.append((evt.key, micros, evt.count))
+    return rows
+
+
+def summarize_ops(rows: list[tuple[str, float, int]], top: int = 15) -> dict:
+    """Time per category (ms and share of the total) plus the ``top`` most expensive ops."""
+    total = sum(us for _, us, _ in rows) or 1.0
+    cats: dict[str, dict] = {name: {"ms": 0.0, "calls": 0} for name, _ in OP_CATEGORIES}
+    cats.setdefault("copy/other", {"ms": 0.0, "calls": 0})
+    for name, us, calls in rows:
+        cat = cats[op_category(name)]
+        cat["ms"] += us / 1e3
+        cat["calls"] += calls
+    for cat in cats.values():
+        cat["ms"] = round(cat["ms"], 3)
+        cat["share"] = round(cat["ms"] * 1e3 / total, 4)
+    ranked = sorted(rows, key=lambda r: -r[1])[:top]
+    return {
+        "total_ms": round(total / 1e3, 3),
+        "categories": cats,
+        "top_ops": [{"name": n[:160], "category": op_category(n), "ms": round(us / 1e3, 3), "calls": c,
+                     "share": round(us / total, 4)} for n, us, c in ranked],
+    }
+
+
+def profile_ops(docs: Docs, base_model, device, budget: int, n_batches: int = 4) -> dict:
+    """CUDA time per op category of the engine's packed forward on a few micro-batches (--profile-ops).
+
+    Runs ``model.forward_packed`` (what the engine calls) at the engine's default precision (fp16 on a GPU)
+    on ``n_batches`` evenly spaced micro-batches of the engine's packed plan, after a warm-up over the same
+    batches, under torch.profiler. On the CPU (--smoke) it profiles CPU ops of disentangled-flash's torch
+    backend (or the HF reference loop when the package is missing): the harness is exercised, the shares
+    say nothing about a GPU.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from sparkcurate.engine.runner import PRECISIONS, EngineConfig
+
+    on_cuda = device.type == "cuda"
+    precision = EngineConfig().resolved_precision(device)
+    model = copy.deepcopy(base_model).to(device, PRECISIONS[precision]).eval()
+    if on_cuda:
+        ok, reason = model.packed_support(device)
+        if not ok:
+            log.warning("op profile skipped: %s", reason)
+            return {"skipped": reason}
+        impl = "kernel"
+    else:
+        try:
+            import disentangled_flash  # noqa: F401
+
+            impl = "torch"
+        except ImportError:
+            impl = "reference"
+    batches = sorted_batches(docs.lengths, budget, padded=False)
+    selected = warm_subset(batches, n_batches)
+    run = run_packed(model, docs, batches, device, impl)
+    run(selected)  # warm-up: kernel compilation, wrapper build, allocator
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        run(selected)
+        sync(device)
+    wall = time.perf_counter() - start
+    summary = summarize_ops(op_time_rows(prof.key_averages(), on_cuda))
+    picked = np.concatenate(selected)
+    del model
+    return {
+        "activity": "cuda" if on_cuda else "cpu",
+        "time_basis": "self CUDA kernel time" if on_cuda else "self CPU time of ops",
+        "mix": docs.mix_name, "attention_impl": impl, "precision": precision, "tuning": tuning_mode_name(),
+        "micro_batches": len(selected), "docs": len(picked), "tokens": int(docs.lengths[picked].sum()),
+        "token_budget": budget, "profiled_wall_s": round(wall, 4), **summary,
+    }
+
+
+def log_op_profile(op: dict) -> None:
+    if "categories" not in op:
+        return
+    log.info("op profile (%s, %s, %d micro-batches, %d tokens): %.2f ms", op["time_basis"], op["precision"],
+             op["micro_batches"], op["tokens"], op["total_ms"])
+    for name, cat in sorted(op["categories"].items(), key=lambda kv: -kv[1]["ms"]):
+        log.info("  %-32s %10.3f ms %6.1f%% %7d calls", name, cat["ms"], 100 * cat["share"], cat["calls"])
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -514,7 +693,13 @@ def parse_args(argv):
     p.add_argument("--quality-docs", type=int, default=None, help="quality-mix documents (default 6000; smoke 20)")
     p.add_argument("--token-budget", type=int, default=None, help="tokens per micro-batch (default 65536; smoke 4096)")
     p.add_argument("--variants", nargs="+", default=["arrival_fp32_b64", "sorted_bf16_baseline", "packed_bf16",
-                                                      "packed_fp32", "sparkcurate_gpu_stage"])
+                                                      "packed_fp32", "sparkcurate_gpu_stage"],
+                   help="also: packed_bf16_allrows (every row of the last layer, then pick [CLS]; the path before "
+                        "the [CLS]-only last layer), packed_autotune (GPU: disentangled-flash autotune mode)")
+    p.add_argument("--profile-ops", action="store_true",
+                   help="profile the packed forward on a few domain-mix micro-batches; time per op category goes "
+                        "into the results JSON as 'op_profile'")
+    p.add_argument("--profile-batches", type=int, default=4, help="micro-batches profiled by --profile-ops")
     p.add_argument("--memory-fraction", type=float, default=None,
                    help="torch.cuda.set_per_process_memory_fraction (0.2 of 80 GB = a 16 GB card); "
                         "skips the fp32 reference variant, which is not a default")
@@ -541,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv if argv is not None else sys.argv[1:])
+    log.info("disentangled-flash tuning mode: %s", tuning_mode_name())  # a bad SPARKCURATE_DFLASH_TUNING fails here
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if not args.smoke and device.type != "cuda":
         log.error("no CUDA device: run with --smoke on a CPU machine")
@@ -569,12 +755,16 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s mix: %d docs, %d tokens (mean %.1f)", docs.mix_name, len(docs.ids), docs.lengths.sum(),
                  docs.lengths.mean())
         results.extend(bench_mix(args, docs, base, config, tokenizer, device))
-    write_results(args, device, results)
+    op_profile = None
+    if args.profile_ops:
+        op_profile = profile_ops(all_docs[0], base, device, args.token_budget, args.profile_batches)
+        log_op_profile(op_profile)
+    write_results(args, device, results, op_profile)
     print_table(results)
     return 0
 
 
-def write_results(args, device, results: list[Result]) -> Path:
+def write_results(args, device, results: list[Result], op_profile: dict | None = None) -> Path:
     import torch
     import transformers
 
@@ -598,8 +788,11 @@ def write_results(args, device, results: list[Result]) -> Path:
                      f"'wide_margin' >= {WIDE_MARGIN}; "
                      "head calibrated for decisive predictions (see module docstring)",
         "calibration": CALIBRATION, "init_std": args.init_std,
+        "dflash_tuning": tuning_mode_name(),
         "results": [r.__dict__ for r in results],
     }
+    if op_profile is not None:
+        payload["op_profile"] = op_profile
     out.write_text(json.dumps(payload, indent=2, default=_json_default))
     log.info("wrote %s", out)
     return out

@@ -8,6 +8,11 @@ published checkpoint layout.
 
     python3 -m benchmarks.spark_e2e --docs 100000 --tasks-per-gpu 4        # on the GPU machine (Spark from the kit)
     python3 -m benchmarks.spark_e2e --smoke                                  # CPU, tiny model, seconds (CI)
+    python3 -m benchmarks.spark_e2e --docs 200000 --files 64 --layouts 1x1,2x1,1x4,2x4 --warm-up-docs 2000
+                                                            # GPU scaling: one Spark application per layout
+
+The input schema is passed (``id STRING, text STRING``) unless ``--infer-schema``: inference is a full extra
+read of the data that a production job avoids the same way (``--schema``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_checkpoint(out: Path, smoke: bool, seed: int = 0, head_scale: float = 20.0,
-                     init_std: float | None = None) -> Path:
+                     init_std: float | None = None, labels: list[str] | None = None) -> Path:
     """A published-layout DeBERTa head checkpoint: config.json (+ base_model dir), model.safetensors, tokenizer."""
     import torch
     from safetensors.torch import save_file
@@ -49,7 +54,8 @@ def write_checkpoint(out: Path, smoke: bool, seed: int = 0, head_scale: float = 
                           type_vocab_size=0, layer_norm_eps=1e-7, max_position_embeddings=512, **shape)
     cfg.save_pretrained(base)
     torch.manual_seed(seed)
-    model = ClsHeadModel(cfg, len(DOMAIN_LABELS))
+    labels = list(labels or DOMAIN_LABELS)
+    model = ClsHeadModel(cfg, len(labels))
     with torch.no_grad():
         if init_std is not None:  # a wider backbone init: documents get distinct [CLS] states, as trained ones do
             for name, param in model.model.named_parameters():
@@ -58,10 +64,10 @@ def write_checkpoint(out: Path, smoke: bool, seed: int = 0, head_scale: float = 
         model.fc.weight.mul_(head_scale)  # decisive predictions, as a trained head gives
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     save_file(state, str(out / "model.safetensors"))
-    labels = {i: name for i, name in enumerate(DOMAIN_LABELS)}
+    id2label = dict(enumerate(labels))
     (out / "config.json").write_text(json.dumps({
-        "base_model": str(base), "fc_dropout": 0.2, "id2label": labels,
-        "label2id": {v: k for k, v in labels.items()}, "model_type": "deberta-v2"}))
+        "base_model": str(base), "fc_dropout": 0.2, "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()}, "model_type": "deberta-v2"}))
     tokenizer.save_pretrained(str(out))
     return out
 
@@ -117,13 +123,15 @@ def run_sparkcurate(spark, data: Path, out: Path, ckpt: Path, args) -> dict:
     from sparkcurate.pipeline import JobOptions, run
 
     clf = DomainClassifier(model=str(ckpt), device="cpu" if args.smoke else "auto", token_budget=args.token_budget)
+    schema = None if args.infer_schema else SYNTHETIC_SCHEMA
     start = time.perf_counter()
-    summary = run(spark, JobOptions(input=str(data), output=str(out), classifiers=[clf], quiet=True))
+    summary = run(spark, JobOptions(input=str(data), output=str(out), classifiers=[clf], quiet=True, schema=schema))
     seconds = time.perf_counter() - start
     return {"name": "sparkcurate_spark_e2e", "docs": summary["input_records"], "seconds": round(seconds, 2),
             "docs_per_s": round(summary["input_records"] / seconds, 1), "task_devices": summary["task_devices"],
             "tasks_per_gpu": args.tasks_per_gpu, "summary_docs_per_s": summary["docs_per_s"],
-            "timings_s": summary.get("timings_s"), "precision": clf.precision}
+            "timings_s": summary.get("timings_s"), "task_stats": summary.get("task_stats"),
+            "schema": "inferred" if schema is None else schema, "precision": clf.precision}
 
 
 def run_predict_batch_udf(spark, data: Path, out: Path, ckpt: Path, args) -> dict:
@@ -179,6 +187,44 @@ def card() -> str:
     return "cpu"
 
 
+SYNTHETIC_SCHEMA = "id STRING, text STRING"
+
+
+def parse_layouts(text: str) -> list[tuple[int, int]]:
+    """``"1x1,1x4,2x1"`` -> [(gpus, tasks per GPU), ...]: the configurations to run back to back."""
+    out = []
+    for item in text.split(","):
+        gpus, sep, tasks = item.strip().partition("x")
+        if not sep or not gpus.isdigit() or not tasks.isdigit() or int(gpus) < 1 or int(tasks) < 1:
+            raise argparse.ArgumentTypeError(f"layouts are GPUSxTASKS_PER_GPU, e.g. 1x4; got {item!r}")
+        out.append((int(gpus), int(tasks)))
+    return out
+
+
+def run_layout(args, gpus: int, tasks_per_gpu: int, root: Path, ckpt: Path, warm_up: bool) -> list[dict]:
+    """One Spark application (fresh executors, so model loads are timed) for one GPU layout."""
+    layout = argparse.Namespace(**{**vars(args), "gpus": gpus, "tasks_per_gpu": tasks_per_gpu})
+    spark = gpu_session(layout)
+    try:
+        if warm_up:
+            # Fills the node's Triton kernel cache (as any earlier job on the node has); its timing is dropped.
+            run_sparkcurate(spark, root / "warm-data", root / "warm-out", ckpt, layout)
+            spark.stop()
+            spark = gpu_session(layout)
+        result = run_sparkcurate(spark, root / "data", root / f"out-{gpus}x{tasks_per_gpu}", ckpt, layout)
+        if args.layouts:
+            result["name"] = f"sparkcurate_spark_e2e_{gpus}gpu_{tasks_per_gpu}task"
+        result["gpus"] = gpus
+        log.info("%s", result)
+        if not args.skip_baseline and not args.layouts:
+            base = run_predict_batch_udf(spark, root / "baseline-data", root / "out-baseline", ckpt, args)
+            log.info("%s", base)
+            return [result, base]
+        return [result]
+    finally:
+        spark.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--docs", type=int, default=100_000)
@@ -186,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=32)
     p.add_argument("--gpus", type=int, default=1)
     p.add_argument("--tasks-per-gpu", type=int, default=4)
+    p.add_argument("--layouts", type=parse_layouts, default=None,
+                   help="GPUSxTASKS_PER_GPU list run back to back, e.g. 1x1,2x1,1x4,2x4 (no baseline then)")
+    p.add_argument("--infer-schema", action="store_true",
+                   help="let the job infer the input schema (a full extra pass over the data); default: pass it")
+    p.add_argument("--warm-up-docs", type=int, default=0,
+                   help="before each timed run, a run over this many documents in the same application")
     p.add_argument("--executor-mb", type=int, default=32_768)
     p.add_argument("--partition-mb", type=int, default=16)
     p.add_argument("--token-budget", type=int, default=None)
@@ -195,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.docs, args.baseline_docs, args.files, args.tasks_per_gpu = 200, 100, 2, 2
+        args.warm_up_docs = min(args.warm_up_docs, 50)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     from benchmarks.synthetic import write_jsonl
 
     results = []
@@ -205,28 +257,45 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = write_checkpoint(root / "model", args.smoke)
         write_jsonl(root / "data", args.docs, args.files)
         write_jsonl(root / "baseline-data", args.baseline_docs, max(1, args.files // 8), seed=1)
-        spark = gpu_session(args)
-        results.append(run_sparkcurate(spark, root / "data", root / "out", ckpt, args))
-        log.info("%s", results[-1])
-        if not args.skip_baseline:
-            results.append(run_predict_batch_udf(spark, root / "baseline-data", root / "out-baseline", ckpt, args))
-            log.info("%s", results[-1])
-        spark.stop()
+        if args.warm_up_docs:
+            write_jsonl(root / "warm-data", args.warm_up_docs, 2, seed=2)
+        for gpus, tasks in args.layouts or [(args.gpus, args.tasks_per_gpu)]:
+            results.extend(run_layout(args, gpus, tasks, root, ckpt, warm_up=bool(args.warm_up_docs)))
     base = next((r for r in results if r["name"] == "predict_batch_udf_fp32" and "docs_per_s" in r), None)
     if base:
         results[0]["speedup_vs_predict_batch_udf"] = round(results[0]["docs_per_s"] / base["docs_per_s"], 2)
     doc = {"device": card(), "date": date.today().isoformat(),
            "command": "python3 -m benchmarks.spark_e2e " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "results": results}
+    scaling = scaling_table(results)
+    if scaling:
+        doc["scaling"] = scaling
     name = "cpu-smoke" if args.smoke else card().replace(" ", "-")
     path = Path(args.results) / f"{doc['date']}-{name}-spark-e2e.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
     for r in results:
-        print(f"{r['name']:28s} {r.get('docs_per_s', '-'):>10} docs/s  {r.get('seconds', '-')} s  "
+        print(f"{r['name']:40s} {r.get('docs_per_s', '-'):>10} docs/s  {r.get('seconds', '-')} s  "
               f"{r.get('skipped', '')}")
+    for key, value in scaling.items():
+        print(f"scaling {key}: {value}")
     print(f"-> {path}")
     return 0
+
+
+def scaling_table(results: list[dict]) -> dict[str, float]:
+    """Throughput with N GPUs over throughput with one, per tasks-per-GPU setting measured both ways."""
+    by = {(r.get("gpus"), r.get("tasks_per_gpu")): r for r in results if r.get("gpus")}
+    out = {}
+    for (gpus, tasks), r in sorted(by.items()):
+        one = by.get((1, tasks))
+        if gpus > 1 and one:
+            out[f"{gpus}gpu_vs_1gpu_{tasks}task_job"] = round(r["docs_per_s"] / one["docs_per_s"], 3)
+            a, b = r.get("timings_s") or {}, one.get("timings_s") or {}
+            if a.get("read_classify_count") and b.get("read_classify_count"):
+                out[f"{gpus}gpu_vs_1gpu_{tasks}task_classify_phase"] = round(
+                    b["read_classify_count"] / a["read_classify_count"], 3)
+    return out
 
 
 if __name__ == "__main__":

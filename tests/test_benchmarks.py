@@ -22,11 +22,26 @@ def _run(module: str, args: list[str], tmp_path) -> dict:
 
 @pytest.mark.slow
 def test_gpu_stage_smoke(tmp_path):
-    doc = _run("benchmarks.gpu_stage", ["--smoke", "--out-dir", str(tmp_path)], tmp_path)
+    doc = _run("benchmarks.gpu_stage", ["--smoke", "--profile-ops", "--out-dir", str(tmp_path)], tmp_path)
     assert {"device", "date", "command", "results"} <= set(doc)
     names = {r["name"] for r in doc["results"]}
     assert {"sparkcurate_gpu_stage", "sorted_bf16_baseline"} <= names
     assert all(r.get("docs_per_s") is None or r["docs_per_s"] > 0 for r in doc["results"])
+    profile = doc["op_profile"]  # on CPU: CPU op time of the packed torch backend (exercises the code only)
+    assert profile["activity"] == "cpu"
+    assert abs(sum(c["share"] for c in profile["categories"].values()) - 1) < 1e-3
+
+
+@pytest.mark.slow
+def test_spark_e2e_layouts_smoke(tmp_path):
+    """Several layouts in one command, each its own application, with a warm-up run and the scaling table."""
+    doc = _run("benchmarks.spark_e2e", ["--smoke", "--layouts", "1x1,2x1", "--warm-up-docs", "20",
+                                        "--results", str(tmp_path)], tmp_path)
+    results = {r["name"]: r for r in doc["results"]}
+    assert set(results) == {"sparkcurate_spark_e2e_1gpu_1task", "sparkcurate_spark_e2e_2gpu_1task"}
+    for r in results.values():
+        assert r["docs"] == 200 and r["task_stats"]["docs"] == 200 and r["schema"] == "id STRING, text STRING"
+    assert set(doc["scaling"]) == {"2gpu_vs_1gpu_1task_job", "2gpu_vs_1gpu_1task_classify_phase"}
 
 
 @pytest.mark.slow
@@ -35,3 +50,18 @@ def test_spark_e2e_smoke(tmp_path):
     results = {r["name"]: r for r in doc["results"]}
     assert results["sparkcurate_spark_e2e"]["docs"] == 200 and results["sparkcurate_spark_e2e"]["docs_per_s"] > 0
     assert results["predict_batch_udf_fp32"]["docs"] == 100
+
+
+@pytest.mark.slow
+def test_cpu_path_smoke(tmp_path):
+    doc = _run("benchmarks.cpu_path", ["--smoke", "--results", str(tmp_path)], tmp_path)
+    assert {"device", "date", "command", "results", "speedup"} <= set(doc)
+    results = {r["name"]: r for r in doc["results"]}
+    assert set(results) == {"plain_transformers_loop", "sparkcurate_engine_cpu"}
+    for r in results.values():
+        assert r["docs"] == 40 and r["docs_per_s"] > 0 and r["tokens_per_s"] > 0
+        # Same weights, same inputs: the two loops must give the same probabilities, and documents must differ
+        # from one another by far more than that, or results returned in the wrong order would pass unseen.
+        assert r["max_prob_abs_diff"] < 1e-4
+        assert r["prob_std_across_docs"] > 1e-2
+        assert r["argmax_agreement"] == 1.0

@@ -127,6 +127,148 @@ def test_disentangled_flash_torch_backend_unshared_position_projections():
     assert_matches_padded(model, random_batch(8, seed=12), "torch")
 
 
+def test_fused_qkv_is_a_copy_and_one_gemm():
+    """Q/K/V run as one GEMM on a fused copy; the HF Linear modules keep their own storage."""
+    pytest.importorskip("disentangled_flash")
+    model = tiny_backbone(seed=13)
+    source = model.encoder.layer[0].attention.self
+    params = {n: (p, p.data_ptr()) for n, p in source.named_parameters()}
+    ids, cu, max_len = pack(random_batch(4, seed=14))
+    packed.packed_last_hidden(model, ids, cu, max_len, attention_impl="torch")
+    wrapper = packed._STATES[model].attentions[0]
+    weight, bias = wrapper._cached_qkv_weight, wrapper._cached_qkv_bias
+    a = source.all_head_size
+    assert torch.equal(weight, torch.cat([source.query_proj.weight, source.key_proj.weight, source.value_proj.weight]))
+    assert torch.equal(bias, torch.cat([source.query_proj.bias, source.key_proj.bias, source.value_proj.bias]))
+    assert weight.data_ptr() not in {ptr for _, ptr in params.values()}
+    for name, (param, ptr) in params.items():  # same Parameter objects, same storage: nothing re-pointed
+        assert dict(source.named_parameters())[name] is param and param.data_ptr() == ptr
+    # The three projections are column views of one [T, 3A] result (strided, no copies).
+    hidden = torch.randn(7, model.config.hidden_size)
+    with torch.no_grad():
+        q, k, v = wrapper._project_qkv(hidden)
+        assert q.stride() == (3 * a, 1) and k.data_ptr() == q.data_ptr() + a * q.element_size()
+        for got, proj in zip((q, k, v), (source.query_proj, source.key_proj, source.value_proj)):
+            assert (got - proj(hidden)).abs().max().item() <= 1e-5
+
+
+def test_fused_qkv_handles_missing_biases():
+    lin = [torch.nn.Linear(8, 8, bias=b) for b in (False, False, False)]
+    weight, bias = packed.fused_qkv(*lin)
+    assert weight.shape == (24, 8) and bias is None
+    lin = [torch.nn.Linear(8, 8, bias=b) for b in (True, False, True)]
+    weight, bias = packed.fused_qkv(*lin)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        want = torch.cat([m(x) for m in lin], dim=-1)
+        assert (torch.nn.functional.linear(x, weight, bias) - want).abs().max().item() <= 1e-6
+
+
+def test_fused_qkv_rebuilt_after_projection_weight_change():
+    pytest.importorskip("disentangled_flash")
+    model = tiny_backbone(seed=15)
+    seqs = random_batch(6, seed=16)
+    assert_matches_padded(model, seqs, "torch")
+    with torch.no_grad():  # in place: same data_ptr, new _version
+        model.encoder.layer[1].attention.self.value_proj.weight.mul_(-1.0)
+        model.encoder.layer[0].attention.self.key_proj.bias.add_(0.5)
+    assert_matches_padded(model, seqs, "torch")
+
+
+def test_tuning_mode_from_env_and_override(monkeypatch):
+    monkeypatch.delenv(packed.TUNING_ENV, raising=False)
+    assert packed.tuning_mode() == "auto"
+    monkeypatch.setenv(packed.TUNING_ENV, "Heuristic")
+    assert packed.tuning_mode() == "heuristic"
+    previous = packed.set_tuning_mode("autotune")
+    try:
+        assert previous is None and packed.tuning_mode() == "autotune"
+        with pytest.raises(ValueError, match="tuning mode"):
+            packed.set_tuning_mode("fastest")
+    finally:
+        packed.set_tuning_mode(previous)
+    assert packed.tuning_mode() == "heuristic"
+    monkeypatch.setenv(packed.TUNING_ENV, "bogus")
+    with pytest.raises(ValueError, match=packed.TUNING_ENV):
+        packed.tuning_mode()
+
+
+def test_tuning_mode_reaches_the_wrappers(monkeypatch):
+    pytest.importorskip("disentangled_flash")
+    model = tiny_backbone(seed=17)
+    ids, cu, max_len = pack(random_batch(3, seed=18))
+    for mode in ("heuristic", "autotune"):
+        monkeypatch.setenv(packed.TUNING_ENV, mode)
+        packed.packed_last_hidden(model, ids, cu, max_len, attention_impl="torch")
+        assert {a.tuning.mode for a in packed._STATES[model].attentions} == {mode}
+
+
+FIRST_ROW_CONFIGS = {
+    "c2p+p2c": {},
+    "c2p": {"pos_att_type": ["c2p"]},
+    "p2c": {"pos_att_type": ["p2c"]},
+    "unshared": {"share_att_key": False, "norm_rel_ebd": "none"},
+    "unshared-c2p": {"share_att_key": False, "pos_att_type": ["c2p"]},
+    "few-buckets": {"position_buckets": 8, "max_relative_positions": 64},
+    "one-layer": {"num_hidden_layers": 1},
+}
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch"])
+@pytest.mark.parametrize("name", sorted(FIRST_ROW_CONFIGS))
+def test_first_rows_equal_all_rows_and_padded_hf(impl, name):
+    """rows="first" (the [CLS]-only last layer) gives the [CLS] rows of the full forward."""
+    if impl == "torch":
+        pytest.importorskip("disentangled_flash")
+    model = tiny_backbone(seed=19, **FIRST_ROW_CONFIGS[name])
+    seqs = random_batch(16, seed=20, max_len=70)
+    seqs[1], seqs[2] = seqs[1][:2], seqs[2][:1]  # lengths 1 (also seqs[0]) and 2
+    ids, cu, max_len = pack(seqs)
+    first = packed.packed_last_hidden(model, ids, cu, max_len, attention_impl=impl, rows="first")
+    assert first.shape == (len(seqs), model.config.hidden_size)
+    every = packed.packed_last_hidden(model, ids, cu, max_len, attention_impl=impl)
+    assert (first - every[packed.first_token_rows(cu)]).abs().max().item() <= 1e-5
+    want = torch.stack([h[0] for h in padded_last_hidden(model, seqs)])
+    assert (first - want).abs().max().item() <= 1e-5
+
+
+def test_first_rows_single_sequence_and_bad_rows():
+    model = tiny_backbone(seed=21)
+    seq = random_batch(1, seed=22, max_len=9)
+    ids, cu, max_len = pack(seq)
+    first = packed.packed_last_hidden(model, ids, cu, max_len, attention_impl="reference", rows="first")
+    assert (first[0] - padded_last_hidden(model, seq)[0][0]).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="rows"):
+        packed.packed_last_hidden(model, ids, cu, max_len, attention_impl="reference", rows="cls")
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch"])
+def test_cls_head_forward_packed_equals_padded_forward(impl):
+    if impl == "torch":
+        pytest.importorskip("disentangled_flash")
+    from sparkcurate.models.heads import ClsHeadModel
+
+    backbone = tiny_backbone(seed=23)
+    head = ClsHeadModel(backbone.config, n_labels=5).eval()
+    head.model.load_state_dict(backbone.state_dict())
+    with torch.no_grad():
+        head.fc.weight.normal_(0.0, 1.0)
+    seqs = random_batch(12, seed=24)
+    seqs[3] = seqs[3][:2]
+    ids, cu, max_len = pack(seqs)
+    longest = max(len(s) for s in seqs)
+    pad_ids = torch.zeros((len(seqs), longest), dtype=torch.long)
+    mask = torch.zeros_like(pad_ids)
+    for i, s in enumerate(seqs):
+        pad_ids[i, : len(s)], mask[i, : len(s)] = s, 1
+    with torch.no_grad():
+        want = head(pad_ids, mask)
+        got = head.forward_packed(ids, cu, max_len, attention_impl=impl)
+    assert got.shape == want.shape == (len(seqs), 5)
+    assert (got - want).abs().max().item() <= 1e-5
+    assert want.argmax(1).unique().numel() > 1  # the head is not degenerate
+
+
 @pytest.mark.parametrize("buckets,max_rel", [(32, 512), (256, 512)])
 def test_kernel_position_lookup_equals_hf_log_buckets(buckets, max_rel):
     """The Triton kernel reads relative-position slots through a compact table built

@@ -56,6 +56,10 @@ def test_every_document_exactly_once_with_reference_probabilities(spark, nested_
     assert summary["input_records"] == summary["output_records"] + summary["filtered_records"] + \
         summary["rejected_records"]
     assert summary["empty_files"] == ["empty.jsonl"]
+    stats = summary["task_stats"]  # every row went through the classify stage once (rejects pass through)
+    assert stats["docs"] == summary["input_records"] and stats["tasks"] >= 1
+    assert 0 <= stats["model_load_s_max"] <= stats["task_s_max"] <= summary["elapsed_s"]
+    assert stats["wait_input_s"] + stats["classify_s"] + stats["model_load_s"] <= stats["task_s"] + 1e-3
     assert json.loads((out / "_summary.json").read_text())["output_records"] == len(sample_texts)
     assert not (out / "_RUNNING.json").exists()
     rejects = [json.loads(line) for p in (out / "_rejects").glob("*.json") for line in p.read_text().splitlines()]
@@ -107,3 +111,56 @@ def test_dataframe_api(spark, nested_input, deberta_dir):
     df = read_jsonl(spark, str(nested_input))
     out = DomainClassifier(model=str(deberta_dir), device="cpu")(df)
     assert "domain_pred" in out.columns and out.count() == df.count()
+
+
+def test_stats_accumulator_adds_sums_and_keeps_maxima():
+    from sparkcurate.spark.stage import StatsParam
+
+    param = StatsParam()
+    total = param.zero({})
+    for task in ({"tasks": 1, "task_s": 2.0, "task_s_max": 2.0}, {"tasks": 1, "task_s": 5.0, "task_s_max": 5.0},
+                 {"tasks": 1, "task_s": 1.0, "task_s_max": 1.0}):
+        total = param.addInPlace(total, task)
+    assert total == {"tasks": 3, "task_s": 8.0, "task_s_max": 5.0}
+
+
+def test_count_rows_in_one_job_equals_separate_group_bys(spark):
+    """The GROUPING SETS counts equal plain per-kind group-bys (labels and histograms of classified rows only)."""
+    import random
+    from types import SimpleNamespace
+
+    from pyspark.sql import functions as F
+
+    from sparkcurate.pipeline import HISTOGRAM_BINS, REASON_COLUMN, STATUS_COLUMN, count_rows
+    from sparkcurate.spark.stage import confidence_column
+
+    clfs = [SimpleNamespace(name="domain", pred_column="domain_pred"),
+            SimpleNamespace(name="fineweb-edu", pred_column="fineweb-edu-score-int")]
+    rng = random.Random(7)
+    rows = []
+    for i in range(500):
+        status = rng.choice(["kept", "kept", "filtered", "rejected"])
+        rejected = status == "rejected"
+        rows.append((f"dir/f{i % 4}.jsonl", status, rng.choice(["malformed_json", "text_empty"]) if rejected else None,
+                     None if rejected else rng.choice(["News", "Sports", None]),
+                     None if rejected else rng.randint(0, 5),
+                     None if rejected else rng.choice([rng.random(), 1.0, 0.0, None]),
+                     None if rejected else rng.random()))
+    df = spark.createDataFrame(rows, f"file_name string, {STATUS_COLUMN} string, {REASON_COLUMN} string, "
+                                     f"domain_pred string, `fineweb-edu-score-int` long, "
+                                     f"{confidence_column(clfs[0])} float, {confidence_column(clfs[1])} float")
+    got = count_rows(df, clfs, "file_name")
+
+    want_status = sorted((r[0], r[1], r[2], r[3]) for r in
+                         df.groupBy("file_name", STATUS_COLUMN, REASON_COLUMN).count().collect())
+    assert sorted(got.by_status_file, key=str) == sorted(want_status, key=str)
+    classified = df.filter(F.col(STATUS_COLUMN) != "rejected")
+    for c in clfs:
+        want = [(r[0], r[1], r[2], r[3]) for r in classified.groupBy(
+            "file_name", F.col(f"`{c.pred_column}`").cast("string"), STATUS_COLUMN).count().collect()]
+        assert sorted(got.labels[c.name], key=str) == sorted(want, key=str)
+        conf = [r[0] for r in classified.select(confidence_column(c)).collect() if r[0] is not None]
+        hist = [0] * HISTOGRAM_BINS
+        for v in conf:
+            hist[min(int(v * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
+        assert got.histograms[c.name] == hist and sum(hist) == len(conf)

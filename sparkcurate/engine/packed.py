@@ -10,11 +10,16 @@ layer is per token, and attention only needs the sequence boundaries
 The attention itself runs through the ``disentangled-flash`` package's Triton
 varlen kernel (``InferenceDisentangledSelfAttention.forward_packed``); the
 embeddings, attention output, intermediate and output blocks are the Hugging
-Face modules of the backbone, called on ``[T, H]`` tensors. No weight is
-copied: the per-layer attention wrappers alias the backbone's own ``Linear``
-modules, and only parameter-derived tables (the relative-position embeddings
-projected by each layer's key/query projection, ``2 * position_buckets`` rows
-per layer) are cached.
+Face modules of the backbone, called on ``[T, H]`` tensors. The per-layer
+attention wrappers alias the backbone's own ``Linear`` modules (never mutated);
+only parameter-derived tensors are cached: the relative-position embeddings
+projected by each layer's key/query projection (``2 * position_buckets`` rows
+per layer) and a fused copy of the Q/K/V weights (``3 * H * H`` per layer, so
+Q/K/V are one GEMM). Both are rebuilt whenever an attention weight changes.
+
+Heads that read only the first ([CLS]) token of each sequence ask for
+``rows="first"``: the last layer then computes keys/values for all tokens but
+queries, attention output and the feed-forward blocks for those B rows only.
 
 Entry points:
 
@@ -26,11 +31,16 @@ Entry points:
   CPU) and ``"reference"`` loops over sequences through transformers' own
   ``DisentangledSelfAttention`` (needs only transformers; used by the CPU
   tests to check the packing glue against the padded HF forward).
+* :func:`set_tuning_mode` / ``SPARKCURATE_DFLASH_TUNING`` pick the kernel's
+  launch-config tuning (``auto``: saved profile, else heuristic; ``autotune``:
+  benchmark configs at run time; ``heuristic``: never profile).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +59,13 @@ SUPPORTED_DFLASH_PREFIXES = ("1.1.",)
 KERNEL_HEAD_DIMS = (32, 64, 128)
 #: Longest sequence the bounded Triton kernel family supports.
 KERNEL_MAX_SEQLEN = 8192
+#: Which rows of the last hidden state :func:`packed_last_hidden` returns.
+ROW_MODES = ("all", "first")
+#: Environment variable that picks disentangled-flash's kernel tuning mode.
+TUNING_ENV = "SPARKCURATE_DFLASH_TUNING"
+#: Tuning modes offered (disentangled-flash's ``KernelTuningOptions.mode``).
+TUNING_MODES = ("auto", "autotune", "heuristic")
+_TUNING_OVERRIDE: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,37 @@ def packed_support(backbone: nn.Module, device: Any) -> tuple[bool, str]:
     return True, f"packed DeBERTa attention (disentangled-flash, {dtype}) on {dev}"
 
 
+# --------------------------------------------------------------------------- tuning
+
+
+def set_tuning_mode(mode: str | None) -> str | None:
+    """Override ``SPARKCURATE_DFLASH_TUNING`` for this process; ``None`` goes back to it.
+
+    Returns the previous override, so callers (benchmarks) can restore it. The
+    wrappers are rebuilt on the next forward because the mode is part of their
+    cache key.
+    """
+    global _TUNING_OVERRIDE
+    if mode is not None:
+        mode = _check_tuning_mode(mode)
+    previous, _TUNING_OVERRIDE = _TUNING_OVERRIDE, mode
+    return previous
+
+
+def tuning_mode() -> str:
+    """The kernel tuning mode in force: the override, else the env variable, else ``auto``."""
+    if _TUNING_OVERRIDE is not None:
+        return _TUNING_OVERRIDE
+    return _check_tuning_mode(os.environ.get(TUNING_ENV, "") or "auto")
+
+
+def _check_tuning_mode(mode: str) -> str:
+    mode = mode.strip().lower()
+    if mode not in TUNING_MODES:
+        raise ValueError(f"disentangled-flash tuning mode must be one of {TUNING_MODES}, got {mode!r} ({TUNING_ENV})")
+    return mode
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -217,11 +265,13 @@ class _PackedState:
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _state_key(backbone: nn.Module, backend: str) -> tuple:
-    """A key that changes whenever a weight the cached tables derive from changes.
+def _state_key(backbone: nn.Module, backend: str, mode: str) -> tuple:
+    """A key that changes whenever a weight the cached tensors derive from changes.
 
-    Why: the wrappers cache each layer's projected relative-position table.
-    ``data_ptr`` catches moved/re-cast weights, ``_version`` in-place loads.
+    Why: the wrappers cache each layer's projected relative-position table and a
+    fused copy of its Q/K/V weights. ``data_ptr`` catches moved/re-cast weights,
+    ``_version`` in-place loads (``load_state_dict``, ``mul_``). The tuning mode
+    is part of the key because the wrappers are built with it.
     """
     encoder = backbone.encoder
     tensors = [encoder.rel_embeddings.weight]
@@ -230,7 +280,27 @@ def _state_key(backbone: nn.Module, backend: str) -> tuple:
     for layer in encoder.layer:
         tensors += [p for p in layer.attention.self.parameters()]
     first = tensors[0]
-    return (backend, str(first.device), first.dtype, tuple((t.data_ptr(), t._version) for t in tensors))
+    return (backend, mode, str(first.device), first.dtype, tuple((t.data_ptr(), t._version) for t in tensors))
+
+
+def fused_qkv(query: nn.Linear, key: nn.Linear, value: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A new ``[3A, H]`` weight (and ``[3A]`` bias, or None) that stacks the three projections.
+
+    Why a copy: upstream fuses by re-pointing the projections at views of one new
+    buffer, i.e. it mutates the modules; here they are the backbone's own and
+    must stay as they are. A missing bias among present ones is stored as zeros
+    (same result); all missing gives None.
+    """
+    import torch
+
+    with torch.no_grad():
+        weight = torch.cat([query.weight.detach(), key.weight.detach(), value.weight.detach()], dim=0).contiguous()
+        biases = [query.bias, key.bias, value.bias]
+        if all(b is None for b in biases):
+            return weight, None
+        rows = [query.weight.shape[0], key.weight.shape[0], value.weight.shape[0]]
+        parts = [b.detach() if b is not None else weight.new_zeros(n) for b, n in zip(biases, rows)]
+        return weight, torch.cat(parts).contiguous()
 
 
 def _wrapper_class() -> type:
@@ -239,28 +309,34 @@ def _wrapper_class() -> type:
     Why a subclass: upstream fuses Q/K/V by concatenating the three weights into a
     new buffer and re-pointing the projections at views of it, i.e. it mutates the
     module it was given. Here the projections are the backbone's own ``Linear``
-    modules, which must stay untouched, so Q/K/V are three GEMMs on them instead
-    (same math, no weight copy).
+    modules, which must stay untouched, so the fused weight is a separate copy
+    (:func:`fused_qkv`) and the projections keep their own storage.
     """
     global _WRAPPER_CLASS
     if _WRAPPER_CLASS is not None:
         return _WRAPPER_CLASS
+    import torch.nn.functional as F
     from disentangled_flash.kernel import InferenceDisentangledSelfAttention
 
     class SharedWeightPackedAttention(InferenceDisentangledSelfAttention):
         """Packed inference attention whose projections alias the HF layer's."""
 
         def _prepare_fused_qkv(self) -> None:
-            # Marker only (a detached view, not a copy): upstream checks it for None.
-            self._cached_qkv_weight = self.query_proj.weight.detach()
-            self._cached_qkv_bias = None
+            # Upstream's contract: ``_cached_qkv_weight`` is None until prepared (it
+            # re-prepares on None) and ``_project_qkv`` multiplies by it. Called by
+            # ``prepare_for_inference`` right after ``clear_inference_cache``.
+            self._cached_qkv_weight, self._cached_qkv_bias = fused_qkv(
+                self.query_proj, self.key_proj, self.value_proj
+            )
 
         def _project_qkv(self, hidden_states):
-            return (
-                self.query_proj(hidden_states),
-                self.key_proj(hidden_states),
-                self.value_proj(hidden_states),
-            )
+            # One GEMM; the three results are column views of ``[T, 3A]`` (row stride
+            # 3A). The torch backend copies them to head-major; the Triton launch
+            # passes q/k/v strides to the kernel, so no copy there either.
+            if self._cached_qkv_weight is None:
+                raise RuntimeError("fused QKV projection is not prepared; call prepare_for_inference() first")
+            projected = F.linear(hidden_states, self._cached_qkv_weight, self._cached_qkv_bias)
+            return projected.split(self.all_head_size, dim=-1)
 
     _WRAPPER_CLASS = SharedWeightPackedAttention
     return _WRAPPER_CLASS
@@ -270,7 +346,7 @@ _WRAPPER_CLASS: type | None = None
 _ALIASED_SUBMODULES = ("query_proj", "key_proj", "value_proj", "pos_key_proj", "pos_query_proj", "pos_dropout", "dropout")
 
 
-def _build_attentions(backbone: nn.Module, backend: str) -> list:
+def _build_attentions(backbone: nn.Module, backend: str, mode: str) -> list:
     """One disentangled-flash attention per layer, aliasing the HF modules."""
     import torch
     from disentangled_flash.position import SharedPositionPlanCache
@@ -286,8 +362,9 @@ def _build_attentions(backbone: nn.Module, backend: str) -> list:
         uses_position_bias=bool({"c2p", "p2c"} & set(_pos_att_types(config))),
     )
     cls = _wrapper_class()
-    tuning = KernelTuningOptions()
-    registry = ProfileRegistry.from_options(tuning)  # parsed once, shared by all layers
+    tuning = KernelTuningOptions(mode=mode)
+    # Saved profiles are read only in "auto" (as upstream does); parsed once, shared by all layers.
+    registry = ProfileRegistry.from_options(tuning) if mode == "auto" else ProfileRegistry()
     rel = encoder.get_rel_embedding()
     attentions = []
     for layer in encoder.layer:
@@ -306,11 +383,13 @@ def _build_attentions(backbone: nn.Module, backend: str) -> list:
 
 def _attentions_for(backbone: nn.Module, backend: str) -> list:
     """Cached wrappers for a backbone, rebuilt when its attention weights change."""
-    key = _state_key(backbone, backend)
+    mode = tuning_mode()
+    key = _state_key(backbone, backend, mode)
     state = _STATES.get(backbone)
     if state is None or state.key != key:
-        logger.debug("building packed attention wrappers (%s) for %s", backend, type(backbone).__name__)
-        state = _PackedState(key=key, attentions=_build_attentions(backbone, backend))
+        logger.debug("building packed attention wrappers (%s, tuning %s) for %s", backend, mode,
+                     type(backbone).__name__)
+        state = _PackedState(key=key, attentions=_build_attentions(backbone, backend, mode))
         _STATES[backbone] = state
     return state.attentions
 
@@ -330,7 +409,9 @@ def _attention_reference_varlen(
     packing/unpacking glue can be checked on CPU against the padded forward.
     """
     import torch
-    from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+    from transformers.models.deberta_v2.modeling_deberta_v2 import (
+        build_relative_position,
+    )
 
     outputs = []
     for start, length in zip(info.offsets, info.lengths):
@@ -355,18 +436,26 @@ def packed_last_hidden(
     cu_seqlens: torch.Tensor,
     max_seqlen: int | None,
     attention_impl: str = "kernel",
+    rows: str = "all",
 ) -> torch.Tensor:
-    """Exact DeBERTa forward over packed sequences; returns the last hidden state ``[T, H]``.
+    """Exact DeBERTa forward over packed sequences; returns the last hidden state.
 
     ``input_ids`` holds the B sequences concatenated (``[T]``), ``cu_seqlens`` their
     prefix sums (``[B+1]``, int32/int64, ideally still on the CPU so reading the
-    boundaries costs no sync). The first token of sequence b is row
-    ``cu_seqlens[b]`` of the result.
+    boundaries costs no sync).
+
+    ``rows="all"`` returns ``[T, H]``; the first token of sequence b is row
+    ``cu_seqlens[b]``. ``rows="first"`` returns ``[B, H]``, each sequence's first
+    ([CLS]) row, and skips the last layer's work for the other rows (the
+    query projection, attention output and feed-forward blocks run on B rows;
+    keys and values still on all T).
     """
     import torch
 
     if attention_impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
+    if rows not in ROW_MODES:
+        raise ValueError(f"rows must be one of {ROW_MODES}, got {rows!r}")
     problems = config_problems(backbone)
     if problems:
         raise ValueError("packed DeBERTa cannot run this model: " + "; ".join(problems))
@@ -378,34 +467,50 @@ def packed_last_hidden(
         raise RuntimeError("packed_last_hidden is inference-only: call model.eval() first")
     device = input_ids.device
     cu_dev = cu_seqlens.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
+    layers = list(backbone.encoder.layer)
+    first_only = rows == "first" and bool(layers)
+    full_layers = layers[:-1] if first_only else layers
     with torch.no_grad():
         hidden = _embed(backbone, input_ids, cu_dev, info)
         if attention_impl == "reference":
-            return _encode_reference(backbone, hidden, info)
-        backend = "triton" if attention_impl == "kernel" else "torch"
-        return _encode_dflash(backbone, hidden, cu_dev, info, backend)
+            hidden = _encode_reference(backbone, hidden, info, full_layers)
+            tables = None
+        else:
+            backend = "triton" if attention_impl == "kernel" else "torch"
+            attentions = _attentions_for_impl(backbone, hidden, backend)
+            hidden = _encode_dflash(full_layers, attentions, hidden, cu_dev, info)
+            tables = _LastLayerTables.from_wrapper(attentions[-1]) if first_only else None
+        if not first_only:
+            return hidden if rows == "all" else hidden.index_select(0, cu_dev[:-1].long())
+        if tables is None:
+            tables = _LastLayerTables.from_hf(layers[-1].attention.self, backbone.encoder.get_rel_embedding())
+        return _last_layer_first_rows(layers[-1], hidden, cu_dev, info, tables)
 
 
-def _encode_reference(backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo) -> torch.Tensor:
+def _encode_reference(backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo, layers: list) -> torch.Tensor:
     """Encoder layers with the per-sequence HF attention (CPU reference)."""
     rel = backbone.encoder.get_rel_embedding()
-    for layer in backbone.encoder.layer:
+    for layer in layers:
         context = _attention_reference_varlen(layer.attention.self, hidden, info, rel)
         hidden = _layer_tail(layer, context, hidden)
     return hidden
 
 
-def _encode_dflash(
-    backbone: nn.Module, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo, backend: str
-) -> torch.Tensor:
-    """Encoder layers with disentangled-flash's packed attention."""
-    from disentangled_flash.packed import PackedSequenceInfo
-
+def _attentions_for_impl(backbone: nn.Module, hidden: torch.Tensor, backend: str) -> list:
+    """The cached disentangled-flash wrappers, after checking the device fits the backend."""
     if backend == "triton" and hidden.device.type != "cuda":
         raise RuntimeError("attention_impl='kernel' needs CUDA tensors; use 'torch' or 'reference' on CPU")
-    attentions = _attentions_for(backbone, backend)
+    return _attentions_for(backbone, backend)
+
+
+def _encode_dflash(
+    layers: list, attentions: list, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo
+) -> torch.Tensor:
+    """Encoder layers with disentangled-flash's packed attention (``zip`` stops at ``layers``)."""
+    from disentangled_flash.packed import PackedSequenceInfo
+
     dinfo = PackedSequenceInfo(info.offsets, info.lengths, info.max_seqlen)
-    for layer, attention in zip(backbone.encoder.layer, attentions):
+    for layer, attention in zip(layers, attentions):
         context, _ = attention.forward_packed(hidden, cu_dev, info.max_seqlen, packed_info=dinfo)
         hidden = _layer_tail(layer, context, hidden)
     return hidden
@@ -420,3 +525,137 @@ def _layer_tail(layer: nn.Module, context: torch.Tensor, hidden: torch.Tensor) -
 def first_token_rows(cu_seqlens: torch.Tensor) -> torch.Tensor:
     """Row index of each sequence's first ([CLS]) token in a packed ``[T, H]`` tensor."""
     return cu_seqlens[:-1].long()
+
+
+# --------------------------------------------------------------------------- [CLS]-only last layer
+
+
+@dataclass(frozen=True)
+class _LastLayerTables:
+    """What the [CLS]-only last layer needs besides the HF modules.
+
+    ``kv_weight``/``kv_bias`` project keys and values in one GEMM (None: use the
+    HF ``key_proj``/``value_proj``); ``pos_key``/``pos_query`` are the projected
+    relative-position tables ``[heads, 2 * span, head_dim]`` for c2p/p2c (None
+    when the term is off).
+    """
+
+    kv_weight: Any
+    kv_bias: Any
+    pos_key: Any
+    pos_query: Any
+
+    @classmethod
+    def from_wrapper(cls, wrapper: nn.Module) -> _LastLayerTables:
+        """Reuse a prepared disentangled-flash wrapper's fused weight and position tables."""
+        rows = wrapper.all_head_size
+        weight, bias = wrapper._cached_qkv_weight, wrapper._cached_qkv_bias
+        types = set(wrapper.pos_att_type)
+        pos_key, pos_query = wrapper._cached_pos_key, wrapper._cached_pos_query
+        if ("c2p" in types and pos_key is None) or ("p2c" in types and pos_query is None) or weight is None:
+            raise RuntimeError("the packed attention wrapper is not prepared (released position tables?)")
+        return cls(
+            kv_weight=weight[rows:],
+            kv_bias=None if bias is None else bias[rows:],
+            pos_key=pos_key if "c2p" in types else None,
+            pos_query=pos_query if "p2c" in types else None,
+        )
+
+    @classmethod
+    def from_hf(cls, attention: nn.Module, rel_embeddings: torch.Tensor | None) -> _LastLayerTables:
+        """Project the position tables with HF's module, as its ``disentangled_attention_bias`` does."""
+        types = set(_pos_att_types(attention))
+        pos_key = pos_query = None
+        if types:
+            span = int(attention.pos_ebd_size)
+            relative = attention.pos_dropout(rel_embeddings)[: 2 * span][None]
+            heads = attention.num_attention_heads
+            if "c2p" in types:
+                proj = attention.key_proj if attention.share_att_key else attention.pos_key_proj
+                pos_key = attention.transpose_for_scores(proj(relative), heads)
+            if "p2c" in types:
+                proj = attention.query_proj if attention.share_att_key else attention.pos_query_proj
+                pos_query = attention.transpose_for_scores(proj(relative), heads)
+        return cls(kv_weight=None, kv_bias=None, pos_key=pos_key, pos_query=pos_query)
+
+
+def _first_row_buckets(attention: nn.Module, length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position-table slots for query 0 against keys ``0..length-1`` (``[length]`` each).
+
+    Built with HF's own ``build_relative_position`` (same log buckets): c2p
+    reads slot ``bucket(0 - j) + span`` of the query's row, p2c reads slot
+    ``-bucket(j - 0) + span`` of key j's row (HF: ``r_pos[j, 0]``), both clamped.
+    """
+    import torch
+    from transformers.models.deberta_v2.modeling_deberta_v2 import (
+        build_relative_position,
+    )
+
+    span = int(attention.pos_ebd_size)
+    one = torch.empty((1, 0), device=device)
+    keys = torch.empty((length, 0), device=device)
+    buckets, max_pos = attention.position_buckets, attention.max_relative_positions
+    c2p_rel = build_relative_position(one, keys, bucket_size=buckets, max_position=max_pos)[0, 0]
+    p2c_rel = build_relative_position(keys, one, bucket_size=buckets, max_position=max_pos)[0, :, 0]
+    c2p = torch.clamp(c2p_rel + span, 0, 2 * span - 1)
+    p2c = torch.clamp(-p2c_rel + span, 0, 2 * span - 1)
+    return c2p, p2c
+
+
+def _pad_rows(values: torch.Tensor, cu_dev: torch.Tensor, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed ``[T, A]`` -> padded ``[B, L, A]`` plus the key mask ``[B, L]`` (device ops, no sync)."""
+    import torch
+
+    starts = cu_dev[:-1].long()
+    lengths = (cu_dev[1:] - cu_dev[:-1]).long()
+    pos = torch.arange(max_seqlen, device=values.device)
+    valid = pos[None, :] < lengths[:, None]
+    index = torch.where(valid, starts[:, None] + pos[None, :], torch.zeros_like(starts)[:, None])
+    return values.index_select(0, index.reshape(-1)).view(len(starts), max_seqlen, -1), valid
+
+
+def _last_layer_first_rows(
+    layer: nn.Module, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo, tables: _LastLayerTables
+) -> torch.Tensor:
+    """The last encoder layer for each sequence's first token only; ``[T, H]`` in, ``[B, H]`` out.
+
+    Why exact: row 0's output depends on the other tokens only through their
+    keys and values (and their p2c scores, which are key-side), all of which
+    are computed here for every token; everything after attention is per row.
+    The B queries attend over a padded ``[B, L]`` key layout (micro-batches are
+    length-sorted, so the padding is small) with padded keys masked out.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    attention = layer.attention.self
+    heads, head_dim = attention.num_attention_heads, attention.attention_head_size
+    batch, length = len(info.lengths), info.max_seqlen
+    first = hidden.index_select(0, cu_dev[:-1].long())
+    query = attention.query_proj(first).view(batch, heads, head_dim)
+    if tables.kv_weight is not None:
+        key, value = F.linear(hidden, tables.kv_weight, tables.kv_bias).split(attention.all_head_size, dim=-1)
+    else:
+        key, value = attention.key_proj(hidden), attention.value_proj(hidden)
+    key_pad, valid = _pad_rows(key, cu_dev, length)
+    value_pad, _ = _pad_rows(value, cu_dev, length)
+    key_pad = key_pad.view(batch, length, heads, head_dim).transpose(1, 2)  # [B, h, L, d]
+    value_pad = value_pad.view(batch, length, heads, head_dim).transpose(1, 2)
+
+    scores = torch.matmul(query[:, :, None, :], key_pad.transpose(-1, -2))[:, :, 0].float()  # [B, h, L]
+    terms = 1
+    if tables.pos_key is not None or tables.pos_query is not None:
+        c2p_slot, p2c_slot = _first_row_buckets(attention, length, hidden.device)
+        if tables.pos_key is not None:  # content -> position: query 0's row of query @ pos_key^T
+            c2p = torch.matmul(query.transpose(0, 1), tables.pos_key.transpose(-1, -2))  # [h, B, 2span]
+            scores = scores + c2p.index_select(-1, c2p_slot).transpose(0, 1).float()
+            terms += 1
+        if tables.pos_query is not None:  # position -> content: key j against its slot for query 0
+            pos_query = tables.pos_query.index_select(1, p2c_slot)  # [h, L, d]
+            scores = scores + torch.einsum("bhld,hld->bhl", key_pad, pos_query).float()
+            terms += 1
+    scores = (scores / math.sqrt(head_dim * terms)).masked_fill(~valid[:, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value_pad.dtype)
+    context = torch.matmul(probs[:, :, None, :], value_pad).reshape(batch, heads * head_dim)
+    attention_output = layer.attention.output(context, first)
+    return layer.output(layer.intermediate(attention_output), attention_output)

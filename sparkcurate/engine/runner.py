@@ -123,6 +123,21 @@ class InferenceEngine:
         n = len(tokens)
         if n == 0:
             return np.empty((0, 0), dtype=np.float32)
+        with self._on_device():
+            return self._predict_tokenized(tokens, n)
+
+    def _on_device(self):
+        """Make the engine's GPU the current one while it works.
+
+        Why: Triton kernels (the packed attention) launch on the *current* CUDA device, not on their tensors'
+        device. A worker whose model sits on cuda:1 while the current device is still cuda:0 (the default)
+        fails with "Pointer argument cannot be accessed from Triton"; measured on the 2-GPU machine.
+        """
+        import contextlib
+
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def _predict_tokenized(self, tokens: Tokenized, n: int) -> np.ndarray:
         padded = not self.packed
         chunks: list[tuple[np.ndarray, torch.Tensor]] = []
         for idx in plan_microbatches(tokens.lengths, self.budget, self.config.max_batch_size, padded=padded):

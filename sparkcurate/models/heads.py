@@ -35,12 +35,17 @@ class ClsHeadModel(nn.Module):
             return False, f"packed path unavailable: {exc}"
         return packed_support(self.model, device)
 
-    def forward_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    def forward_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                       attention_impl: str = "kernel") -> torch.Tensor:
+        """``forward`` on packed tokens (``[T]`` ids, ``[B+1]`` boundaries); ``[B, n_labels]`` probabilities.
+
+        Only the [CLS] rows reach the head, so the last layer runs for those rows alone (``rows="first"``).
+        ``attention_impl`` is the packed attention backend ("kernel" on CUDA; "torch"/"reference" run on CPU).
+        """
         from sparkcurate.engine.packed import packed_last_hidden
 
-        hidden = packed_last_hidden(self.model, input_ids, cu_seqlens, max_seqlen)
-        first = hidden.index_select(0, cu_seqlens[:-1].to(hidden.device, non_blocking=True).long())
-        return torch.softmax(self.fc(first).float(), dim=-1)
+        first = packed_last_hidden(self.model, input_ids, cu_seqlens, max_seqlen, attention_impl, rows="first")
+        return torch.softmax(self.fc(self.dropout(first)).float(), dim=-1)
 
 
 class SequenceRegressionModel(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from pyspark.accumulators import AccumulatorParam
@@ -66,12 +67,15 @@ def output_fields(classifiers: Sequence["DistributedDataClassifier"]) -> list[tu
 
 
 def classify_dataframe(df: "DataFrame", classifiers: Sequence["DistributedDataClassifier"],
-                       counter=None, skip_column: str | None = None, device_log=None) -> "DataFrame":
+                       counter=None, skip_column: str | None = None, device_log=None,
+                       task_stats=None) -> "DataFrame":
     """``df`` with every classifier's columns added (plus hidden confidence columns), rows unchanged.
 
     ``counter``: an optional Spark accumulator that tasks add their document counts to, for progress display.
     ``skip_column``: rows where this column is not null (e.g. a reject reason) are passed through unclassified.
     ``device_log``: an optional ``device_accumulator`` that records where each task ran.
+    ``task_stats``: an optional ``stats_accumulator`` that sums where the tasks' time went (model loads, waiting
+    for input, classifying).
     """
     from pyspark.sql import types as T
 
@@ -86,7 +90,7 @@ def classify_dataframe(df: "DataFrame", classifiers: Sequence["DistributedDataCl
         if c.text_field not in existing:
             raise ValueError(f"{c.name}: text field {c.text_field!r} is not a column (columns: {sorted(existing)})")
     schema = T.StructType(list(df.schema.fields) + [T.StructField(n, spark_type(k), True) for n, k in fields])
-    fn = make_partition_function(list(classifiers), counter, skip_column, device_log)
+    fn = make_partition_function(list(classifiers), counter, skip_column, device_log, task_stats)
     return df.mapInArrow(fn, schema)
 
 
@@ -107,8 +111,63 @@ def device_accumulator(sc):
     return sc.accumulator({}, CountsParam())
 
 
+class StatsParam(AccumulatorParam):
+    """Accumulator of ``{name: number}`` dicts: names ending in ``_max`` keep the largest value, others add up."""
+
+    def zero(self, value: dict) -> dict:
+        return {}
+
+    def addInPlace(self, a: dict, b: dict) -> dict:
+        for key, value in b.items():
+            if key.endswith("_max"):
+                a[key] = max(a.get(key, value), value)
+            else:
+                a[key] = a.get(key, 0) + value
+        return a
+
+
+def stats_accumulator(sc):
+    """An accumulator of the classify tasks' time: why a stage is slow (loading, starved of input, or busy)."""
+    return sc.accumulator({}, StatsParam())
+
+
+class TaskClock:
+    """Where one classify task's time goes, reported once per task to a ``stats_accumulator``.
+
+    Why: a GPU stage can be slow because models load (per worker), because the input does not arrive fast enough
+    (JSON parsing, Arrow transfer, tokenization: ``wait_input_s``) or because the model work itself is slow
+    (``classify_s``). The summary shows the sums so a user can tell which.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.load_s = 0.0
+        self.wait_input_s = 0.0
+        self.classify_s = 0.0
+        self.docs = 0
+
+    def timed_input(self, items: Iterator) -> Iterator:
+        """``items``, adding the time spent waiting for each one to ``wait_input_s``."""
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                self.wait_input_s += time.perf_counter() - t0
+                return
+            self.wait_input_s += time.perf_counter() - t0
+            yield item
+
+    def report(self, stats) -> None:
+        task_s = time.perf_counter() - self.start
+        stats.add({"tasks": 1, "docs": self.docs, "model_load_s": round(self.load_s, 3),
+                   "model_load_s_max": round(self.load_s, 3), "wait_input_s": round(self.wait_input_s, 3),
+                   "classify_s": round(self.classify_s, 3), "task_s": round(task_s, 3),
+                   "task_s_max": round(task_s, 3)})
+
+
 def make_partition_function(classifiers: list["DistributedDataClassifier"], counter=None,
-                            skip_column: str | None = None, device_log=None
+                            skip_column: str | None = None, device_log=None, task_stats=None
                             ) -> Callable[[Iterator["pa.RecordBatch"]], Iterator["pa.RecordBatch"]]:
     """The function Spark runs per partition. It closes over plain values only."""
 
@@ -116,10 +175,12 @@ def make_partition_function(classifiers: list["DistributedDataClassifier"], coun
         from sparkcurate.engine.runner import prefetch
         from sparkcurate.spark.devices import current_task_device
 
+        clock = TaskClock()
         engines = []
         for c in classifiers:
             device, address = current_task_device(c.device)
             engines.append((c, worker_engine(c, device)))
+        clock.load_s = time.perf_counter() - clock.start
         if device_log is not None:
             given = f"GPU address {address}" if address is not None else "no GPU address"
             device_log.add({f"{device} ({given})": 1})
@@ -136,10 +197,16 @@ def make_partition_function(classifiers: list["DistributedDataClassifier"], coun
             return batch, out
 
         depth = max(engine.config.prefetch for _, engine in engines)
-        for batch, prepared in prefetch(batches, prepare, depth):
-            yield classify_batch(batch, engines, prepared)
+        for batch, prepared in clock.timed_input(prefetch(batches, prepare, depth)):
+            t0 = time.perf_counter()
+            out = classify_batch(batch, engines, prepared)
+            clock.classify_s += time.perf_counter() - t0
+            clock.docs += batch.num_rows
+            yield out
             if counter is not None:
                 counter.add(int(len(prepared[0][1])))
+        if task_stats is not None:
+            clock.report(task_stats)
 
     return classify_partition
 
@@ -208,6 +275,11 @@ def scatter(values, valid, kind: str) -> "pa.Array":
     if len(values) == 0 and valid.any():
         return pa.nulls(n, type=typ)  # a classifier that writes no value for this column
     if valid.all():
+        if kind == "float_list" and isinstance(values, np.ndarray) and values.ndim == 2:
+            # Rows of a 2-D array (probabilities): offsets + one flat buffer, no Python lists.
+            offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+            return pa.ListArray.from_arrays(offsets, pa.array(values.astype(np.float32, copy=False).ravel()),
+                                            type=typ)
         return pa.array(_as_list(values, kind), type=typ)
     full: list[Any] = [None] * n
     for i, v in zip(np.flatnonzero(valid), _as_list(values, kind)):
