@@ -65,3 +65,14 @@ def test_cpu_path_smoke(tmp_path):
         assert r["max_prob_abs_diff"] < 1e-4
         assert r["prob_std_across_docs"] > 1e-2
         assert r["argmax_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_one_pass_fresh_apps_smoke(tmp_path):
+    """One pass vs three runs, each run its own Spark application (the benchmark's code path, never its speed)."""
+    doc = _run("benchmarks.one_pass", ["--docs", "40", "--files", "2", "--repeat", "1", "--fresh-apps",
+                                       "--results", str(tmp_path)], tmp_path)
+    results = {r["name"]: r for r in doc["results"]}
+    assert set(results) == {"one_pass_domain_quality_fineweb", "three_separate_runs"}
+    assert all(r["seconds"] > 0 and len(r["all_seconds"]) == 1 for r in results.values())
+    assert "own Spark application" in doc["note"]
