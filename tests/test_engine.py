@@ -183,3 +183,31 @@ def copy_module(module):
     import copy
 
     return copy.deepcopy(module)
+
+
+def test_derived_tokens_equal_direct_tokenization_on_random_limits(deberta_dir):
+    """Property: for random texts and random pairs of limits, the ids derived from the larger tokenization
+    equal a direct tokenization under the smaller limits (when the character cuts agree), for this tokenizer."""
+    import random
+
+    from sparkcurate.engine.tokenize import derivable, shrink_ids, special_layout, tokenize
+    from sparkcurate.models.loading import load_tokenizer
+
+    tok = load_tokenizer(deberta_dir)
+    layout = special_layout(tok)
+    assert layout == (1, 1)  # [CLS] ... [SEP]
+    rng = random.Random(11)
+    alphabet = "abcdefgh ijk lmn. ,é\\n"
+    checked = 0
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400)))
+        small_c, big_c = sorted(rng.sample([None, 5, 50, 150, 300, 1000], 2), key=lambda c: float("inf") if c is None else c)
+        small_t, big_t = sorted(rng.sample([3, 8, 16, 64, 256], 2))
+        if not derivable(text, small_c, big_c):
+            continue
+        base = tokenize(tok, [text], big_t, big_c).ids[0]
+        want = tokenize(tok, [text], small_t, small_c).ids[0]
+        assert shrink_ids(base, small_t, layout).tolist() == want.tolist(), (text, small_c, big_c, small_t, big_t)
+        checked += 1
+    assert checked > 50
+    assert not derivable("x" * 10, 5, 50) and derivable("x" * 5, 5, 50) and derivable("x" * 99, None, None)

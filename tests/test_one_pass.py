@@ -66,7 +66,22 @@ def test_combined_filter_is_and_across_classifiers(spark, models, tmp_path):
     assert summary["filtered_records"] == 28 - len(expected)
 
 
-def test_shared_tokenizer_tokenizes_once(deberta_dir, sample_texts):
+def _counting_tokenize(monkeypatch) -> list[tuple]:
+    """Record every (documents, max_tokens, max_chars) the engines send to the tokenizer."""
+    from sparkcurate.engine import runner
+
+    calls: list[tuple] = []
+    original = runner.tokenize
+
+    def counting(tokenizer, texts, max_tokens, max_chars=None):
+        calls.append((len(texts), max_tokens, max_chars))
+        return original(tokenizer, texts, max_tokens, max_chars)
+
+    monkeypatch.setattr(runner, "tokenize", counting)
+    return calls
+
+
+def test_shared_tokenizer_tokenizes_once(deberta_dir, sample_texts, monkeypatch):
     """Two classifiers with the same tokenizer and limits share one tokenization per batch."""
     import pyarrow as pa
 
@@ -76,20 +91,41 @@ def test_shared_tokenizer_tokenizes_once(deberta_dir, sample_texts):
     b = DomainClassifier(model=str(deberta_dir), device="cpu", pred_column="domain_pred_2")
     for c in (a, b):
         c.preflight()
-    calls = []
-    original = stage.tokenize_valid
-
-    def counting(batch, c, engine, skip_column=None):
-        calls.append(c.pred_column)
-        return original(batch, c, engine, skip_column)
-
-    stage.tokenize_valid = counting
-    try:
-        fn = stage.make_partition_function([a, b])
-        batch = pa.RecordBatch.from_pydict({"text": sample_texts})
-        (out,) = list(fn(iter([batch])))
-    finally:
-        stage.tokenize_valid = original
-    assert calls == ["domain_pred"]
+    calls = _counting_tokenize(monkeypatch)
+    fn = stage.make_partition_function([a, b])
+    batch = pa.RecordBatch.from_pydict({"text": sample_texts})
+    (out,) = list(fn(iter([batch])))
+    assert calls == [(len(sample_texts), 512, 2000)]
     assert out.column(out.schema.get_field_index("domain_pred")).to_pylist() == \
         out.column(out.schema.get_field_index("domain_pred_2")).to_pylist()
+
+
+def test_same_tokenizer_other_limits_tokenizes_once_and_exactly(deberta_dir, sample_texts, monkeypatch):
+    """Domain (2000 chars / 512 tokens) and quality-like limits (6000 / 1024) on one tokenizer: one tokenization
+    under the larger limits, the smaller derived from it; only documents that the 2000-character cut shortens are
+    tokenized again. Every engine gets exactly the ids it would get on its own."""
+    import random
+
+    import numpy as np
+
+    from sparkcurate.engine.runner import tokenize_shared
+
+    rng = random.Random(3)
+    words = " ".join(sample_texts).split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.choice([1, 5, 40, 300, 900, 2000]))) for _ in range(60)]
+    texts += ["", "x" * 2500, ("a " * 1200).strip(), "é" * 1999 + " tail"]
+    engines = []
+    for chars, tokens in [(2000, 512), (6000, 1024), (2000, 128), (2000, 64)]:
+        clf = DomainClassifier(model=str(deberta_dir), device="cpu", max_chars=chars, max_tokens=tokens)
+        clf.preflight()
+        engines.append(clf.load_engine("cpu"))
+    want = [[np.asarray(x).tolist() for x in e.tokenize(texts).ids] for e in engines]
+    calls = _counting_tokenize(monkeypatch)
+    got = tokenize_shared(engines, texts)
+    assert [[x.tolist() for x in t.ids] for t in got] == want
+    assert all(list(t.lengths) == [len(x) for x in t.ids] for t in got)
+    longer = sum(len(t) > 2000 for t in texts)
+    # one tokenization under the largest limits (6000 / 1024), then only the documents longer than 2000
+    # characters again, for each engine that cuts there
+    assert longer and calls[0] == (len(texts), 1024, 6000)
+    assert sorted(calls[1:]) == [(longer, 64, 2000), (longer, 128, 2000), (longer, 512, 2000)]

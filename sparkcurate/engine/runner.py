@@ -230,6 +230,55 @@ class InferenceEngine:
         return clone
 
 
+def tokenize_shared(engines: Sequence["InferenceEngine"], texts: Sequence[str]) -> list[Tokenized]:
+    """Each engine's tokens for ``texts``, tokenizing once per tokenizer where the results can be derived exactly.
+
+    Engines with the same tokenizer but different limits (domain: 2000 characters / 512 tokens, quality: 6000 /
+    1024, both the DeBERTa-v3 tokenizer) are served from one tokenization under the largest limits: a document
+    whose character cut gives the same string under both limits gets its ids by truncating the larger encoding
+    (:func:`~sparkcurate.engine.tokenize.shrink_ids`, exact for prefix/suffix special-token layouts); only the
+    documents that a smaller character cut really shortens are tokenized again. Engines that tokenize differently
+    (a prompt around the text) share only with identical engines, as before.
+    """
+    from sparkcurate.engine.tokenize import derivable, shrink_ids, special_layout
+
+    out: list[Tokenized | None] = [None] * len(engines)
+    groups: dict[tuple, list[int]] = {}
+    for i, engine in enumerate(engines):
+        plain = type(engine).tokenize is InferenceEngine.tokenize
+        key = ("plain", engine.tokenize_key[1]) if plain else ("own", engine.tokenize_key)
+        groups.setdefault(key, []).append(i)
+    for (kind, _), members in groups.items():
+        first = engines[members[0]]
+        layout = special_layout(first.tokenizer) if kind == "plain" else None
+        limits = {(engines[i].config.max_chars, engines[i].config.max_tokens) for i in members}
+        if len(limits) == 1 or layout is None:
+            done: dict[tuple, Tokenized] = {}
+            for i in members:
+                key = engines[i].tokenize_key
+                if key not in done:
+                    done[key] = engines[i].tokenize(texts)
+                out[i] = done[key]
+            continue
+        chars = [c for c, _ in limits]
+        base_chars = None if None in chars else max(chars)
+        base_tokens = max(t for _, t in limits)
+        base = tokenize(first.tokenizer, texts, base_tokens, base_chars)
+        for i in members:
+            cfg = engines[i].config
+            if (cfg.max_chars, cfg.max_tokens) == (base_chars, base_tokens):
+                out[i] = base
+                continue
+            ids = [shrink_ids(x, cfg.max_tokens, layout) for x in base.ids]
+            again = [j for j, t in enumerate(texts) if not derivable(t, cfg.max_chars, base_chars)]
+            if again:
+                redo = engines[i].tokenize([texts[j] for j in again])
+                for j, x in zip(again, redo.ids):
+                    ids[j] = x
+            out[i] = Tokenized(ids=ids, lengths=np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)))
+    return out  # type: ignore[return-value]
+
+
 _DONE = object()
 
 

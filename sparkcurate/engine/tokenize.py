@@ -71,3 +71,36 @@ def _encode_fast(tokenizer, backend, texts: list[str], max_tokens: int) -> list[
         tokenizer._sparkcurate_trunc = key
     encodings = backend.encode_batch(texts, add_special_tokens=True)
     return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+
+
+def special_layout(tokenizer) -> tuple[int, int] | None:
+    """How many special tokens a single-sequence encoding puts before and after the text (``[CLS] x [SEP]``:
+    (1, 1)), or None when that cannot be relied on (a slow tokenizer, specials in the middle, none at all).
+
+    Why: with the layout known, the encoding of a text under a smaller token limit is a prefix of its encoding
+    under a larger one plus the same closing specials (truncation cuts the content, then the specials are added).
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    mask = list(backend.encode("hello world", add_special_tokens=True).special_tokens_mask)
+    prefix = next((i for i, m in enumerate(mask) if not m), len(mask))
+    suffix = next((i for i, m in enumerate(reversed(mask)) if not m), len(mask))
+    if prefix == len(mask) or any(mask[prefix:len(mask) - suffix]):
+        return None
+    return prefix, suffix
+
+
+def derivable(text: str, max_chars: int | None, base_chars: int | None) -> bool:
+    """True when ``text`` cut at ``max_chars`` is the same string as cut at ``base_chars`` (None: no cut)."""
+    n = len(text)
+    return min(n, n if max_chars is None else max_chars) == min(n, n if base_chars is None else base_chars)
+
+
+def shrink_ids(ids: np.ndarray, max_tokens: int, layout: tuple[int, int]) -> np.ndarray:
+    """``ids`` (one encoding under a larger token limit) as the same text's encoding under ``max_tokens``."""
+    if len(ids) <= max_tokens:
+        return ids
+    prefix, suffix = layout
+    keep = max_tokens - prefix - suffix
+    return np.concatenate([ids[: prefix + keep], ids[len(ids) - suffix:]]) if suffix else ids[: prefix + keep]

@@ -186,14 +186,16 @@ def make_partition_function(classifiers: list["DistributedDataClassifier"], coun
             device_log.add({f"{device} ({given})": 1})
 
         def prepare(batch: "pa.RecordBatch"):
-            # One tokenization per distinct (tokenizer, text field, limits): shared by the classifiers using it.
-            done: dict[tuple, Any] = {}
-            out = []
-            for c, engine in engines:
-                key = (engine.tokenize_key, c.text_field)
-                if key not in done:
-                    done[key] = tokenize_valid(batch, c, engine, skip_column)
-                out.append(done[key])
+            # One tokenization per tokenizer and text field, shared by the classifiers using it (smaller limits
+            # derived from the larger ones where exact: engine.runner.tokenize_shared).
+            from sparkcurate.engine.runner import tokenize_shared
+
+            out: list[Any] = [None] * len(engines)
+            for field in dict.fromkeys(c.text_field for c, _ in engines):
+                members = [i for i, (c, _) in enumerate(engines) if c.text_field == field]
+                mask, texts = valid_texts(batch, field, skip_column)
+                for i, tokens in zip(members, tokenize_shared([engines[i][1] for i in members], texts)):
+                    out[i] = (mask, tokens)
             return batch, out
 
         depth = max(engine.config.prefetch for _, engine in engines)
@@ -234,15 +236,20 @@ def valid_text_mask(batch: "pa.RecordBatch", column: "pa.Array", skip_column: st
     return pc.fill_null(mask, False)
 
 
-def tokenize_valid(batch: "pa.RecordBatch", classifier: "DistributedDataClassifier", engine,
-                   skip_column: str | None = None):
+def valid_texts(batch: "pa.RecordBatch", text_field: str, skip_column: str | None = None):
+    """The rows to classify (mask) and their texts, as Python strings."""
     import pyarrow.compute as pc
 
-    column = batch.column(batch.schema.get_field_index(classifier.text_field))
+    column = batch.column(batch.schema.get_field_index(text_field))
     if not (column.type == "string" or column.type == "large_string"):
         column = pc.cast(column, "string")
     mask = valid_text_mask(batch, column, skip_column)
-    texts = pc.filter(column, mask).to_pylist()
+    return mask, pc.filter(column, mask).to_pylist()
+
+
+def tokenize_valid(batch: "pa.RecordBatch", classifier: "DistributedDataClassifier", engine,
+                   skip_column: str | None = None):
+    mask, texts = valid_texts(batch, classifier.text_field, skip_column)
     return mask, engine.tokenize(texts)
 
 
