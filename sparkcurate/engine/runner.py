@@ -250,9 +250,9 @@ def tokenize_shared(engines: Sequence["InferenceEngine"], texts: Sequence[str]) 
         groups.setdefault(key, []).append(i)
     for (kind, _), members in groups.items():
         first = engines[members[0]]
-        layout = special_layout(first.tokenizer) if kind == "plain" else None
-        limits = {(engines[i].config.max_chars, engines[i].config.max_tokens) for i in members}
-        if len(limits) == 1 or layout is None:
+        layout = special_layout(first.tokenizer) if kind == "plain" and len(members) > 1 else None
+        limits = {(engines[i].config.max_chars, engines[i].config.max_tokens) for i in members} if layout else set()
+        if len(limits) <= 1:
             done: dict[tuple, Tokenized] = {}
             for i in members:
                 key = engines[i].tokenize_key
