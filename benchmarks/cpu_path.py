@@ -64,7 +64,6 @@ def write_shaped_checkpoint(out: Path, shape: str, layers: int | None = None, se
     fp32 probabilities differ from fp64 by 8e-3), which would hide the ~1e-6 parity under its own noise.
     """
     import torch
-    from safetensors.torch import save_file
     from transformers import DebertaV2Config
 
     from benchmarks.synthetic import benchmark_tokenizer
@@ -92,14 +91,9 @@ def write_shaped_checkpoint(out: Path, shape: str, layers: int | None = None, se
             if param.dim() == 2:
                 param.normal_(0.0, init_std or INIT_STD[shape])
         model.fc.weight.mul_(head_scale)  # fairly decisive predictions, short of a saturated softmax
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-    save_file(state, str(out / "model.safetensors"))
-    id2label = dict(enumerate(DOMAIN_LABELS))
-    (out / "config.json").write_text(json.dumps({
-        "base_model": str(base), "fc_dropout": 0.2, "id2label": id2label,
-        "label2id": {v: k for k, v in id2label.items()}, "model_type": "deberta-v2"}))
-    tokenizer.save_pretrained(str(out))
-    return out
+    from benchmarks.spark_e2e import save_head_checkpoint
+
+    return save_head_checkpoint(out, model, base, DOMAIN_LABELS, tokenizer)
 
 
 def plain_loop(ckpt: Path) -> Callable[[Sequence[str]], np.ndarray]:

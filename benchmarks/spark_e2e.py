@@ -36,7 +36,6 @@ def write_checkpoint(out: Path, smoke: bool, seed: int = 0, head_scale: float = 
                      init_std: float | None = None, labels: list[str] | None = None) -> Path:
     """A published-layout DeBERTa head checkpoint: config.json (+ base_model dir), model.safetensors, tokenizer."""
     import torch
-    from safetensors.torch import save_file
     from transformers import DebertaV2Config
 
     from benchmarks.synthetic import benchmark_tokenizer
@@ -62,6 +61,14 @@ def write_checkpoint(out: Path, smoke: bool, seed: int = 0, head_scale: float = 
                 if param.dim() == 2:
                     param.normal_(0.0, init_std)
         model.fc.weight.mul_(head_scale)  # decisive predictions, as a trained head gives
+    return save_head_checkpoint(out, model, base, labels, tokenizer)
+
+
+def save_head_checkpoint(out: Path, model, base: Path, labels: list[str], tokenizer) -> Path:
+    """Write ``model`` (a ClsHeadModel) in the published layout: model.safetensors, config.json naming the
+    backbone config dir ``base`` and the labels, and the tokenizer files."""
+    from safetensors.torch import save_file
+
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     save_file(state, str(out / "model.safetensors"))
     id2label = dict(enumerate(labels))
