@@ -175,7 +175,7 @@ def session(args):
     if args.gpu:
         from benchmarks.spark_e2e import gpu_session
 
-        return gpu_session(argparse.Namespace(gpus=1, tasks_per_gpu=args.tasks_per_gpu, partition_mb=16,
+        return gpu_session(argparse.Namespace(gpus=1, tasks_per_gpu=args.tasks_per_gpu, partition_mb=0,
                                               executor_mb=32_768, smoke=False))
     from sparkcurate.spark.session import get_session
 

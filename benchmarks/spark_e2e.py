@@ -18,15 +18,19 @@ read of the data that a production job avoids the same way (``--schema``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("benchmarks.spark_e2e")
 REPO = Path(__file__).resolve().parent.parent
@@ -108,9 +112,10 @@ def gpu_session(args):
         "spark.ui.enabled": "false",
         "spark.executorEnv.PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO)),
         "spark.executorEnv.TOKENIZERS_PARALLELISM": "true",
-        "spark.sql.files.maxPartitionBytes": str(args.partition_mb * 2**20),
         "spark.driver.memory": "8g",
     }
+    if getattr(args, "partition_mb", 0):  # fixed splits instead of the job's planned ones (--waves)
+        conf["spark.sql.files.maxPartitionBytes"] = str(args.partition_mb * 2**20)
     if not args.smoke:
         discovery = discovery_script()
         conf.update({
@@ -132,13 +137,16 @@ def run_sparkcurate(spark, data: Path, out: Path, ckpt: Path, args) -> dict:
     clf = DomainClassifier(model=str(ckpt), device="cpu" if args.smoke else "auto", token_budget=args.token_budget)
     schema = None if args.infer_schema else SYNTHETIC_SCHEMA
     start = time.perf_counter()
-    summary = run(spark, JobOptions(input=str(data), output=str(out), classifiers=[clf], quiet=True, schema=schema))
+    waves = 0 if args.partition_mb else args.waves
+    summary = run(spark, JobOptions(input=str(data), output=str(out), classifiers=[clf], quiet=True, schema=schema,
+                                    waves=waves))
     seconds = time.perf_counter() - start
     return {"name": "sparkcurate_spark_e2e", "docs": summary["input_records"], "seconds": round(seconds, 2),
             "docs_per_s": round(summary["input_records"] / seconds, 1), "task_devices": summary["task_devices"],
             "tasks_per_gpu": args.tasks_per_gpu, "summary_docs_per_s": summary["docs_per_s"],
             "timings_s": summary.get("timings_s"), "task_stats": summary.get("task_stats"),
-            "schema": "inferred" if schema is None else schema, "precision": clf.precision}
+            "schema": "inferred" if schema is None else schema, "precision": clf.precision,
+            "input_splits": summary.get("input_splits")}
 
 
 def run_predict_batch_udf(spark, data: Path, out: Path, ckpt: Path, args) -> dict:
@@ -215,13 +223,19 @@ def run_layout(args, gpus: int, tasks_per_gpu: int, root: Path, ckpt: Path, warm
     try:
         if warm_up:
             # Fills the node's Triton kernel cache (as any earlier job on the node has); its timing is dropped.
+            # --warm-app keeps the application: its Python workers keep their loaded models, as a notebook's
+            # second job on a running cluster does; otherwise the timed job is a fresh application.
             run_sparkcurate(spark, root / "warm-data", root / "warm-out", ckpt, layout)
-            spark.stop()
-            spark = gpu_session(layout)
+            if not args.warm_app:
+                spark.stop()
+                spark = gpu_session(layout)
+        wait_for_executors(spark)
         result = run_sparkcurate(spark, root / "data", root / f"out-{gpus}x{tasks_per_gpu}", ckpt, layout)
         if args.layouts:
-            result["name"] = f"sparkcurate_spark_e2e_{gpus}gpu_{tasks_per_gpu}task"
+            suffix = "_warm_app" if args.warm_app else ""
+            result["name"] = f"sparkcurate_spark_e2e_{gpus}gpu_{tasks_per_gpu}task{suffix}"
         result["gpus"] = gpus
+        result["application"] = "warm (second job, models loaded)" if args.warm_app and warm_up else "fresh"
         log.info("%s", result)
         if not args.skip_baseline and not args.layouts:
             base = run_predict_batch_udf(spark, root / "baseline-data", root / "out-baseline", ckpt, args)
@@ -230,6 +244,17 @@ def run_layout(args, gpus: int, tasks_per_gpu: int, root: Path, ckpt: Path, warm
         return [result]
     finally:
         spark.stop()
+
+
+def wait_for_executors(spark, timeout_s: float = 120.0) -> None:
+    """Start the clock on a running cluster: the executors this layout asked for are registered (their JVM launch
+    is cluster start, not part of a job). Python workers, model loads and the JVMs' first-job warm-up stay in."""
+    from sparkcurate.spark.planning import expected_executors, registered_executors
+
+    want = expected_executors(spark) or 1
+    deadline = time.monotonic() + timeout_s
+    while registered_executors(spark) < want and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,27 +270,34 @@ def main(argv: list[str] | None = None) -> int:
                    help="let the job infer the input schema (a full extra pass over the data); default: pass it")
     p.add_argument("--warm-up-docs", type=int, default=0,
                    help="before each timed run, a run over this many documents in the same application")
+    p.add_argument("--warm-app", action="store_true",
+                   help="time a second job in the warm-up's application (models already loaded in its workers)")
     p.add_argument("--executor-mb", type=int, default=32_768)
-    p.add_argument("--partition-mb", type=int, default=16)
+    p.add_argument("--waves", type=int, default=DEFAULT_WAVES,
+                   help="classify tasks per GPU slot (the job's planned input splits)")
+    p.add_argument("--partition-mb", type=int, default=0,
+                   help="fixed input splits of this size instead of the planned ones (the earlier rounds used 16)")
     p.add_argument("--token-budget", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few hundred documents")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--work-dir", help="keep the generated data here and reuse it in a later call (same sizes)")
+    p.add_argument("--merge-with", help="a results file of an earlier call on the same machine: its rows are "
+                                        "kept in front of this call's (for a scaling table over two calls)")
     args = p.parse_args(argv)
     if args.smoke:
         args.docs, args.baseline_docs, args.files, args.tasks_per_gpu = 200, 100, 2, 2
         args.warm_up_docs = min(args.warm_up_docs, 50)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from benchmarks.synthetic import write_jsonl
 
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+    results = earlier_results(args.merge_with) if args.merge_with else []
+    with contextlib.ExitStack() as stack:
+        root = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         ckpt = write_checkpoint(root / "model", args.smoke)
-        write_jsonl(root / "data", args.docs, args.files)
-        write_jsonl(root / "baseline-data", args.baseline_docs, max(1, args.files // 8), seed=1)
+        synthetic_data(root / "data", args.docs, args.files, seed=0)
+        synthetic_data(root / "baseline-data", args.baseline_docs, max(1, args.files // 8), seed=1)
         if args.warm_up_docs:
-            write_jsonl(root / "warm-data", args.warm_up_docs, 2, seed=2)
+            synthetic_data(root / "warm-data", args.warm_up_docs, 2, seed=2)
         for gpus, tasks in args.layouts or [(args.gpus, args.tasks_per_gpu)]:
             results.extend(run_layout(args, gpus, tasks, root, ckpt, warm_up=bool(args.warm_up_docs)))
     base = next((r for r in results if r["name"] == "predict_batch_udf_fp32" and "docs_per_s" in r), None)
@@ -290,18 +322,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def synthetic_data(out: Path, docs: int, files: int, seed: int) -> None:
+    """The synthetic JSONL input, generated once per (docs, files, seed) in a kept ``--work-dir``."""
+    from benchmarks.synthetic import write_jsonl
+
+    stamp = out.with_name(out.name + ".generated.json")
+    wanted = {"docs": docs, "files": files, "seed": seed}
+    if stamp.exists() and out.exists() and json.loads(stamp.read_text()) == wanted:
+        log.info("reusing %s (%s)", out, wanted)
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    write_jsonl(out, docs, files, seed=seed)
+    stamp.write_text(json.dumps(wanted))
+
+
+def earlier_results(path: str) -> list[dict]:
+    """The result rows of an earlier call, refused when they come from another card."""
+    doc = json.loads(Path(path).read_text())
+    if doc["device"] != card():
+        raise SystemExit(f"{path} was measured on {doc['device']!r}, this machine is {card()!r}: not merged")
+    for row in doc["results"]:
+        row.setdefault("command", doc["command"])
+    return list(doc["results"])
+
+
 def scaling_table(results: list[dict]) -> dict[str, float]:
-    """Throughput with N GPUs over throughput with one, per tasks-per-GPU setting measured both ways."""
-    by = {(r.get("gpus"), r.get("tasks_per_gpu")): r for r in results if r.get("gpus")}
+    """Throughput with N GPUs over throughput with one, per tasks-per-GPU setting and kind of application (fresh
+    or warm) measured both ways."""
+    by = {(r.get("gpus"), r.get("tasks_per_gpu"), r.get("application", "fresh")): r for r in results if r.get("gpus")}
     out = {}
-    for (gpus, tasks), r in sorted(by.items()):
-        one = by.get((1, tasks))
+    for (gpus, tasks, app), r in sorted(by.items()):
+        one = by.get((1, tasks, app))
         if gpus > 1 and one:
-            out[f"{gpus}gpu_vs_1gpu_{tasks}task_job"] = round(r["docs_per_s"] / one["docs_per_s"], 3)
+            key = f"{gpus}gpu_vs_1gpu_{tasks}task" + ("" if app == "fresh" else "_warm_app")
+            out[f"{key}_job"] = round(r["docs_per_s"] / one["docs_per_s"], 3)
             a, b = r.get("timings_s") or {}, one.get("timings_s") or {}
             if a.get("read_classify_count") and b.get("read_classify_count"):
-                out[f"{gpus}gpu_vs_1gpu_{tasks}task_classify_phase"] = round(
-                    b["read_classify_count"] / a["read_classify_count"], 3)
+                out[f"{key}_classify_phase"] = round(b["read_classify_count"] / a["read_classify_count"], 3)
     return out
 
 

@@ -12,6 +12,8 @@ import shlex
 import sys
 from typing import Any, Sequence
 
+from sparkcurate.spark.planning import DEFAULT_WAVES
+
 log = logging.getLogger("sparkcurate")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT = 0, 1, 2, 3, 4
@@ -67,6 +69,10 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
     p.add_argument("--file-name-column", default="file_name")
+    p.add_argument("--waves", type=int, default=DEFAULT_WAVES, metavar="N",
+                   help=f"classify tasks per GPU (task slot): the input is cut so every slot gets N equal tasks, "
+                        f"more when a split would pass spark.sql.files.maxPartitionBytes (default {DEFAULT_WAVES}; "
+                        "0 keeps Spark's own splitting)")
     p.add_argument("--no-report", action="store_true", help="do not build OUT/_report/index.html")
     p.add_argument("--quiet", action="store_true", help="no progress lines (for scheduled jobs)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
@@ -174,6 +180,8 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.spark.session import get_session, parse_conf
 
     try:
+        if args.waves < 0:
+            raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
     except ValueError as exc:
@@ -190,6 +198,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
         compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
+        waves=args.waves,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:

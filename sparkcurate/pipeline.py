@@ -8,6 +8,7 @@ even though the output, the rejects and the counts are three Spark actions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -17,7 +18,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sparkcurate.io.read import CORRUPT_COLUMN, REASON_COLUMN, list_input_files, read_jsonl_checked
-from sparkcurate.io.write import write_jsonl
+from sparkcurate.io.write import COMPRESSED_SUFFIXES, write_jsonl
+from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits, splittable
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +50,9 @@ class JobOptions:
     compression: str | None = None
     quiet: bool = False
     progress_interval_s: float = 10.0
+    # Classify tasks per task slot (GPU): the input is cut so every slot gets this many equal tasks
+    # (sparkcurate.spark.planning); 0 keeps Spark's own splitting.
+    waves: int = DEFAULT_WAVES
     command: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,9 +88,14 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         timings[name] = round(now - clock, 3)
         clock = now
 
+    splits = contextlib.ExitStack()  # Spark's split settings, put back however the run ends
+    plan = None
+    listing = None
     try:
         text_field = _common_text_field(opts.classifiers)
         listing = list_input_files(spark, opts.input)
+        plan = plan_for_session(spark, [(f.size, splittable(f.file_name)) for f in listing.files], opts.waves)
+        splits.enter_context(planned_splits(spark, plan))
         df, listing = read_jsonl_checked(spark, opts.input, text_field, opts.schema, opts.file_name_column,
                                          opts.sampling_ratio, listing)
         lap("list_and_infer_schema")
@@ -116,15 +126,18 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         else:
             log.error("the run failed while replacing the output: %s/%s marks it as unfinished", opts.output,
                       RUNNING_MARKER)
-        explained = explain_failure(exc) if isinstance(exc, Exception) else None
+        explained = explain_failure(exc, spark, listing) if isinstance(exc, Exception) else None
         if explained is not None:
             raise explained from exc
         raise
+    finally:
+        splits.close()
     elapsed = time.time() - started
     summary = build_summary(spark, opts, counts, models, listing, started, elapsed, device_log.value)
     summary["previous_run_unfinished"] = previous or None
     summary["timings_s"] = timings
     summary["task_stats"] = task_stats_summary(task_stats.value)
+    summary["input_splits"] = plan.as_dict() if plan is not None else None
     fs.write_json(SUMMARY_FILE, summary)
     fs.delete(RUNNING_MARKER)
     return summary
@@ -150,33 +163,79 @@ def clean_leftovers(fs) -> None:
 
 
 _READ_FAILURE = re.compile(r"(?:reading file|File|Path does not exist:) (\S+?)\.? (?:does not exist|SQLSTATE)"
-                           r"|reading file (\S+)")
+                           r"|Path does not exist: (\S+?)\.?$"  # Spark 3.5: no SQLSTATE after the path
+                           r"|reading file (\S+)", re.MULTILINE)
+_TRUNCATED = ("EOF", "end of input stream", "GZIP", "ZipException", "Truncated", "ZstdIOException",
+              "Unknown frame descriptor", "incorrect header check")
+# A Hadoop codec in the failure: Spark 3.5 reports a file it could not decompress this way, without its path.
+_CODEC_FAILURE = ("org.apache.hadoop.io.compress", "zStandard")
+_NO_ZSTD = "native zStandard library not available"
 
 
-def explain_failure(exc: Exception) -> Exception | None:
+def explain_failure(exc: Exception, spark: "SparkSession | None" = None, listing=None) -> Exception | None:
     """An ``InputError`` naming the file when Spark failed reading an input file (truncated or corrupt
-    compressed data, a file deleted mid-run); None for any other failure."""
-    from sparkcurate.io.read import InputError
+    compressed data, a file deleted mid-run, a codec this Hadoop lacks); None for any other failure.
 
+    Spark 4 names the file (``FAILED_READ_FILE``, ``PATH_NOT_FOUND``); Spark 3.5 does not for codec failures, so
+    with ``spark`` and the run's ``listing`` the compressed inputs are checked on the driver to find it."""
     text = str(exc)
-    if not any(key in text for key in ("FAILED_READ_FILE", "FileNotFoundException", "PATH_NOT_FOUND")):
+    if any(key in text for key in ("FAILED_READ_FILE", "FileNotFoundException", "PATH_NOT_FOUND")):
+        match = _READ_FAILURE.search(text)
+        name = next((g for g in match.groups() if g), None) if match else None
+        return _input_error(name.rstrip(".") if name else "(see the Spark error)", _why(text), text)
+    if spark is not None and listing is not None and any(key in text for key in _CODEC_FAILURE):
+        return _explain_codec_failure(spark, listing, text)
+    return None
+
+
+def _explain_codec_failure(spark: "SparkSession", listing, text: str) -> Exception | None:
+    """Spark 3.5's path-less codec failure: find the file by decompressing the compressed inputs on the driver."""
+    from sparkcurate.io.read import PROBE_MAX_BYTES, InputError, find_undecodable_file
+
+    compressed = [f for f in listing.files if f.file_name.endswith(COMPRESSED_SUFFIXES)]
+    if not compressed:
         return None
-    match = _READ_FAILURE.search(text)
-    name = (match.group(1) or match.group(2)).rstrip(".") if match else "(see the Spark error)"
+    log.info("Spark did not name the file it could not decompress: checking the %d compressed input(s)",
+             len(compressed))
+    unchecked = f"checking them all would read more than {PROBE_MAX_BYTES // 2**30} GiB on the driver"
+    try:
+        bad, complete = find_undecodable_file(spark, compressed)
+    except Exception as probe_exc:  # never hide the real failure (e.g. no JVM handle under Spark Connect)
+        log.warning("could not check the compressed inputs: %s", probe_exc)
+        bad, complete, unchecked = None, False, f"checking them failed ({type(probe_exc).__name__})"
+    if bad is not None:
+        return _input_error(bad.path, _why(f"{bad.error}\n{text}"), f"{text}\nCaused by: {bad.error}")
+    if complete:  # every compressed input decompresses: the failure was something else
+        return None
+    return InputError(f"one of the {len(compressed)} compressed input files could not be decompressed "
+                      f"({_why(text)}); this Spark does not say which and {unchecked} (test them with e.g. "
+                      f"`gzip -t`); nothing was written (Spark: {_first_line(text)})")
+
+
+def _why(text: str) -> str:
     if any(key in text for key in ("FILE_NOT_EXIST", "FileNotFoundException", "PATH_NOT_FOUND")):
-        why = "it was deleted or moved while the job ran"
-    elif any(key in text for key in ("EOF", "end of input stream", "GZIP", "ZipException", "Truncated",
-                                     "ZstdIOException", "Unknown frame descriptor")):
-        why = "it is truncated or not valid compressed data"
-    else:
-        why = "Spark could not read it"
+        return "it was deleted or moved while the job ran"
+    if _NO_ZSTD in text:
+        return ("this Spark's Hadoop cannot decompress zstd (its libhadoop has no native zstd); decompress the "
+                ".zst files first, or run where Hadoop has native zstd (Spark 4 reads them as they are)")
+    if any(key in text for key in _TRUNCATED):
+        return "it is truncated or not valid compressed data"
+    return "Spark could not read it"
+
+
+def _first_line(text: str) -> str:
+    """The line of a Spark error that says what failed, plus its first ``Caused by``."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = next((ln for ln in lines if "FAILED_READ_FILE" in ln or "PATH_NOT_FOUND" in ln),
-                 lines[0] if lines else type(exc).__name__)[:300]
+                 lines[0] if lines else "")[:300]
     cause = next((ln for ln in lines if ln.startswith("Caused by:")), "")
-    if cause:
-        first = f"{first}; {cause[:200]}"
-    return InputError(f"input file {name}: {why}; nothing was written (Spark: {first})")
+    return f"{first}; {cause[:200]}" if cause else first
+
+
+def _input_error(name: str, why: str, text: str) -> Exception:
+    from sparkcurate.io.read import InputError
+
+    return InputError(f"input file {name}: {why}; nothing was written (Spark: {_first_line(text)})")
 
 
 def check_no_vanished_files(spark, listing, counts: "Counts") -> None:

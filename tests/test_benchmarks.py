@@ -34,13 +34,22 @@ def test_gpu_stage_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_spark_e2e_layouts_smoke(tmp_path):
-    """Several layouts in one command, each its own application, with a warm-up run and the scaling table."""
-    doc = _run("benchmarks.spark_e2e", ["--smoke", "--layouts", "1x1,2x1", "--warm-up-docs", "20",
-                                        "--results", str(tmp_path)], tmp_path)
+    """Layouts over two calls sharing a work dir (data generated once), each its own application with a warm-up
+    run, merged into one scaling table."""
+    work, first_dir, second_dir = tmp_path / "work", tmp_path / "first", tmp_path / "second"
+    common = ["--smoke", "--warm-up-docs", "20", "--work-dir", str(work)]
+    first = _run("benchmarks.spark_e2e", [*common, "--layouts", "1x1", "--results", str(first_dir)], first_dir)
+    stamp = (work / "data.generated.json").stat().st_mtime
+    first_file = next(first_dir.glob("*.json"))
+    doc = _run("benchmarks.spark_e2e", [*common, "--layouts", "2x1", "--merge-with", str(first_file),
+                                        "--results", str(second_dir)], second_dir)
+    assert (work / "data.generated.json").stat().st_mtime == stamp  # the second call reused the data
     results = {r["name"]: r for r in doc["results"]}
     assert set(results) == {"sparkcurate_spark_e2e_1gpu_1task", "sparkcurate_spark_e2e_2gpu_1task"}
+    assert results["sparkcurate_spark_e2e_1gpu_1task"]["command"] == first["command"]
     for r in results.values():
         assert r["docs"] == 200 and r["task_stats"]["docs"] == 200 and r["schema"] == "id STRING, text STRING"
+        assert r["input_splits"]["slots"] == 2  # smoke runs on local[2]
     assert set(doc["scaling"]) == {"2gpu_vs_1gpu_1task_job", "2gpu_vs_1gpu_1task_classify_phase"}
 
 

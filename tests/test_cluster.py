@@ -60,6 +60,7 @@ def test_spark_submit_local_cluster_with_gpu_scheduling(spark, deberta_dir, tmp_
     assert devices and all("GPU address" in k for k in devices), devices  # every task was given a GPU
     assert {k.split("GPU address ")[1].rstrip(")") for k in devices} <= {"0", "1"}
     assert summary["task_stats"]["docs"] == summary["input_records"] == 31  # accumulated across executors
+    assert summary["input_splits"]["slots"] == 2  # two executors with one GPU each: the input cut for both
 
     api_out = tmp_path / "python-api"
     from sparkcurate.classifiers import DomainClassifier

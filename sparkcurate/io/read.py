@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,64 @@ def _binary_file_listing(spark: "SparkSession", path: str) -> list[tuple[str, in
     return [(r["path"], int(r["length"])) for r in reader.load(path).select("path", "length").collect()]
 
 
+# How many compressed bytes the driver may re-read to find which file Spark failed to decompress (see
+# find_undecodable_file). A failing run stops here, so this is spent once, only on the failure path.
+PROBE_MAX_BYTES = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A compressed input file that Hadoop's codec cannot read to its end, with the Java error."""
+
+    path: str
+    error: str
+
+
+def find_undecodable_file(spark: "SparkSession", files: list[InputFile], max_bytes: int | None = None
+                          ) -> tuple[Undecodable | None, bool]:
+    """The first compressed input that Hadoop cannot decompress, and whether every compressed input was checked.
+
+    Why: Spark 4 names the file in ``FAILED_READ_FILE`` when a codec fails (truncated ``.gz``, no native zstd);
+    Spark 3.5 (Databricks 14/15, EMR 7, Dataproc 2.2) reports only ``EOFException`` with no path. The driver then
+    decompresses the compressed inputs itself, through the same Hadoop codecs and file systems (the bytes stay in
+    the JVM: ``IOUtils.copyBytes`` into a null stream), stopping at the first failure or after ``max_bytes`` of
+    compressed input (default ``PROBE_MAX_BYTES``).
+    """
+    max_bytes = PROBE_MAX_BYTES if max_bytes is None else max_bytes
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    factory = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf)
+    spent = 0
+    for f in files:
+        hpath = jvm.org.apache.hadoop.fs.Path(f.path)
+        codec = factory.getCodec(hpath)
+        if codec is None or f.size == 0:
+            continue
+        if spent + f.size > max_bytes:
+            return None, False
+        spent += f.size
+        error = _decompress_error(jvm, conf, hpath, codec)
+        if error is not None:
+            return Undecodable(f.path, error), True
+    return None, True
+
+
+def _decompress_error(jvm, conf, hpath, codec) -> str | None:
+    """Read one compressed file to its end through ``codec``; the Java error (``Class: message``) or None."""
+    try:
+        raw = hpath.getFileSystem(conf).open(hpath)
+        try:
+            stream = codec.createInputStream(raw)
+            jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, jvm.java.io.OutputStream.nullOutputStream(),
+                                                       1 << 16, True)
+        finally:
+            raw.close()
+    except Exception as exc:  # py4j's Py4JJavaError carries the Java exception
+        java = getattr(exc, "java_exception", None)
+        return str(java.toString()) if java is not None else f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _infer_schema(spark: "SparkSession", paths: list[str], sampling_ratio: float):
     """Spark's inferred schema. Inferred case-sensitively: with the default (case-insensitive) analysis, keys that
     differ only in case ("text" and "TEXT") make Spark fail the whole read with COLUMN_ALREADY_EXISTS;
@@ -346,11 +404,26 @@ def reject_reason(text_field: str):
 
     corrupt = F.col(CORRUPT_COLUMN)
     text = F.col(text_field)
-    return (F.when(corrupt.isNotNull() & ~F.is_valid_utf8(corrupt), F.lit("invalid_utf8"))
+    return (F.when(corrupt.isNotNull() & invalid_utf8(corrupt), F.lit("invalid_utf8"))
             .when(corrupt.isNotNull() & corrupt.contains("\u0000"), F.lit("nul_bytes"))
             .when(corrupt.isNotNull(), F.lit("malformed_json"))
             .when(text.isNull(), F.lit("text_missing"))
             .when(text.rlike(BLANK_PATTERN), F.lit("text_empty")))
+
+
+def invalid_utf8(column: "Column") -> "Column":
+    """True where the string column holds bytes that are not valid UTF-8.
+
+    Spark 4 has ``is_valid_utf8``. Spark 3.5 (Databricks 14/15, EMR 7, Dataproc 2.2) does not: there the raw
+    bytes (``cast(... as binary)``) are compared with ``encode(..., 'UTF-8')``, which goes through a Java String
+    and so turns every invalid byte into U+FFFD; the two differ exactly when the bytes are not valid UTF-8 (checked
+    on 3.5.9 and 4.3.0; Spark 4 uses its own function).
+    """
+    from pyspark.sql import functions as F
+
+    if hasattr(F, "is_valid_utf8"):
+        return ~F.is_valid_utf8(column)
+    return F.encode(column, "UTF-8") != column.cast("binary")
 
 
 def _empty_frame(spark: "SparkSession", text_field: str, file_name_column: str, schema=None) -> "DataFrame":

@@ -1,0 +1,146 @@
+"""Input splits planned per task slot (sparkcurate.spark.planning): the model of Spark's packing against Spark
+itself, the plans' balance, the settings put back after a run, and the plan a run records."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from sparkcurate.spark.planning import (
+    MAX_SPLIT_KEY,
+    MIN_PARTITIONS_KEY,
+    OPEN_COST_KEY,
+    makespan,
+    plan_splits,
+    planned_splits,
+    spark_partitions,
+    splittable,
+    task_slots,
+)
+
+MB = 2**20
+
+
+@contextlib.contextmanager
+def sql_conf(spark, values: dict[str, str | None]):
+    before = {k: spark.conf.get(k, None) for k in values}
+    for key, value in values.items():
+        spark.conf.set(key, value) if value is not None else spark.conf.unset(key)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value) if value is not None else spark.conf.unset(key)
+
+
+def _write_files(root: Path, sizes: list[int], gz: set[int] = frozenset()) -> list[tuple[int, bool]]:
+    """JSON-lines files of about the given sizes; returns (size on disk, splittable) as the planner sees them."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    files = []
+    for i, size in enumerate(sizes):
+        lines, n = [], 0
+        while n < size:
+            line = json.dumps({"id": f"{i}-{len(lines)}", "text": "w" * rng.randint(20, 200)}) + "\n"
+            lines.append(line)
+            n += len(line)
+        data = "".join(lines).encode()
+        path = root / (f"f{i:02d}.jsonl.gz" if i in gz else f"f{i:02d}.jsonl")
+        path.write_bytes(gzip.compress(data) if i in gz else data)
+        files.append((path.stat().st_size, splittable(path.name)))
+    return files
+
+
+@pytest.mark.parametrize("split", [20_000, 45_000, 90_000, 400_000])
+def test_model_of_spark_packing_matches_spark(spark, tmp_path, split):
+    """The planner predicts the number of tasks Spark makes (sizes, splittable files cut, gzip kept whole)."""
+    files = _write_files(tmp_path / "in", [5_000, 12_000, 30_000, 61_000, 8_000, 150_000, 40_000, 70_000],
+                         gz={3, 5})
+    open_cost = 4_096
+    with sql_conf(spark, {MAX_SPLIT_KEY: str(split), OPEN_COST_KEY: str(open_cost), MIN_PARTITIONS_KEY: "1"}):
+        parts = spark.read.json(str(tmp_path / "in")).rdd.getNumPartitions()
+    assert parts == len(spark_partitions(files, split, open_cost))
+
+
+def test_planned_settings_give_spark_the_planned_tasks(spark, tmp_path):
+    files = _write_files(tmp_path / "in", [60_000] * 10)
+    with sql_conf(spark, {OPEN_COST_KEY: "4096"}):
+        plan = plan_splits(files, slots=2, waves=3, open_cost=4_096, min_split=1)
+        assert plan.tasks >= 6 and plan.tasks % 2 == 0  # at least the waves asked for, equal per slot
+        with planned_splits(spark, plan):
+            assert spark.read.json(str(tmp_path / "in")).rdd.getNumPartitions() == plan.tasks
+
+
+def test_settings_are_put_back(spark):
+    plan = plan_splits([(200 * MB, True)], slots=2, waves=2)
+    with sql_conf(spark, {MAX_SPLIT_KEY: str(64 * MB), MIN_PARTITIONS_KEY: None}):
+        with planned_splits(spark, plan):
+            assert spark.conf.get(MAX_SPLIT_KEY) == str(plan.split_bytes)
+            assert spark.conf.get(MIN_PARTITIONS_KEY, None) is not None
+        assert spark.conf.get(MAX_SPLIT_KEY) == str(64 * MB)
+        assert spark.conf.get(MIN_PARTITIONS_KEY, None) is None
+        with pytest.raises(RuntimeError):
+            with planned_splits(spark, plan):
+                raise RuntimeError("the run failed")
+        assert spark.conf.get(MAX_SPLIT_KEY) == str(64 * MB)
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3, 8])
+def test_equal_files_give_every_slot_the_same_work(slots):
+    files = [(8 * MB, True)] * 96
+    plan = plan_splits(files, slots=slots, waves=4)
+    parts = spark_partitions(files, plan.split_bytes, 4 * MB)
+    assert len(parts) == plan.tasks >= slots * 4
+    total = sum(s for s, _ in files)
+    assert makespan(parts, slots) <= total / slots * 1.07  # within 7% of a perfect share
+    assert plan.split_bytes <= 128 * MB
+
+
+def test_uneven_files_balance_better_than_spark_default():
+    rng = random.Random(3)
+    files = [(rng.randint(1, 60 * MB), True) for _ in range(40)] + [(30 * MB, False)] * 3
+    slots = 4
+    plan = plan_splits(files, slots=slots, waves=4)
+    planned = makespan(spark_partitions(files, plan.split_bytes, 4 * MB), slots)
+    default = makespan(spark_partitions(files, 128 * MB, 4 * MB), slots)
+    assert planned <= default
+    assert planned <= sum(s for s, _ in files) / slots * 1.15
+
+
+def test_small_input_one_task_per_slot_and_big_input_capped():
+    small = plan_splits([(50_000, True)] * 6, slots=2, waves=4)
+    assert small.tasks == 2 and small.waves == 1
+    big = plan_splits([(10 * 2**30, True)], slots=2, waves=4, max_split=128 * MB)
+    assert big.split_bytes <= 128 * MB and big.tasks >= 80 and big.tasks % 2 == 0
+    assert plan_splits([], slots=2, waves=4) is None and plan_splits([(0, True)], 2, 4) is None
+
+
+def test_splittable_by_codec():
+    assert splittable("a.jsonl") and splittable("a.json.bz2")
+    assert not splittable("a.jsonl.gz") and not splittable("A.JSONL.GZ") and not splittable("a.jsonl.zst")
+
+
+def test_local_slots_are_cores(spark):
+    assert task_slots(spark, 1) == 2  # the test session is local[2]
+
+
+def test_run_records_the_plan_and_runs_that_many_tasks(spark, tmp_path):
+    from sparkcurate.pipeline import JobOptions, run
+    from tests.test_bad_input import LengthClassifier
+
+    _write_files(tmp_path / "in", [40_000] * 8)
+    with sql_conf(spark, {OPEN_COST_KEY: "4096"}):
+        summary = run(spark, JobOptions(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                        classifiers=[LengthClassifier(device="cpu")], quiet=True, waves=2))
+        plan = summary["input_splits"]
+        assert plan["slots"] == 2 and plan["tasks"] == summary["task_stats"]["tasks"]
+        assert spark.conf.get(MIN_PARTITIONS_KEY, None) is None  # put back after the run
+        unplanned = run(spark, JobOptions(input=str(tmp_path / "in"), output=str(tmp_path / "out2"),
+                                          classifiers=[LengthClassifier(device="cpu")], quiet=True, waves=0))
+    assert unplanned["input_splits"] is None
+    assert unplanned["input_records"] == summary["input_records"] == summary["task_stats"]["docs"]
