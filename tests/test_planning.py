@@ -144,3 +144,49 @@ def test_run_records_the_plan_and_runs_that_many_tasks(spark, tmp_path):
                                           classifiers=[LengthClassifier(device="cpu")], quiet=True, waves=0))
     assert unplanned["input_splits"] is None
     assert unplanned["input_records"] == summary["input_records"] == summary["task_stats"]["docs"]
+
+
+class _Conf(dict):
+    def get(self, key, default=None):  # SparkConf.get's signature
+        return super().get(key, default)
+
+
+class _Context:
+    def __init__(self, master: str, conf: dict, parallelism: int):
+        self.master, self._conf, self.defaultParallelism = master, _Conf(conf), parallelism
+
+    def getConf(self):
+        return self._conf
+
+
+class _Session:
+    """The parts of a SparkSession the slot count reads (a cluster this machine cannot start)."""
+
+    def __init__(self, master: str, conf: dict, parallelism: int = 8):
+        self.sparkContext = _Context(master, conf, parallelism)
+
+
+GPU = {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.25",
+       "spark.executor.cores": "8"}
+
+
+@pytest.mark.parametrize("conf, executors, slots", [
+    (GPU, 4, 16),  # four GPU tasks per GPU, one GPU per executor
+    ({**GPU, "spark.executor.cores": "2"}, 4, 8),  # bounded by the executor's cores
+    ({**GPU, "spark.task.resource.gpu.amount": "1", "spark.executor.resource.gpu.amount": "2"}, 3, 6),
+    ({"spark.executor.cores": "4", "spark.task.cpus": "2"}, 5, 10),  # no GPU scheduling: CPU slots
+])
+def test_slots_from_the_cluster_conf(conf, executors, slots):
+    assert task_slots(_Session("spark://master:7077", conf), executors) == slots
+
+
+def test_executor_count_from_conf_master_or_dynamic_allocation():
+    from sparkcurate.spark.planning import expected_executors
+
+    assert expected_executors(_Session("yarn", {"spark.executor.instances": "6"})) == 6
+    assert expected_executors(_Session("local-cluster[3,1,1024]", {})) == 3
+    assert expected_executors(_Session("spark://m:7077", {"spark.cores.max": "32", "spark.executor.cores": "8"})) == 4
+    dynamic = {"spark.dynamicAllocation.enabled": "true"}
+    assert expected_executors(_Session("yarn", dynamic)) is None  # unbounded: Spark's own splitting is kept
+    local = _Session("local[4]", {**dynamic, "spark.dynamicAllocation.maxExecutors": "5"})
+    assert expected_executors(local) == 5
