@@ -229,7 +229,7 @@ def run_layout(args, gpus: int, tasks_per_gpu: int, root: Path, ckpt: Path, warm
             if not args.warm_app:
                 spark.stop()
                 spark = gpu_session(layout)
-        wait_for_executors(spark)
+        wait_until_executors(spark)
         result = run_sparkcurate(spark, root / "data", root / f"out-{gpus}x{tasks_per_gpu}", ckpt, layout)
         if args.layouts:
             suffix = "_warm_app" if args.warm_app else ""
@@ -246,15 +246,12 @@ def run_layout(args, gpus: int, tasks_per_gpu: int, root: Path, ckpt: Path, warm
         spark.stop()
 
 
-def wait_for_executors(spark, timeout_s: float = 120.0) -> None:
+def wait_until_executors(spark, timeout_s: float = 120.0) -> None:
     """Start the clock on a running cluster: the executors this layout asked for are registered (their JVM launch
     is cluster start, not part of a job). Python workers, model loads and the JVMs' first-job warm-up stay in."""
-    from sparkcurate.spark.planning import expected_executors, registered_executors
+    from sparkcurate.spark import planning
 
-    want = expected_executors(spark) or 1
-    deadline = time.monotonic() + timeout_s
-    while registered_executors(spark) < want and time.monotonic() < deadline:
-        time.sleep(0.1)
+    planning.wait_for_executors(spark, planning.expected_executors(spark) or 1, timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

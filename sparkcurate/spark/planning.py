@@ -183,12 +183,17 @@ def expected_executors(spark: "SparkSession", wait_s: float = 30.0) -> int | Non
     configured = _configured_executors(spark)
     if configured:
         return configured
-    deadline = time.monotonic() + wait_s
+    return wait_for_executors(spark, 1, wait_s) or None
+
+
+def wait_for_executors(spark: "SparkSession", count: int, timeout_s: float) -> int:
+    """Executors registered once ``count`` of them are, or when ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
     registered = registered_executors(spark)
-    while registered == 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while registered < count and time.monotonic() < deadline:
+        time.sleep(0.1)
         registered = registered_executors(spark)
-    return registered or None
+    return registered
 
 
 def task_slots(spark: "SparkSession", executors: int) -> int:
@@ -221,13 +226,13 @@ def _int_conf(spark: "SparkSession", key: str, default: int) -> int:
         return int(jvm_conf.byteStringAsBytes(value))
 
 
-# Stream codecs Hadoop cannot split: such a file is one task however large (bzip2 splits, plain text splits).
-_UNSPLITTABLE_SUFFIXES = (".gz", ".gzip", ".zst", ".lz4", ".snappy", ".deflate", ".br", ".xz")
-
-
 def splittable(name: str) -> bool:
-    """Whether Spark's JSON-lines reader can cut this file into several tasks."""
-    return not name.lower().endswith(_UNSPLITTABLE_SUFFIXES)
+    """Whether Spark's JSON-lines reader can cut this file into several tasks: plain text and bzip2 split; the
+    other codecs (gzip, zstd, deflate, ...) are streams, one task per file however large."""
+    from sparkcurate.io.write import COMPRESSED_SUFFIXES
+
+    lower = name.lower()
+    return lower.endswith(".bz2") or not lower.endswith(COMPRESSED_SUFFIXES)
 
 
 def plan_for_session(spark: "SparkSession", files: list[tuple[int, bool]], waves: int) -> SplitPlan | None:
