@@ -236,7 +236,9 @@ def test_values_survive_as_read(messy_run):
     assert {"second wins", "bom at start", "bom mid-file", "windows one", "line\u2028sep\u2029para",
             "pair \U0001F600 emoji", "escaped \x00 NUL", "sixteen bits"} <= texts
     # An object in the text field: Spark 4 keeps its JSON text as written, Spark 3.5 re-writes it compactly.
-    assert '{"a": 1}' in texts or '{"a":1}' in texts
+    import pyspark
+
+    assert ('{"a": 1}' if int(pyspark.__version__.split(".")[0]) >= 4 else '{"a":1}') in texts
     assert "lone ? surrogate" in texts  # Java's UTF-8 encoder writes an escaped lone surrogate as '?'
     assert not any(t.startswith("\ufeff") for t in texts)
 
