@@ -15,6 +15,22 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _interpret_triton_without_gpu() -> None:
+    """On a machine without CUDA, run Triton kernels through Triton's CPU interpreter.
+
+    Why here: Triton builds its standard library (tl.max, tl.sum, ...) as interpreted or compiled functions
+    when it is first imported, so the switch must come before anything imports it
+    (tests/test_relative_attention.py). GPU machines keep compiling.
+    """
+    import torch
+
+    if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+_interpret_triton_without_gpu()
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "web"
 DOMAIN_TEST_LABELS = ["Finance", "Sports", "Science", "News", "Games"]

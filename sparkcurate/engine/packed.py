@@ -26,8 +26,10 @@ Entry points:
 * :func:`packed_support` says whether the kernel path can be used for a
   backbone on a device, with a human-readable reason when it cannot.
 * :func:`packed_last_hidden` returns the last hidden state ``[T, H]``.
-  ``attention_impl="kernel"`` uses the Triton kernel (CUDA only),
-  ``"torch"`` the package's PyTorch backend (loops over sequences; runs on
+  ``attention_impl="kernel"`` uses a GPU kernel: ``"triton"``, this package's
+  tile kernel (:mod:`.relative_attention`, the default) or ``"dflash"``,
+  disentangled-flash's (``SPARKCURATE_ATTENTION_KERNEL`` picks; both CUDA only),
+  ``"torch"`` disentangled-flash's PyTorch backend (loops over sequences; runs on
   CPU) and ``"reference"`` loops over sequences through transformers' own
   ``DisentangledSelfAttention`` (needs only transformers; used by the CPU
   tests to check the packing glue against the padded HF forward).
@@ -51,7 +53,11 @@ if TYPE_CHECKING:  # heavy imports stay lazy at runtime
 
 logger = logging.getLogger(__name__)
 
-ATTENTION_IMPLS = ("kernel", "torch", "reference")
+ATTENTION_IMPLS = ("kernel", "triton", "dflash", "torch", "reference")
+#: GPU kernels "kernel" can mean: this package's tile kernel, or disentangled-flash's.
+GPU_KERNELS = ("triton", "dflash")
+#: Environment variable that picks the GPU kernel behind attention_impl="kernel" (default: triton).
+KERNEL_ENV = "SPARKCURATE_ATTENTION_KERNEL"
 #: disentangled-flash versions whose internals (the attention wrapper's
 #: ``_project_qkv`` / ``_prepare_fused_qkv`` hooks) this module was written against.
 SUPPORTED_DFLASH_PREFIXES = ("1.1.",)
@@ -152,7 +158,8 @@ def packed_support(backbone: nn.Module, device: Any) -> tuple[bool, str]:
         return False, f"packed attention needs a CUDA device, got '{dev}'"
     if not torch.cuda.is_available():
         return False, "packed attention needs CUDA, but torch.cuda.is_available() is False"
-    problem = _dflash_problem()
+    kernel = gpu_kernel()
+    problem = _kernel_problem(kernel)
     if problem:
         return False, problem
     problems = config_problems(backbone)
@@ -161,7 +168,30 @@ def packed_support(backbone: nn.Module, device: Any) -> tuple[bool, str]:
     dtype = next(backbone.parameters()).dtype
     if dtype not in (torch.bfloat16, torch.float16):
         return False, f"weights are {dtype}; the packed kernel path is enabled for bf16/fp16 only"
-    return True, f"packed DeBERTa attention (disentangled-flash, {dtype}) on {dev}"
+    name = "sparkcurate tile kernel" if kernel == "triton" else "disentangled-flash"
+    return True, f"packed DeBERTa attention ({name}, {dtype}) on {dev}"
+
+
+def gpu_kernel() -> str:
+    """The GPU kernel behind ``attention_impl="kernel"``: ``SPARKCURATE_ATTENTION_KERNEL``, default ``triton``.
+
+    Why a switch: the tile kernel (:mod:`.relative_attention`) needs only Triton
+    and was faster on the H100 (benchmarks/NOTES.md, fifth round); disentangled-flash
+    stays selectable to compare and as a second opinion.
+    """
+    kernel = (os.environ.get(KERNEL_ENV, "") or "triton").strip().lower()
+    if kernel not in GPU_KERNELS:
+        raise ValueError(f"{KERNEL_ENV} must be one of {GPU_KERNELS}, got {kernel!r}")
+    return kernel
+
+
+def _kernel_problem(kernel: str) -> str | None:
+    """Why a GPU kernel cannot run here (None: it can)."""
+    if kernel == "dflash":
+        return _dflash_problem()
+    from sparkcurate.engine.relative_attention import triton_problem
+
+    return triton_problem()
 
 
 # --------------------------------------------------------------------------- tuning
@@ -260,6 +290,7 @@ class _PackedState:
 
     key: tuple
     attentions: list
+    slots: Any = None
 
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -394,6 +425,55 @@ def _attentions_for(backbone: nn.Module, backend: str) -> list:
     return state.attentions
 
 
+# --------------------------------------------------------------------------- tile kernel tables
+
+#: Distances are tabulated in steps of this many tokens (fewer rebuilds as batch lengths vary).
+_SLOT_STEP = 512
+
+
+def _interpreting() -> bool:
+    from sparkcurate.engine.relative_attention import _interpreting as interpreting
+
+    return interpreting()
+
+
+def _tile_tables_for(backbone: nn.Module, max_seqlen: int) -> tuple[list, torch.Tensor]:
+    """Cached per-layer :class:`LayerTables` and the distance-slot table covering ``max_seqlen``.
+
+    Rebuilt when an attention weight changes (same key as the disentangled-flash
+    wrappers); the slot table grows in steps of ``_SLOT_STEP`` distances.
+    """
+    from sparkcurate.engine.relative_attention import distance_slots
+
+    key = _state_key(backbone, "triton", "-")
+    state = _STATES.get(backbone)
+    if state is None or state.key != key:
+        logger.debug("building tile attention tables for %s", type(backbone).__name__)
+        rel = backbone.encoder.get_rel_embedding()
+        state = _PackedState(key=key, attentions=[layer_tables(layer.attention.self, rel) for layer in backbone.encoder.layer])
+        _STATES[backbone] = state
+    # Room for the kernel's window past the sequence (BLOCK_M + BLOCK_N <= 256).
+    half = -(-(max_seqlen + 256) // _SLOT_STEP) * _SLOT_STEP
+    if state.slots is None or (state.slots.numel() - 1) // 2 < half:
+        state.slots = distance_slots(backbone.encoder.layer[0].attention.self, half, state.attentions[0].qkv_weight.device)
+    return state.attentions, state.slots
+
+
+def layer_tables(attention: nn.Module, rel_embeddings: torch.Tensor | None) -> Any:
+    """The tile kernel's :class:`LayerTables` for one HF ``DisentangledSelfAttention``."""
+    import torch
+
+    from sparkcurate.engine.relative_attention import LayerTables
+
+    weight, bias = fused_qkv(attention.query_proj, attention.key_proj, attention.value_proj)
+    with torch.no_grad():
+        pos_key, pos_query = position_tables(attention, rel_embeddings)
+    heads = int(attention.num_attention_heads)
+    head_dim = int(attention.attention_head_size)
+    terms = 1 + (pos_key is not None) + (pos_query is not None)
+    return LayerTables(weight, bias, pos_key, pos_query, heads, head_dim, terms)
+
+
 # --------------------------------------------------------------------------- reference
 
 
@@ -461,7 +541,9 @@ def packed_last_hidden(
         raise ValueError("packed DeBERTa cannot run this model: " + "; ".join(problems))
     _check_input_ids(input_ids)
     info = packed_info(cu_seqlens, input_ids.numel(), max_seqlen)
-    if attention_impl == "kernel" and info.max_seqlen > KERNEL_MAX_SEQLEN:
+    if attention_impl == "kernel":
+        attention_impl = gpu_kernel()
+    if attention_impl == "dflash" and info.max_seqlen > KERNEL_MAX_SEQLEN:
         raise ValueError(f"the packed kernel supports sequences up to {KERNEL_MAX_SEQLEN} tokens, got {info.max_seqlen}")
     if backbone.training:
         raise RuntimeError("packed_last_hidden is inference-only: call model.eval() first")
@@ -475,8 +557,15 @@ def packed_last_hidden(
         if attention_impl == "reference":
             hidden = _encode_reference(backbone, hidden, info, full_layers)
             tables = None
+        elif attention_impl == "triton":
+            if hidden.device.type != "cuda" and not _interpreting():
+                raise RuntimeError("attention_impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1, Triton's "
+                                   "CPU interpreter); use 'torch' or 'reference' on CPU")
+            layer_tables, slots = _tile_tables_for(backbone, info.max_seqlen)
+            hidden = _encode_tiles(full_layers, layer_tables, slots, hidden, cu_dev, info)
+            tables = _LastLayerTables.from_tiles(layer_tables[-1]) if first_only else None
         else:
-            backend = "triton" if attention_impl == "kernel" else "torch"
+            backend = "triton" if attention_impl == "dflash" else "torch"  # disentangled-flash's backends
             attentions = _attentions_for_impl(backbone, hidden, backend)
             hidden = _encode_dflash(full_layers, attentions, hidden, cu_dev, info)
             tables = _LastLayerTables.from_wrapper(attentions[-1]) if first_only else None
@@ -499,7 +588,7 @@ def _encode_reference(backbone: nn.Module, hidden: torch.Tensor, info: PackedInf
 def _attentions_for_impl(backbone: nn.Module, hidden: torch.Tensor, backend: str) -> list:
     """The cached disentangled-flash wrappers, after checking the device fits the backend."""
     if backend == "triton" and hidden.device.type != "cuda":
-        raise RuntimeError("attention_impl='kernel' needs CUDA tensors; use 'torch' or 'reference' on CPU")
+        raise RuntimeError("attention_impl='dflash' needs CUDA tensors; use 'torch' or 'reference' on CPU")
     return _attentions_for(backbone, backend)
 
 
@@ -512,6 +601,18 @@ def _encode_dflash(
     dinfo = PackedSequenceInfo(info.offsets, info.lengths, info.max_seqlen)
     for layer, attention in zip(layers, attentions):
         context, _ = attention.forward_packed(hidden, cu_dev, info.max_seqlen, packed_info=dinfo)
+        hidden = _layer_tail(layer, context, hidden)
+    return hidden
+
+
+def _encode_tiles(
+    layers: list, tables: list, slots: torch.Tensor, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo
+) -> torch.Tensor:
+    """Encoder layers with this package's tile kernel (:mod:`.relative_attention`)."""
+    from sparkcurate.engine.relative_attention import packed_attention
+
+    for layer, layer_tables in zip(layers, tables):
+        context = packed_attention(layer_tables, hidden, cu_dev, info.max_seqlen, slots)
         hidden = _layer_tail(layer, context, hidden)
     return hidden
 
@@ -564,19 +665,38 @@ class _LastLayerTables:
     @classmethod
     def from_hf(cls, attention: nn.Module, rel_embeddings: torch.Tensor | None) -> _LastLayerTables:
         """Project the position tables with HF's module, as its ``disentangled_attention_bias`` does."""
-        types = set(_pos_att_types(attention))
-        pos_key = pos_query = None
-        if types:
-            span = int(attention.pos_ebd_size)
-            relative = attention.pos_dropout(rel_embeddings)[: 2 * span][None]
-            heads = attention.num_attention_heads
-            if "c2p" in types:
-                proj = attention.key_proj if attention.share_att_key else attention.pos_key_proj
-                pos_key = attention.transpose_for_scores(proj(relative), heads)
-            if "p2c" in types:
-                proj = attention.query_proj if attention.share_att_key else attention.pos_query_proj
-                pos_query = attention.transpose_for_scores(proj(relative), heads)
+        pos_key, pos_query = position_tables(attention, rel_embeddings)
         return cls(kv_weight=None, kv_bias=None, pos_key=pos_key, pos_query=pos_query)
+
+    @classmethod
+    def from_tiles(cls, tables: Any) -> _LastLayerTables:
+        """Reuse the tile kernel's fused weight and position tables (:class:`LayerTables`)."""
+        rows = tables.heads * tables.head_dim
+        bias = tables.qkv_bias
+        return cls(kv_weight=tables.qkv_weight[rows:], kv_bias=None if bias is None else bias[rows:],
+                   pos_key=tables.pos_key, pos_query=tables.pos_query)
+
+
+def position_tables(attention: nn.Module, rel_embeddings: torch.Tensor | None) -> tuple[Any, Any]:
+    """The layer's projected relative-position tables ``(pos_key, pos_query)``, ``[heads, 2 * span, head_dim]``.
+
+    As HF's ``disentangled_attention_bias``: the shared embeddings through the
+    key/query projection (or the separate position projections when
+    ``share_att_key`` is off); None for a term the model does not use.
+    """
+    types = set(_pos_att_types(attention))
+    pos_key = pos_query = None
+    if types and rel_embeddings is not None:
+        span = int(attention.pos_ebd_size)
+        relative = attention.pos_dropout(rel_embeddings)[: 2 * span][None]
+        heads = attention.num_attention_heads
+        if "c2p" in types:
+            proj = attention.key_proj if attention.share_att_key else attention.pos_key_proj
+            pos_key = attention.transpose_for_scores(proj(relative), heads).contiguous()
+        if "p2c" in types:
+            proj = attention.query_proj if attention.share_att_key else attention.pos_query_proj
+            pos_query = attention.transpose_for_scores(proj(relative), heads).contiguous()
+    return pos_key, pos_query
 
 
 def _first_row_buckets(attention: nn.Module, length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:

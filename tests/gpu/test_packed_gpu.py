@@ -61,8 +61,9 @@ def rel_err(got, want):
 LENGTHS = [1, 2, 17, 63, 64, 65, 127, 200, 383, 440, 511, 512, 300, 90, 5]
 
 
+@pytest.mark.parametrize("impl", ["kernel", "triton"])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 1e-2), (torch.float32, 1e-4)])
-def test_kernel_matches_padded_hf(dtype, tol):
+def test_kernel_matches_padded_hf(dtype, tol, impl):
     """Against the fp32 padded forward: within ``tol``, or, where the half-precision HF padded
     forward itself is further than ``tol`` from fp32 (12 layers of bf16 rounding on a model with
     a wide weight spread: seen 1.4e-2 on an H100), no worse than it by more than 25%."""
@@ -70,7 +71,7 @@ def test_kernel_matches_padded_hf(dtype, tol):
     # The fp32 padded forward is the reference for every precision.
     ref_model = base_backbone().to("cuda", torch.float32)
     ids, cu, longest, padded_ids, mask = make_batch(LENGTHS, seed=1, device="cuda")
-    got = packed.packed_last_hidden(model, ids, cu, longest, attention_impl="kernel")
+    got = packed.packed_last_hidden(model, ids, cu, longest, attention_impl=impl)
     assert torch.isfinite(got).all()
     with torch.no_grad():
         want_pad = ref_model(input_ids=padded_ids, attention_mask=mask).last_hidden_state
@@ -79,7 +80,7 @@ def test_kernel_matches_padded_hf(dtype, tol):
     same = torch.cat([same_pad[b, :n] for b, n in enumerate(LENGTHS)])
     err_vs_fp32 = rel_err(got, want)
     err_hf_same_dtype = rel_err(same, want)
-    print(f"{dtype}: packed kernel vs fp32 HF {err_vs_fp32:.2e}; HF {dtype} vs fp32 HF {err_hf_same_dtype:.2e}")
+    print(f"{impl} {dtype}: packed kernel vs fp32 HF {err_vs_fp32:.2e}; HF {dtype} vs fp32 HF {err_hf_same_dtype:.2e}")
     bound = max(tol, 1.25 * err_hf_same_dtype)
     assert err_vs_fp32 <= bound
     # Per sequence, so a single wrong boundary cannot hide in the total.
@@ -98,7 +99,7 @@ def test_kernel_matches_padded_hf(dtype, tol):
         p_same = torch.softmax(fc(same[rows].float()), -1)
         p_want = torch.softmax(fc(want[rows]), -1)
     p_err, p_hf = rel_err(p_got, p_want), rel_err(p_same, p_want)
-    print(f"{dtype}: probs rel err {p_err:.2e} (HF same dtype {p_hf:.2e}), "
+    print(f"{impl} {dtype}: probs rel err {p_err:.2e} (HF same dtype {p_hf:.2e}), "
           f"max abs {(p_got - p_want).abs().max().item():.2e}")
     assert p_err <= max(tol, 1.5 * p_hf)
 
