@@ -12,8 +12,9 @@ Run on the GPU machine from the repository root::
     python3 -m benchmarks.gpu_stage --profile-ops         # + CUDA time per op category ("op_profile")
     python3 -m benchmarks.gpu_stage --variants packed_bf16 packed_bf16_allrows packed_autotune
 
-The packed variants use disentangled-flash's tuning mode from SPARKCURATE_DFLASH_TUNING (auto, autotune,
-heuristic; default auto); packed_autotune always uses autotune.
+packed_bf16 / packed_fp32 / packed_autotune run disentangled-flash's kernel with its tuning mode from
+SPARKCURATE_DFLASH_TUNING (auto, autotune, heuristic; default auto; packed_autotune always autotunes);
+packed_triton_bf16 and the engine (sparkcurate_gpu_stage) run this package's tile kernel.
 
 Model: random weights, DeBERTa-v3-base shape (12 layers, hidden 768, 12 heads, 256 position
 buckets, vocab 128,100) with a 26-label head. Random backbones give near-identical [CLS] states, so
@@ -399,17 +400,19 @@ def bench_mix(args, docs: Docs, base_model, config, tokenizer, device) -> list[R
                                    token_budget=args.token_budget))
         log_result(results[-1])
 
-    impl = "kernel" if device.type == "cuda" else "reference"
+    # packed_bf16 keeps disentangled-flash's kernel (the earlier rounds' number); packed_triton_bf16 is ours.
+    impl = "dflash" if device.type == "cuda" else "reference"
     packed_batches = sorted_batches(docs.lengths, args.token_budget, padded=False)
     # Warm-up is a whole pass: kernel configs are compiled per (length family, occupancy family).
     packed_warm = packed_batches if device.type == "cuda" else packed_batches[:1]
     half_name = str(half).replace("torch.", "")
-    for name, rows in (("packed_bf16", "first"), ("packed_bf16_allrows", "all")):
-        if name in wanted:
-            runner = run_packed(bf16, docs, packed_batches, device, impl, rows=rows)
+    for name, rows, variant_impl in (("packed_bf16", "first", impl), ("packed_bf16_allrows", "all", impl),
+                                     ("packed_triton_bf16", "first", "triton")):
+        if name in wanted and (device.type == "cuda" or variant_impl != "triton"):
+            runner = run_packed(bf16, docs, packed_batches, device, variant_impl, rows=rows)
             probs, secs, peak = timed(device, runner, packed_batches, n, packed_warm)
             results.append(make_result(name, docs, probs, secs, peak, ref, config,
-                                       notes=f"attention_impl={impl}, rows={rows}, {half_name}, "
+                                       notes=f"attention_impl={variant_impl}, rows={rows}, {half_name}, "
                                              f"tuning={tuning_mode_name()}",
                                        token_budget=args.token_budget))
             log_result(results[-1])
@@ -523,7 +526,7 @@ def log_result(r: Result) -> None:
 
 #: Kernel/op name patterns per category, tried in order (lower-case names); the rest is "copy/other".
 OP_CATEGORIES = (
-    ("attention (disentangled-flash)", re.compile(r"deberta_attention|disentangled")),
+    ("attention (packed kernel)", re.compile(r"deberta_attention|disentangled")),
     ("layer_norm", re.compile(r"layer_?norm")),
     ("softmax", re.compile(r"softmax")),
     ("gemm", re.compile(r"gemm|gemv|cublas|cutlass|xmma|nvjet|wgmma|"
@@ -693,8 +696,9 @@ def parse_args(argv):
     p.add_argument("--quality-docs", type=int, default=None, help="quality-mix documents (default 6000; smoke 20)")
     p.add_argument("--token-budget", type=int, default=None, help="tokens per micro-batch (default 65536; smoke 4096)")
     p.add_argument("--variants", nargs="+", default=["arrival_fp32_b64", "sorted_bf16_baseline", "packed_bf16",
-                                                      "packed_fp32", "sparkcurate_gpu_stage"],
-                   help="also: packed_bf16_allrows (every row of the last layer, then pick [CLS]; the path before "
+                                                      "packed_triton_bf16", "packed_fp32", "sparkcurate_gpu_stage"],
+                   help="packed_bf16 runs disentangled-flash's kernel, packed_triton_bf16 (GPU) this package's; "
+                        "also: packed_bf16_allrows (every row of the last layer, then pick [CLS]; the path before "
                         "the [CLS]-only last layer), packed_autotune (GPU: disentangled-flash autotune mode)")
     p.add_argument("--profile-ops", action="store_true",
                    help="profile the packed forward on a few domain-mix micro-batches; time per op category goes "
