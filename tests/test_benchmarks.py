@@ -85,3 +85,30 @@ def test_one_pass_fresh_apps_smoke(tmp_path):
     assert set(results) == {"one_pass_domain_quality_fineweb", "three_separate_runs"}
     assert all(r["seconds"] > 0 and len(r["all_seconds"]) == 1 for r in results.values())
     assert "own Spark application" in doc["note"]
+
+
+def test_attention_kernel_harness_on_the_interpreter():
+    """benchmarks/attention_kernel.py's variants (both shears, the ablation) on Triton's CPU interpreter: every row
+    timed, the full-term rows as exact as the strict-fp32 reference run of the same kernel."""
+    import argparse
+
+    torch = pytest.importorskip("torch")
+    triton = pytest.importorskip("triton")
+    from sparkcurate.engine import relative_attention
+
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9) or not relative_attention._interpreting():
+        pytest.skip("needs Triton >= 3.9's interpreter (tests/conftest.py turns it on without CUDA)")
+    from benchmarks import attention_kernel
+    from benchmarks.synthetic import DOMAIN
+
+    args = argparse.Namespace(configs=["32,32,4,2"], shears=["scratch", "gather"], programs_per_sm=[2],
+                              scratch_fp32=[0, 1], ablation=True, budget=700, repeats=1, seed=0, dtype=torch.float32)
+    small = dict(hidden=64, heads=2)  # the harness, not the shape, is under test: the interpreter is slow
+    fp32 = attention_kernel.build_layer("cpu", **small).float()
+    rows = attention_kernel.bench_mix("domain", DOMAIN, args, attention_kernel.build_layer("cpu", **small), fp32,
+                                      torch.device("cpu"))
+    assert [(r["shear"], r["scratch_fp32"], r["terms"]) for r in rows] == [
+        ("scratch", 0, "both"), ("scratch", 1, "both"), ("gather", 0, "both"), ("scratch", False, "content"),
+        ("scratch", False, "c2p")]
+    assert all(r["ms"] > 0 and 0 < r["tokens"] <= 700 for r in rows)
+    assert all(r["rel_err_vs_fp32"] < 1e-5 for r in rows if r["terms"] == "both")
