@@ -101,7 +101,7 @@ def test_distance_slots_are_hf_log_buckets(buckets, max_rel):
 def test_bad_launch_settings_rejected(monkeypatch):
     model = tiny_backbone(seed=39)
     ids, cu, longest = pack(random_batch(2, seed=40, max_len=20))
-    for bad in ("64,32,4,2", "48,48,4,2", "8,8,1,1", "a,b,c,d", "64,64"):
+    for bad in ("64,32,4,2", "48,48,4,2", "8,8,1,1", "256,256,8,2", "a,b,c,d", "64,64"):
         monkeypatch.setenv(relative_attention.CONFIG_ENV, bad)
         with pytest.raises(ValueError, match=relative_attention.CONFIG_ENV):
             packed.packed_last_hidden(model, ids, cu, longest, attention_impl="triton")

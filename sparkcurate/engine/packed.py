@@ -686,7 +686,9 @@ def position_tables(attention: nn.Module, rel_embeddings: torch.Tensor | None) -
     """
     types = set(_pos_att_types(attention))
     pos_key = pos_query = None
-    if types and rel_embeddings is not None:
+    if types and rel_embeddings is None:
+        raise ValueError(f"pos_att_type {sorted(types)} needs the relative-position embeddings, got None")
+    if types:
         span = int(attention.pos_ebd_size)
         relative = attention.pos_dropout(rel_embeddings)[: 2 * span][None]
         heads = attention.num_attention_heads

@@ -317,11 +317,11 @@ def packed_attention(
     query_blocks = triton.cdiv(max_seqlen, block_m)
     work_items = query_blocks * (cu_seqlens.numel() - 1) * heads
     per_sm = PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
-    # Gather needs no scratch, so it runs one program per item (per_sm 0 asks the same of scratch).
     # Room for the c2p band of a query tile: every distance its key tiles meet, plus the last band chunk.
     band_pitch = triton.cdiv(max_seqlen, block_n) * block_n + block_m + block_n
     per_program = block_m * band_pitch + block_n * (block_m + block_n)
     scratch_dtype = torch.float32 if SCRATCH_FP32 else hidden.dtype
+    # Gather needs no scratch, so it runs one program per item (per_sm 0 asks the same of scratch).
     if shear == "gather" or per_sm == 0:
         grid = work_items
     else:
@@ -358,8 +358,10 @@ _SCRATCH: dict = {}
 def _scratch(device: Any, dtype: Any, elements: int, needed: bool) -> torch.Tensor:
     """A reusable per-device scratch buffer of at least ``elements`` (one element when unused).
 
-    Why cached: the persistent grid bounds it (a few MB), and allocating it per
-    layer call would add an allocator round trip to every layer.
+    Why cached: the persistent grid bounds it (at most ``SCRATCH_BYTES``; ~200 MB
+    for a 512-token batch on an H100), and allocating it per layer call would add
+    an allocator round trip to every layer. Kernels on one stream run in order, so
+    consecutive layers can share it; it is kept for the process's life.
     """
     import torch
 
@@ -381,6 +383,6 @@ def launch_config(head_dim: int) -> tuple[int, int, int, int]:
         block_m, block_n, warps, stages = (int(part) for part in raw.split(","))
     except ValueError:
         raise ValueError(f"{CONFIG_ENV} must be 'BLOCK_M,BLOCK_N,num_warps,num_stages', got {raw!r}") from None
-    if block_m != block_n or block_m < 16 or block_m & (block_m - 1):
-        raise ValueError(f"{CONFIG_ENV}: BLOCK_M and BLOCK_N must be one power of two >= 16, got {raw!r}")
+    if block_m != block_n or not 16 <= block_m <= 128 or block_m & (block_m - 1):
+        raise ValueError(f"{CONFIG_ENV}: BLOCK_M and BLOCK_N must be one power of two in [16, 128], got {raw!r}")
     return block_m, block_n, warps, stages
