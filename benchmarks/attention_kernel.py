@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--programs-per-sm", type=int, nargs="+", default=[4])
     p.add_argument("--scratch-fp32", type=int, nargs="+", default=[0], help="0: scratch in the weights' dtype; 1: fp32")
     p.add_argument("--ablation", action="store_true",
-                   help="also time the other p2c layout and the kernel without the position terms")
+                   help="also time the kernel without the position terms and with c2p only")
     p.add_argument("--out-dir", default="benchmarks/results")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -188,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     model32 = build_layer(device).float()
     model_half = build_layer(device).to(args.dtype)
     rows = bench_mix("domain", DOMAIN, args, model_half, model32, device)
-    quality_budget = args.budget
-    rows += bench_mix("quality", QUALITY, argparse.Namespace(**{**vars(args), "budget": quality_budget}),
-                      model_half, model32, device)
+    rows += bench_mix("quality", QUALITY, args, model_half, model32, device)
     card = torch.cuda.get_device_name(device)
     today = dt.date.today().isoformat()
     out = Path(args.out_dir) / f"{today}-{card.split()[1].lower()}-attention.json"
