@@ -554,20 +554,21 @@ def packed_last_hidden(
     full_layers = layers[:-1] if first_only else layers
     with torch.no_grad():
         hidden = _embed(backbone, input_ids, cu_dev, info)
+        fused = _fused_tails(full_layers, hidden)
         if attention_impl == "reference":
-            hidden = _encode_reference(backbone, hidden, info, full_layers)
+            hidden = _encode_reference(backbone, hidden, info, full_layers, fused)
             tables = None
         elif attention_impl == "triton":
             if hidden.device.type != "cuda" and not _interpreting():
                 raise RuntimeError("attention_impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1, Triton's "
                                    "CPU interpreter); use 'torch' or 'reference' on CPU")
             layer_tables, slots = _tile_tables_for(backbone, info.max_seqlen)
-            hidden = _encode_tiles(full_layers, layer_tables, slots, hidden, cu_dev, info)
+            hidden = _encode_tiles(full_layers, layer_tables, slots, hidden, cu_dev, info, fused)
             tables = _LastLayerTables.from_tiles(layer_tables[-1]) if first_only else None
         else:
             backend = "triton" if attention_impl == "dflash" else "torch"  # disentangled-flash's backends
             attentions = _attentions_for_impl(backbone, hidden, backend)
-            hidden = _encode_dflash(full_layers, attentions, hidden, cu_dev, info)
+            hidden = _encode_dflash(full_layers, attentions, hidden, cu_dev, info, fused)
             tables = _LastLayerTables.from_wrapper(attentions[-1]) if first_only else None
         if not first_only:
             return hidden if rows == "all" else hidden.index_select(0, cu_dev[:-1].long())
@@ -576,12 +577,14 @@ def packed_last_hidden(
         return _last_layer_first_rows(layers[-1], hidden, cu_dev, info, tables)
 
 
-def _encode_reference(backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo, layers: list) -> torch.Tensor:
+def _encode_reference(
+    backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo, layers: list, fused: bool
+) -> torch.Tensor:
     """Encoder layers with the per-sequence HF attention (CPU reference)."""
     rel = backbone.encoder.get_rel_embedding()
     for layer in layers:
         context = _attention_reference_varlen(layer.attention.self, hidden, info, rel)
-        hidden = _layer_tail(layer, context, hidden)
+        hidden = _layer_tail(layer, context, hidden, fused)
     return hidden
 
 
@@ -593,7 +596,7 @@ def _attentions_for_impl(backbone: nn.Module, hidden: torch.Tensor, backend: str
 
 
 def _encode_dflash(
-    layers: list, attentions: list, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo
+    layers: list, attentions: list, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo, fused: bool
 ) -> torch.Tensor:
     """Encoder layers with disentangled-flash's packed attention (``zip`` stops at ``layers``)."""
     from disentangled_flash.packed import PackedSequenceInfo
@@ -601,26 +604,53 @@ def _encode_dflash(
     dinfo = PackedSequenceInfo(info.offsets, info.lengths, info.max_seqlen)
     for layer, attention in zip(layers, attentions):
         context, _ = attention.forward_packed(hidden, cu_dev, info.max_seqlen, packed_info=dinfo)
-        hidden = _layer_tail(layer, context, hidden)
+        hidden = _layer_tail(layer, context, hidden, fused)
     return hidden
 
 
 def _encode_tiles(
-    layers: list, tables: list, slots: torch.Tensor, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo
+    layers: list, tables: list, slots: torch.Tensor, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo,
+    fused: bool,
 ) -> torch.Tensor:
     """Encoder layers with this package's tile kernel (:mod:`.relative_attention`)."""
     from sparkcurate.engine.relative_attention import packed_attention
 
     for layer, layer_tables in zip(layers, tables):
         context = packed_attention(layer_tables, hidden, cu_dev, info.max_seqlen, slots)
-        hidden = _layer_tail(layer, context, hidden)
+        hidden = _layer_tail(layer, context, hidden, fused)
     return hidden
 
 
-def _layer_tail(layer: nn.Module, context: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """Attention output, intermediate and output blocks of one HF layer (per token)."""
-    attention_output = layer.attention.output(context, hidden)
-    return layer.output(layer.intermediate(attention_output), attention_output)
+def _layer_tail(layer: nn.Module, context: torch.Tensor, hidden: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """Attention output, intermediate and output blocks of one HF layer (per token).
+
+    ``fused`` (see :func:`_fused_tails`): each block's ``LayerNorm(dense(h) + input)`` runs as the dense layer
+    plus one residual + LayerNorm kernel (:mod:`.residual_norm`) instead of an add and a LayerNorm; the blocks'
+    dropouts are identities at inference.
+    """
+    if not fused:
+        attention_output = layer.attention.output(context, hidden)
+        return layer.output(layer.intermediate(attention_output), attention_output)
+    from sparkcurate.engine.residual_norm import add_layer_norm
+
+    block = layer.attention.output
+    attention_output = add_layer_norm(block.dense(context), hidden, block.LayerNorm)
+    block = layer.output
+    return add_layer_norm(block.dense(layer.intermediate(attention_output)), attention_output, block.LayerNorm)
+
+
+def _fused_tails(layers: list, hidden: torch.Tensor) -> bool:
+    """Whether every layer's tail can run fused: HF's own DeBERTa-v2 output blocks (a subclass could change the
+    forward) whose LayerNorms the kernel takes on this device (:func:`.residual_norm.usable`)."""
+    from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Output, DebertaV2SelfOutput
+
+    from sparkcurate.engine.residual_norm import usable
+
+    return bool(layers) and all(
+        type(layer.attention.output) is DebertaV2SelfOutput and type(layer.output) is DebertaV2Output
+        and usable(layer.attention.output.LayerNorm, hidden) and usable(layer.output.LayerNorm, hidden)
+        for layer in layers
+    )
 
 
 def first_token_rows(cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -701,13 +731,34 @@ def position_tables(attention: nn.Module, rel_embeddings: torch.Tensor | None) -
     return pos_key, pos_query
 
 
+#: Query-0 slot tables per (buckets, max distance, span, device): the largest built so far, sliced per call.
+_FIRST_ROW_SLOTS: dict[tuple, tuple[Any, Any]] = {}
+
+
 def _first_row_buckets(attention: nn.Module, length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Position-table slots for query 0 against keys ``0..length-1`` (``[length]`` each).
 
     Built with HF's own ``build_relative_position`` (same log buckets): c2p
     reads slot ``bucket(0 - j) + span`` of the query's row, p2c reads slot
     ``-bucket(j - 0) + span`` of key j's row (HF: ``r_pos[j, 0]``), both clamped.
+
+    Why cached: HF's bucketing copies a Python scalar to the GPU (``torch.tensor(...).type_as``), a blocking
+    copy that drains the launch queue, twice per micro-batch (measured: 25 host syncs in a 2000-document call on
+    the H100). Slot j does not depend on ``length``, so one table, grown in ``_SLOT_STEP`` steps, serves every
+    length as a slice (a view: no launch, no sync).
     """
+    key = (int(attention.position_buckets), int(attention.max_relative_positions), int(attention.pos_ebd_size),
+           str(device))
+    cached = _FIRST_ROW_SLOTS.get(key)
+    if cached is None or cached[0].numel() < length:
+        size = -(-max(length, 1) // _SLOT_STEP) * _SLOT_STEP
+        cached = _build_first_row_buckets(attention, size, device)
+        _FIRST_ROW_SLOTS[key] = cached
+    return cached[0][:length], cached[1][:length]
+
+
+def _build_first_row_buckets(attention: nn.Module, length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_first_row_buckets` uncached."""
     import torch
     from transformers.models.deberta_v2.modeling_deberta_v2 import (
         build_relative_position,
