@@ -17,7 +17,7 @@ KEYS = ("name", "mix", "docs", "docs_per_s", "tokens_per_s", "argmax_agreement",
         "speedup_vs_predict_batch_udf")
 
 
-def combine(gpu_stage: dict, e2e: dict) -> dict:
+def combine(gpu_stage: dict, e2e: dict, note: str | None = None) -> dict:
     results = []
     for r in e2e["results"]:
         results.append({k: r[k] for k in KEYS if k in r})
@@ -26,9 +26,12 @@ def combine(gpu_stage: dict, e2e: dict) -> dict:
         if r.get("mix") == "quality":
             row["name"] = f"{r['name']}_quality"
         results.append(row)
-    return {"device": gpu_stage["device"], "date": gpu_stage["date"],
-            "command": {"gpu_stage": gpu_stage["command"], "spark_e2e": e2e["command"]},
-            "e2e_device": e2e["device"], "results": results}
+    doc = {"device": gpu_stage["device"], "date": gpu_stage["date"],
+           "command": {"gpu_stage": gpu_stage["command"], "spark_e2e": e2e["command"]},
+           "e2e_device": e2e["device"], "results": results}
+    if note:
+        doc["note"] = note
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("gpu_stage")
     p.add_argument("spark_e2e")
     p.add_argument("--out", required=True)
+    p.add_argument("--note", help="a line kept in the file (e.g. which tracked variant this run left out)")
     args = p.parse_args(argv)
-    doc = combine(json.loads(Path(args.gpu_stage).read_text()), json.loads(Path(args.spark_e2e).read_text()))
+    doc = combine(json.loads(Path(args.gpu_stage).read_text()), json.loads(Path(args.spark_e2e).read_text()),
+                  args.note)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     for r in doc["results"]:
         print(f"{r['name']:34s} {r.get('docs_per_s', '-'):>10} docs/s  agreement {r.get('argmax_agreement', '-')}")

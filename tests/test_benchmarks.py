@@ -112,3 +112,24 @@ def test_attention_kernel_harness_on_the_interpreter():
         ("scratch", False, "c2p")]
     assert all(r["ms"] > 0 and 0 < r["tokens"] <= 700 for r in rows)
     assert all(r["rel_err_vs_fp32"] < 1e-5 for r in rows if r["terms"] == "both")
+
+
+def test_combine_keeps_both_commands_and_a_note(tmp_path):
+    """The combined results file carries the tracked names, both commands, quality rows renamed, and the note
+    that says what a run left out."""
+    from benchmarks.combine import main
+
+    stage = {"device": "card", "date": "d", "command": "gpu_stage cmd", "results": [
+        {"name": "sparkcurate_gpu_stage", "mix": "domain", "docs_per_s": 2.0, "argmax_agreement": 1.0, "extra": 1},
+        {"name": "sparkcurate_gpu_stage", "mix": "quality", "docs_per_s": 1.0}]}
+    e2e = {"device": "card", "command": "e2e cmd", "results": [{"name": "sparkcurate_spark_e2e", "docs_per_s": 3.0}]}
+    (tmp_path / "s.json").write_text(json.dumps(stage))
+    (tmp_path / "e.json").write_text(json.dumps(e2e))
+    out = tmp_path / "c.json"
+    assert main([str(tmp_path / "s.json"), str(tmp_path / "e.json"), "--out", str(out), "--note", "no baseline"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["command"] == {"gpu_stage": "gpu_stage cmd", "spark_e2e": "e2e cmd"}
+    assert doc["note"] == "no baseline"
+    assert [r["name"] for r in doc["results"]] == ["sparkcurate_spark_e2e", "sparkcurate_gpu_stage",
+                                                   "sparkcurate_gpu_stage_quality"]
+    assert "extra" not in doc["results"][1]
