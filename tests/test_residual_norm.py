@@ -117,6 +117,7 @@ def test_mode_and_usable(monkeypatch):
     assert not residual_norm.usable(OwnNorm(16), cpu)
     assert not residual_norm.usable(nn.LayerNorm(16, elementwise_affine=False), cpu)
     assert not residual_norm.usable(nn.LayerNorm(residual_norm.MAX_WIDTH + 1), cpu)
+    assert not residual_norm.usable(norm, cpu.half())  # fp32 weights, fp16 rows: PyTorch's own rules apply
     monkeypatch.setenv(residual_norm.FUSED_ENV, "fast")
     with pytest.raises(ValueError, match=residual_norm.FUSED_ENV):
         residual_norm.usable(norm, cpu)

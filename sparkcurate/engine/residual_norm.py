@@ -42,8 +42,9 @@ def mode() -> str:
 def usable(norm: nn.Module, sample: torch.Tensor) -> bool:
     """True when ``LayerNorm(x + residual)`` of ``norm`` on tensors like ``sample`` runs fused.
 
-    Needs an affine ``nn.LayerNorm`` over the last dimension (not a subclass: its forward could differ), a row
-    width up to ``MAX_WIDTH``, importable Triton, and CUDA tensors (or mode "on").
+    Needs an affine ``nn.LayerNorm`` over the last dimension (not a subclass: its forward could differ) with
+    weights of the tensors' dtype (the kernel writes that dtype), a row width up to ``MAX_WIDTH``, importable
+    Triton, and CUDA tensors (or mode "on").
     """
     from torch import nn
 
@@ -52,7 +53,7 @@ def usable(norm: nn.Module, sample: torch.Tensor) -> bool:
         return False
     if type(norm) is not nn.LayerNorm or norm.weight is None or norm.bias is None:
         return False
-    if len(norm.normalized_shape) != 1 or norm.normalized_shape[0] > MAX_WIDTH:
+    if len(norm.normalized_shape) != 1 or norm.normalized_shape[0] > MAX_WIDTH or norm.weight.dtype != sample.dtype:
         return False
     try:
         import triton  # noqa: F401
