@@ -31,6 +31,26 @@ def _interpret_triton_without_gpu() -> None:
 
 _interpret_triton_without_gpu()
 
+
+def triton_interpreter_problem() -> str | None:
+    """Why Triton kernels cannot run here through Triton's CPU interpreter (None: they can).
+
+    Needs Triton >= 3.9 (older interpreters fail on 1-element arrays under NumPy 2) and the interpreter on
+    (:func:`_interpret_triton_without_gpu`; on a GPU the compiled kernels are tested by tests/gpu).
+    """
+    try:
+        import triton
+    except ImportError:
+        return "Triton is not installed"
+    if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 9):
+        return f"Triton {triton.__version__}'s interpreter fails under NumPy 2; needs >= 3.9"
+    from sparkcurate.engine.relative_attention import _interpreting
+
+    if not _interpreting():
+        return ("Triton's interpreter is off (tests/conftest.py turns it on where CUDA is missing; on a GPU the "
+                "compiled kernels are tested by tests/gpu)")
+    return None
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "web"
 DOMAIN_TEST_LABELS = ["Finance", "Sports", "Science", "News", "Games"]

@@ -13,17 +13,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-triton = pytest.importorskip("triton")
+
+from tests.conftest import triton_interpreter_problem  # noqa: E402
+
+if triton_interpreter_problem():
+    pytest.skip(triton_interpreter_problem(), allow_module_level=True)
 
 from sparkcurate.engine import packed, relative_attention  # noqa: E402
 from tests.test_packed import FIRST_ROW_CONFIGS, pack, padded_last_hidden, random_batch, tiny_backbone  # noqa: E402
-
-if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 9):
-    pytest.skip(f"Triton {triton.__version__}'s interpreter fails under NumPy 2; needs >= 3.9",
-                allow_module_level=True)
-if not relative_attention._interpreting():
-    pytest.skip("Triton's interpreter is off (tests/conftest.py turns it on where CUDA is missing; on a GPU the "
-                "compiled kernel is tested by tests/gpu)", allow_module_level=True)
 
 
 @pytest.fixture(autouse=True)

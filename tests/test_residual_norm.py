@@ -14,25 +14,12 @@ pytest.importorskip("transformers")
 from torch import nn  # noqa: E402
 
 from sparkcurate.engine import packed, residual_norm  # noqa: E402
+from tests.conftest import triton_interpreter_problem  # noqa: E402
 from tests.test_packed import pack, random_batch, tiny_backbone  # noqa: E402
 
 
-def _interpreter_ready() -> str | None:
-    """Why the kernel cannot run here (None: it can)."""
-    try:
-        import triton
-    except ImportError:
-        return "Triton is not installed"
-    if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 9):
-        return f"Triton {triton.__version__}'s interpreter fails under NumPy 2; needs >= 3.9"
-    from sparkcurate.engine.relative_attention import _interpreting
-
-    if not _interpreting():
-        return "Triton's interpreter is off (on a GPU the compiled kernel runs in tests/gpu)"
-    return None
-
-
-needs_interpreter = pytest.mark.skipif(_interpreter_ready() is not None, reason=str(_interpreter_ready()))
+needs_interpreter = pytest.mark.skipif(triton_interpreter_problem() is not None,
+                                       reason=str(triton_interpreter_problem()))
 
 
 @pytest.fixture(autouse=True)

@@ -431,6 +431,11 @@ def _attentions_for(backbone: nn.Module, backend: str) -> list:
 _SLOT_STEP = 512
 
 
+def _slot_capacity(count: int) -> int:
+    """``count`` rounded up to whole ``_SLOT_STEP``s (at least one): the size a slot table is built at."""
+    return -(-max(count, 1) // _SLOT_STEP) * _SLOT_STEP
+
+
 def _interpreting() -> bool:
     from sparkcurate.engine.relative_attention import _interpreting as interpreting
 
@@ -453,7 +458,7 @@ def _tile_tables_for(backbone: nn.Module, max_seqlen: int) -> tuple[list, torch.
         state = _PackedState(key=key, attentions=[layer_tables(layer.attention.self, rel) for layer in backbone.encoder.layer])
         _STATES[backbone] = state
     # Room for the kernel's window past the sequence (BLOCK_M + BLOCK_N <= 256).
-    half = -(-(max_seqlen + 256) // _SLOT_STEP) * _SLOT_STEP
+    half = _slot_capacity(max_seqlen + 256)
     if state.slots is None or (state.slots.numel() - 1) // 2 < half:
         state.slots = distance_slots(backbone.encoder.layer[0].attention.self, half, state.attentions[0].qkv_weight.device)
     return state.attentions, state.slots
@@ -751,8 +756,7 @@ def _first_row_buckets(attention: nn.Module, length: int, device: Any) -> tuple[
            str(device))
     cached = _FIRST_ROW_SLOTS.get(key)
     if cached is None or cached[0].numel() < length:
-        size = -(-max(length, 1) // _SLOT_STEP) * _SLOT_STEP
-        cached = _build_first_row_buckets(attention, size, device)
+        cached = _build_first_row_buckets(attention, _slot_capacity(length), device)
         _FIRST_ROW_SLOTS[key] = cached
     return cached[0][:length], cached[1][:length]
 
