@@ -101,7 +101,6 @@ def _kernel() -> Any:
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """``norm(x + residual)`` for 2-D ``[rows, width]`` tensors of one dtype, fused (see :func:`usable`)."""
     import torch
-    import triton
 
     if x.ndim != 2 or x.shape != residual.shape or x.dtype != residual.dtype:
         raise ValueError(f"x and residual must be 2-D of one shape and dtype, got {tuple(x.shape)} {x.dtype} and "
@@ -113,6 +112,8 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: nn.Module) -> 
     out = torch.empty((rows, width), dtype=x.dtype, device=x.device)
     if rows == 0:
         return out
+    import triton  # after the checks: bad shapes get their own error where Triton is missing
+
     block = triton.next_power_of_2(width)
     per_program = max(1, min(16, 4096 // block))  # ~4k elements a program: enough rows in flight per SM
     warps = 4 if block <= 1024 else 8
