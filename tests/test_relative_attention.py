@@ -60,35 +60,6 @@ def test_tile_sizes_and_shears(monkeypatch, shear, config):
     assert_rows_match(model, random_batch(4, seed=34, max_len=90))
 
 
-@pytest.mark.parametrize("name", ["p2c", "unshared", "few-buckets"])
-def test_table_shear_matches_padded_hf(monkeypatch, name):
-    """The p2c table (shear "table") for p2c alone, unshared projections and few buckets; small distance chunks
-    so that one key tile's band takes several chunks."""
-    monkeypatch.setattr(relative_attention, "DEFAULT_SHEAR", "table")
-    monkeypatch.setattr(relative_attention, "TABLE_CHUNK", 16)
-    model = tiny_backbone(seed=41, **FIRST_ROW_CONFIGS[name])
-    seqs = random_batch(5, seed=42, max_len=150)
-    seqs[1] = seqs[1][:1]
-    assert_rows_match(model, seqs)
-
-
-def test_table_shear_takes_unequal_tiles():
-    """Without the p2c window, query and key tiles may differ in size (the table shear only); the others refuse."""
-    model = tiny_backbone(seed=43)
-    seqs = random_batch(4, seed=44, max_len=100)
-    ids, cu, longest = pack(seqs)
-    tables, slots = packed._tile_tables_for(model, longest)
-    with torch.inference_mode():
-        hidden = torch.randn(ids.numel(), 64, generator=torch.Generator().manual_seed(45))
-        want = relative_attention.packed_attention(tables[0], hidden, cu, longest, slots, config=(32, 32, 4, 2))
-        for config in ((32, 16, 4, 2), (16, 64, 4, 2)):
-            got = relative_attention.packed_attention(tables[0], hidden, cu, longest, slots, config=config,
-                                                      shear="table")
-            assert (got - want).abs().max().item() <= 2e-5, config
-        with pytest.raises(ValueError, match="BLOCK_M == BLOCK_N"):
-            relative_attention.packed_attention(tables[0], hidden, cu, longest, slots, config=(32, 16, 4, 2))
-
-
 def test_persistent_programs_walk_every_item(monkeypatch):
     """Far fewer programs than (sequence x head, query tile) items: each program reuses its scratch for many
     items, which must not leak one item's position scores into the next."""

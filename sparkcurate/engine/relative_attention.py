@@ -64,23 +64,18 @@ LAUNCH_CONFIGS: dict[int, tuple[int, int, int, int]] = {
     128: (32, 32, 4, 2),  # not measured: smaller tiles for the larger register footprint
 }
 #: How a tile's position scores are read along its diagonal (see :func:`packed_attention`).
-SHEARS = ("scratch", "gather", "table")
+SHEARS = ("scratch", "gather")
 DEFAULT_SHEAR = "scratch"
-#: Environment variable choosing the shear for the engine ("scratch", "gather" or "table"; default DEFAULT_SHEAR).
-SHEAR_ENV = "SPARKCURATE_ATTENTION_SHEAR"
 #: Keep the scratch position scores in fp32 (else the weights' dtype, as score tables usually are).
 SCRATCH_FP32 = False
 #: Persistent programs launched per multiprocessor.
 PROGRAMS_PER_SM = 16
-#: Distances per p2c band chunk of the table kernel (shear "table").
-TABLE_CHUNK = 64
 #: Upper bound of the scratch buffer (fewer persistent programs when a batch's bands would need more).
 SCRATCH_BYTES = 384 << 20
 #: Environment variable overriding the launch config, "BLOCK_M,BLOCK_N,num_warps,num_stages".
 CONFIG_ENV = "SPARKCURATE_ATTENTION_CONFIG"
 
 _KERNELS: dict[bool, Any] = {}
-_TABLE_KERNELS: dict[bool, Any] = {}
 
 
 def triton_problem() -> str | None:
@@ -117,27 +112,24 @@ def _kernel() -> Any:
     @triton.jit
     def packed_disentangled_attention(
         query, key, value, stride_q, stride_k, stride_v,
-        pos_key, pos_query, slots, cu_seqlens, output, scratch, p2c_table,
-        num_heads, query_blocks, work_items, position_rows, slot_half, score_scale, band_pitch, scratch_stride,
-        total_tokens, table_pitch,
+        pos_key, pos_query, slots, cu_seqlens, output, scratch,
+        num_heads, query_blocks, work_items, position_rows, slot_half, score_scale, band_pitch,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, IEEE: tl.constexpr, SCRATCH: tl.constexpr,
-        TABLE: tl.constexpr,
     ):
         WINDOW: tl.constexpr = BLOCK_M + BLOCK_N
         rows = tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_N)
         dims = tl.arange(0, HEAD_DIM)
-        if not TABLE:  # (the table shear allows BLOCK_M != BLOCK_N: no window of BLOCK_M + BLOCK_N entries)
-            window = tl.arange(0, WINDOW)
+        window = tl.arange(0, WINDOW)
         # Pair (r, c) of a tile has distance i - j = first_query - first_key + r - c, i.e.
         # window entry r - c + BLOCK_N - 1 of the tile's distances (first_query - first_key
         # - BLOCK_N + 1 + w for w in [0, WINDOW); the last entry is never read).
         diagonal = rows[:, None] - cols[None, :] + (BLOCK_N - 1)
         program = tl.program_id(0)
-        # This program's own scratch: the query tile's c2p band [BLOCK_M, band_pitch], then (shear "scratch")
-        # the p2c tile [BLOCK_N, WINDOW].
-        c2p_scratch = scratch + program.to(tl.int64) * scratch_stride
+        # This program's own scratch: the query tile's c2p band [BLOCK_M, band_pitch], then the p2c tile
+        # [BLOCK_N, WINDOW].
+        c2p_scratch = scratch + program.to(tl.int64) * (BLOCK_M * band_pitch + BLOCK_N * WINDOW)
         p2c_scratch = c2p_scratch + BLOCK_M * band_pitch
         # Persistent: a fixed number of programs walks the (sequence x head, query tile) items,
         # so the scratch is sized by the grid, not by the batch.
@@ -186,7 +178,7 @@ def _kernel() -> Any:
                         scores = tl.dot(q, tl.trans(k), input_precision="ieee")
                     else:
                         scores = tl.dot(q, tl.trans(k))
-                    if (HAS_C2P and not SCRATCH) or (HAS_P2C and not TABLE):
+                    if (HAS_C2P and not SCRATCH) or HAS_P2C:
                         distance = first_query - first_key - (BLOCK_N - 1) + window
                         distance = tl.minimum(tl.maximum(distance, -slot_half), slot_half)
                         slot = tl.load(slots + distance + slot_half).to(tl.int64)
@@ -202,12 +194,7 @@ def _kernel() -> Any:
                             else:
                                 c2p = tl.dot(q, tl.trans(position_keys))
                             scores += tl.gather(c2p, diagonal, axis=1)
-                    if HAS_P2C and TABLE:
-                        # Made by the table kernel already sheared: element (key j, query i) at row j, column i.
-                        table_rows = (head.to(tl.int64) * total_tokens + key_rows) * table_pitch
-                        scores += tl.load(p2c_table + table_rows[None, :] + query_pos[:, None],
-                                          mask=key_ok[None, :] & query_ok[:, None], other=0.0).to(tl.float32)
-                    if HAS_P2C and not TABLE:
+                    if HAS_P2C:
                         position_queries = tl.load(pos_query + slot_offsets)
                         if IEEE:
                             p2c = tl.dot(position_queries, tl.trans(k), input_precision="ieee")
@@ -219,7 +206,7 @@ def _kernel() -> Any:
                             tl.store(p2c_scratch + cols[None, :] * WINDOW + window[:, None], p2c)
                         else:
                             scores += tl.gather(p2c, diagonal, axis=0)
-                    if SCRATCH and HAS_P2C and not TABLE:
+                    if SCRATCH and HAS_P2C:
                         # The diagonal read is a plain load with computed offsets from this program's
                         # scratch (L1/L2-hot); the barriers order it after every thread's store and
                         # before the next tile overwrites it.
@@ -246,65 +233,6 @@ def _kernel() -> Any:
 
     _KERNELS[mode] = packed_disentangled_attention
     return packed_disentangled_attention
-
-
-def _table_kernel() -> Any:
-    """Build (once per interpreter mode) the kernel that writes the p2c scores already sheared (shear "table").
-
-    Why a kernel of its own: p2c depends on the key and the distance, so per key tile it is one band over every
-    distance the key tile meets (``[BLOCK_N, ~length + BLOCK_N]``), the c2p band's twin. Made here with the key
-    tile as the outer loop, every band element has exactly one (key, query) place, so it is stored there
-    directly (row ``key``, column ``query = key + distance``: contiguous along the distance) with no read back,
-    no barrier and no shear left for the attention kernel, which then loads a plain ``[keys, queries]`` tile.
-    """
-    mode = _interpreting()
-    if mode in _TABLE_KERNELS:
-        return _TABLE_KERNELS[mode]
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def p2c_scores_sheared(
-        key, stride_k, pos_query, slots, cu_seqlens, table,
-        num_heads, key_blocks, position_rows, slot_half, total_tokens, table_pitch,
-        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, IEEE: tl.constexpr,
-    ):
-        item = tl.program_id(0)
-        sequence_head = item // key_blocks
-        key_block = item - sequence_head * key_blocks
-        sequence = sequence_head // num_heads
-        head = sequence_head - sequence * num_heads
-        start = tl.load(cu_seqlens + sequence)
-        length = tl.load(cu_seqlens + sequence + 1) - start
-        first_key = key_block * BLOCK_N
-        if first_key < length:
-            cols = tl.arange(0, BLOCK_N)
-            dims = tl.arange(0, HEAD_DIM)
-            chunk = tl.arange(0, CHUNK)
-            key_pos = first_key + cols
-            key_ok = key_pos < length
-            key_rows = (start + key_pos).to(tl.int64)
-            k = tl.load(key + key_rows[:, None] * stride_k + (head * HEAD_DIM + dims)[None, :], mask=key_ok[:, None],
-                        other=0.0)
-            table_head = head.to(tl.int64) * position_rows * HEAD_DIM
-            out_rows = (head.to(tl.int64) * total_tokens + key_rows) * table_pitch
-            # Query i = key j + distance; i in [0, length) for some key of the tile needs distances from
-            # -(first_key + BLOCK_N - 1) to length - 1 - first_key.
-            for first_distance in range(-(first_key + BLOCK_N - 1), length - first_key, CHUNK):
-                distance = first_distance + chunk
-                clamped = tl.minimum(tl.maximum(distance, -slot_half), slot_half)
-                slot = tl.load(slots + clamped + slot_half).to(tl.int64)
-                position_queries = tl.load(pos_query + table_head + slot[:, None] * HEAD_DIM + dims[None, :])
-                if IEEE:
-                    p2c = tl.dot(k, tl.trans(position_queries), input_precision="ieee")
-                else:
-                    p2c = tl.dot(k, tl.trans(position_queries))
-                query_pos = key_pos[:, None] + distance[None, :]
-                ok = key_ok[:, None] & (query_pos >= 0) & (query_pos < length)
-                tl.store(table + out_rows[:, None] + query_pos, p2c.to(table.dtype.element_ty), mask=ok)
-
-    _TABLE_KERNELS[mode] = p2c_scores_sheared
-    return p2c_scores_sheared
 
 
 # --------------------------------------------------------------------------- tables
@@ -374,13 +302,9 @@ def packed_attention(
     if head_dim not in HEAD_DIMS:
         raise ValueError(f"head dimension {head_dim} is not one of {HEAD_DIMS}")
     block_m, block_n, warps, stages = config or launch_config(head_dim)
-    shear = shear or default_shear()
+    shear = shear or DEFAULT_SHEAR
     if shear not in SHEARS:
         raise ValueError(f"shear must be one of {SHEARS}, got {shear!r}")
-    table = shear == "table" and tables.pos_query is not None
-    if block_m != block_n and not table:
-        raise ValueError(f"shear {shear!r} needs BLOCK_M == BLOCK_N (launch config or {CONFIG_ENV}), "
-                         f"got {block_m} and {block_n}")
     half = (slots.numel() - 1) // 2
     if half < max_seqlen + block_m + block_n:
         raise ValueError(f"distance table covers +-{half}, needs +-{max_seqlen + block_m + block_n}")
@@ -395,7 +319,7 @@ def packed_attention(
     per_sm = PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
     # Room for the c2p band of a query tile: every distance its key tiles meet, plus the last band chunk.
     band_pitch = triton.cdiv(max_seqlen, block_n) * block_n + block_m + block_n
-    per_program = block_m * band_pitch + (0 if table else block_n * (block_m + block_n))
+    per_program = block_m * band_pitch + block_n * (block_m + block_n)
     scratch_dtype = torch.float32 if SCRATCH_FP32 else hidden.dtype
     # Gather needs no scratch, so it runs one program per item (per_sm 0 asks the same of scratch).
     if shear == "gather" or per_sm == 0:
@@ -403,30 +327,17 @@ def packed_attention(
     else:
         cap = max(1, SCRATCH_BYTES // (per_program * scratch_dtype.itemsize))
         grid = min(work_items, _program_slots(hidden.device, per_sm), cap)
-    scratch = _scratch("scratch", hidden.device, scratch_dtype, grid * per_program, shear != "gather")
-    # Shear "table": the p2c scores of every (key, query) pair of a sequence, rows of ``table_pitch`` queries
-    # (every query a query tile reads, rounded for aligned loads), made before the attention kernel.
-    table_pitch = query_blocks * block_m
-    total = hidden.shape[0]
-    p2c_table = _scratch("p2c", hidden.device, scratch_dtype, heads * total * table_pitch, table)
-    if table:
-        key_blocks = triton.cdiv(max_seqlen, block_n)
-        _table_kernel()[(key_blocks * (cu_seqlens.numel() - 1) * heads,)](
-            key, projected.stride(0), tables.pos_query, slots, cu_seqlens, p2c_table,
-            heads, key_blocks, position_rows, half, total, table_pitch,
-            HEAD_DIM=head_dim, BLOCK_N=block_n, CHUNK=TABLE_CHUNK, IEEE=hidden.dtype == torch.float32,
-            num_warps=4, num_stages=2,
-        )
+    scratch = _scratch(hidden.device, scratch_dtype, grid * per_program, shear == "scratch")
     scale = 1.4426950408889634 / math.sqrt(head_dim * tables.terms)
     _kernel()[(grid,)](
         query, key, value, projected.stride(0), projected.stride(0), projected.stride(0),
         tables.pos_key if tables.pos_key is not None else query,  # never read when the term is off
         tables.pos_query if tables.pos_query is not None else query,
-        slots, cu_seqlens, output, scratch, p2c_table,
-        heads, query_blocks, work_items, position_rows, half, scale, band_pitch, per_program, total, table_pitch,
+        slots, cu_seqlens, output, scratch,
+        heads, query_blocks, work_items, position_rows, half, scale, band_pitch,
         HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_C2P=tables.pos_key is not None, HAS_P2C=tables.pos_query is not None,
-        IEEE=hidden.dtype == torch.float32, SCRATCH=shear != "gather", TABLE=table,
+        IEEE=hidden.dtype == torch.float32, SCRATCH=shear == "scratch",
         num_warps=warps, num_stages=stages,
     )
     return output
@@ -444,8 +355,8 @@ def _program_slots(device: Any, per_sm: int) -> int:
 _SCRATCH: dict = {}
 
 
-def _scratch(name: str, device: Any, dtype: Any, elements: int, needed: bool) -> torch.Tensor:
-    """A reusable per-device buffer ``name`` of at least ``elements`` (one element when unused).
+def _scratch(device: Any, dtype: Any, elements: int, needed: bool) -> torch.Tensor:
+    """A reusable per-device scratch buffer of at least ``elements`` (one element when unused).
 
     Why cached: the persistent grid bounds it (at most ``SCRATCH_BYTES``; ~200 MB
     for a 512-token batch on an H100), and allocating it per layer call would add
@@ -455,20 +366,12 @@ def _scratch(name: str, device: Any, dtype: Any, elements: int, needed: bool) ->
     import torch
 
     elements = elements if needed else 1
-    key = (name, str(device), dtype)
+    key = (str(device), dtype)
     buffer = _SCRATCH.get(key)
     if buffer is None or buffer.numel() < elements:
         buffer = torch.empty(elements, dtype=dtype, device=device)
         _SCRATCH[key] = buffer
     return buffer
-
-
-def default_shear() -> str:
-    """The shear from ``SPARKCURATE_ATTENTION_SHEAR``, else :data:`DEFAULT_SHEAR`."""
-    raw = os.environ.get(SHEAR_ENV, "").strip().lower()
-    if raw and raw not in SHEARS:
-        raise ValueError(f"{SHEAR_ENV} must be one of {SHEARS}, got {raw!r}")
-    return raw or DEFAULT_SHEAR
 
 
 def launch_config(head_dim: int) -> tuple[int, int, int, int]:
@@ -480,6 +383,6 @@ def launch_config(head_dim: int) -> tuple[int, int, int, int]:
         block_m, block_n, warps, stages = (int(part) for part in raw.split(","))
     except ValueError:
         raise ValueError(f"{CONFIG_ENV} must be 'BLOCK_M,BLOCK_N,num_warps,num_stages', got {raw!r}") from None
-    if any(not 16 <= size <= 128 or size & (size - 1) for size in (block_m, block_n)):
-        raise ValueError(f"{CONFIG_ENV}: BLOCK_M and BLOCK_N must be powers of two in [16, 128], got {raw!r}")
+    if block_m != block_n or not 16 <= block_m <= 128 or block_m & (block_m - 1):
+        raise ValueError(f"{CONFIG_ENV}: BLOCK_M and BLOCK_N must be one power of two in [16, 128], got {raw!r}")
     return block_m, block_n, warps, stages
