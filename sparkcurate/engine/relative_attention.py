@@ -116,9 +116,6 @@ def _kernel() -> Any:
         num_heads, query_blocks, work_items, position_rows, slot_half, score_scale, band_pitch,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, IEEE: tl.constexpr, SCRATCH: tl.constexpr,
-        P2C_PITCH: tl.constexpr,
-        ALIGNED: tl.constexpr = False, P2C_SPLIT: tl.constexpr = False, P2C_MASK: tl.constexpr = False,
-        P2C_BUFFERS: tl.constexpr = 1,
     ):
         WINDOW: tl.constexpr = BLOCK_M + BLOCK_N
         rows = tl.arange(0, BLOCK_M)
@@ -132,9 +129,8 @@ def _kernel() -> Any:
         program = tl.program_id(0)
         # This program's own scratch: the query tile's c2p band [BLOCK_M, band_pitch], then the p2c tile
         # [BLOCK_N, WINDOW].
-        c2p_scratch = scratch + program.to(tl.int64) * (BLOCK_M * band_pitch + P2C_BUFFERS * BLOCK_N * P2C_PITCH)
-        p2c_base = c2p_scratch + BLOCK_M * band_pitch
-        phase = 0
+        c2p_scratch = scratch + program.to(tl.int64) * (BLOCK_M * band_pitch + BLOCK_N * WINDOW)
+        p2c_scratch = c2p_scratch + BLOCK_M * band_pitch
         # Persistent: a fixed number of programs walks the (sequence x head, query tile) items,
         # so the scratch is sized by the grid, not by the batch.
         for item in range(program, work_items, tl.num_programs(0)):
@@ -170,15 +166,9 @@ def _kernel() -> Any:
                             c2p = tl.dot(q, tl.trans(position_keys), input_precision="ieee")
                         else:
                             c2p = tl.dot(q, tl.trans(position_keys))
-                        if ALIGNED:
-                            tl.store(c2p_scratch + rows[:, None] * band_pitch + (rows[:, None] + 1 + band[None, :]), c2p)
-                        else:
-                            tl.store(c2p_scratch + rows[:, None] * band_pitch + band[None, :], c2p)
+                        tl.store(c2p_scratch + rows[:, None] * band_pitch + band[None, :], c2p)
                     tl.debug_barrier()
                 for first_key in range(0, length, BLOCK_N):
-                    p2c_scratch = p2c_base + phase * (BLOCK_N * P2C_PITCH)
-                    if P2C_BUFFERS == 2:
-                        phase = 1 - phase
                     key_pos = first_key + cols
                     key_ok = key_pos < length
                     key_rows = (start + key_pos).to(tl.int64)
@@ -195,12 +185,8 @@ def _kernel() -> Any:
                         slot_offsets = table_head + slot[:, None] * HEAD_DIM + dims[None, :]
                     if HAS_C2P:
                         if SCRATCH:
-                            if ALIGNED:
-                                scores += tl.load(c2p_scratch + rows[:, None] * band_pitch
-                                                  + (BLOCK_M + first_key + cols[None, :])).to(tl.float32)
-                            else:
-                                band = BLOCK_M - 1 - rows[:, None] + first_key + cols[None, :]
-                                scores += tl.load(c2p_scratch + rows[:, None] * band_pitch + band).to(tl.float32)
+                            band = BLOCK_M - 1 - rows[:, None] + first_key + cols[None, :]
+                            scores += tl.load(c2p_scratch + rows[:, None] * band_pitch + band).to(tl.float32)
                         else:
                             position_keys = tl.load(pos_key + slot_offsets)
                             if IEEE:
@@ -208,28 +194,7 @@ def _kernel() -> Any:
                             else:
                                 c2p = tl.dot(q, tl.trans(position_keys))
                             scores += tl.gather(c2p, diagonal, axis=1)
-                    if HAS_P2C and SCRATCH and (ALIGNED or P2C_SPLIT):
-                        for part in tl.static_range(2 if P2C_SPLIT else 1):
-                            if P2C_SPLIT:
-                                part_window = part * BLOCK_M + rows
-                                part_offsets = table_head + tl.load(
-                                    slots + tl.minimum(tl.maximum(first_query - first_key - (BLOCK_N - 1) + part_window,
-                                                                  -slot_half), slot_half) + slot_half
-                                ).to(tl.int64)[:, None] * HEAD_DIM + dims[None, :]
-                            else:
-                                part_window = window
-                                part_offsets = slot_offsets
-                            part_p2c = tl.dot(tl.load(pos_query + part_offsets), tl.trans(k))
-                            if ALIGNED:
-                                place = cols[None, :] * P2C_PITCH + (part_window[:, None] + cols[None, :] + 1)
-                            else:
-                                place = cols[None, :] * P2C_PITCH + part_window[:, None]
-                            if P2C_MASK:
-                                used = part_window[:, None] + cols[None, :] - (BLOCK_N - 1)
-                                tl.store(p2c_scratch + place, part_p2c, mask=(used >= 0) & (used < BLOCK_M))
-                            else:
-                                tl.store(p2c_scratch + place, part_p2c)
-                    if HAS_P2C and not (SCRATCH and (ALIGNED or P2C_SPLIT)):
+                    if HAS_P2C:
                         position_queries = tl.load(pos_query + slot_offsets)
                         if IEEE:
                             p2c = tl.dot(position_queries, tl.trans(k), input_precision="ieee")
@@ -246,13 +211,8 @@ def _kernel() -> Any:
                         # scratch (L1/L2-hot); the barriers order it after every thread's store and
                         # before the next tile overwrites it.
                         tl.debug_barrier()
-                        if ALIGNED:
-                            scores += tl.load(p2c_scratch + cols[None, :] * P2C_PITCH
-                                              + (rows[:, None] + BLOCK_N)).to(tl.float32)
-                        else:
-                            scores += tl.load(p2c_scratch + cols[None, :] * WINDOW + diagonal).to(tl.float32)
-                        if P2C_BUFFERS == 1:
-                            tl.debug_barrier()
+                        scores += tl.load(p2c_scratch + cols[None, :] * WINDOW + diagonal).to(tl.float32)
+                        tl.debug_barrier()
                     # score_scale folds 1/sqrt(d * terms) and log2(e) (exp2 below).
                     scores = tl.where(key_ok[None, :], scores * score_scale, float("-inf"))
                     new_max = tl.maximum(row_max, tl.max(scores, axis=1))
@@ -358,11 +318,8 @@ def packed_attention(
     work_items = query_blocks * (cu_seqlens.numel() - 1) * heads
     per_sm = PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
     # Room for the c2p band of a query tile: every distance its key tiles meet, plus the last band chunk.
-    flags = kernel_flags()
-    aligned = bool(flags["ALIGNED"])
-    band_pitch = triton.cdiv(max_seqlen, block_n) * block_n + block_m + block_n + (block_m if aligned else 0)
-    p2c_pitch = block_m + block_n + (block_n if aligned else 0)
-    per_program = block_m * band_pitch + flags["P2C_BUFFERS"] * block_n * p2c_pitch
+    band_pitch = triton.cdiv(max_seqlen, block_n) * block_n + block_m + block_n
+    per_program = block_m * band_pitch + block_n * (block_m + block_n)
     scratch_dtype = torch.float32 if SCRATCH_FP32 else hidden.dtype
     # Gather needs no scratch, so it runs one program per item (per_sm 0 asks the same of scratch).
     if shear == "gather" or per_sm == 0:
@@ -380,10 +337,8 @@ def packed_attention(
         heads, query_blocks, work_items, position_rows, half, scale, band_pitch,
         HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_C2P=tables.pos_key is not None, HAS_P2C=tables.pos_query is not None,
-        IEEE=hidden.dtype == torch.float32, SCRATCH=shear == "scratch", P2C_PITCH=p2c_pitch,
-        ALIGNED=aligned, P2C_SPLIT=bool(flags["P2C_SPLIT"]), P2C_MASK=bool(flags["P2C_MASK"]),
-        P2C_BUFFERS=flags["P2C_BUFFERS"], num_warps=warps, num_stages=stages,
-        **({"maxnreg": flags["maxnreg"]} if flags["maxnreg"] else {}),
+        IEEE=hidden.dtype == torch.float32, SCRATCH=shear == "scratch",
+        num_warps=warps, num_stages=stages,
     )
     return output
 
@@ -417,28 +372,6 @@ def _scratch(device: Any, dtype: Any, elements: int, needed: bool) -> torch.Tens
         buffer = torch.empty(elements, dtype=dtype, device=device)
         _SCRATCH[key] = buffer
     return buffer
-
-
-#: Kernel variants (see the kernel): ALIGNED diagonal reads, P2C_SPLIT (p2c in two halves), P2C_MASK (store only
-#: the p2c entries read), P2C_BUFFERS (2: double-buffered p2c scratch, one barrier a key tile less), maxnreg
-#: (register cap per thread, 0 = Triton's default).
-KERNEL_FLAGS: dict[str, int] = {"ALIGNED": 0, "P2C_SPLIT": 0, "P2C_MASK": 0, "P2C_BUFFERS": 1, "maxnreg": 0}
-#: Environment variable overriding some of them, "P2C_SPLIT=1,P2C_BUFFERS=2,maxnreg=168".
-FLAGS_ENV = "SPARKCURATE_ATTENTION_FLAGS"
-
-
-def kernel_flags() -> dict[str, int]:
-    """:data:`KERNEL_FLAGS` with ``SPARKCURATE_ATTENTION_FLAGS``'s overrides."""
-    flags = dict(KERNEL_FLAGS)
-    raw = os.environ.get(FLAGS_ENV, "").strip()
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        name, _, value = item.partition("=")
-        if name not in flags or not value.strip().isdigit():
-            raise ValueError(f"{FLAGS_ENV}: expected NAME=INT with NAME one of {sorted(flags)}, got {item!r}")
-        flags[name] = int(value)
-    if flags["P2C_BUFFERS"] not in (1, 2):
-        raise ValueError(f"{FLAGS_ENV}: P2C_BUFFERS must be 1 or 2, got {flags['P2C_BUFFERS']}")
-    return flags
 
 
 def launch_config(head_dim: int) -> tuple[int, int, int, int]:
