@@ -47,6 +47,13 @@ class LengthEngine:
         long = np.array([len(t) > 5 for t in texts], dtype=np.float32)
         return np.stack([1.0 - long * 0.8 - 0.1, long * 0.8 + 0.1], axis=1)
 
+    # The stage's side of the engine contract (InferenceEngine.submit / collect): nothing runs ahead here.
+    def submit(self, texts):
+        return list(texts)
+
+    def collect(self, texts) -> np.ndarray:
+        return self.predict_tokenized(texts)
+
 
 @dataclass
 class LengthClassifier(DistributedDataClassifier):

@@ -8,7 +8,7 @@ import torch
 
 from sparkcurate.classifiers import DomainClassifier
 from sparkcurate.engine.batching import plan_microbatches, restore_order
-from sparkcurate.engine.runner import EngineConfig, InferenceEngine, prefetch
+from sparkcurate.engine.runner import EngineConfig, InferenceEngine, collect_ahead, prefetch
 from tests.fixtures.reference_math import reference_deberta_probs
 
 
@@ -112,6 +112,34 @@ def test_predict_batches_overlaps_and_keeps_order(engine, sample_texts):
     outs = list(engine.predict_batches(batches))
     assert [len(o) for o in outs] == [5, 1, 0, len(sample_texts) - 6]
     np.testing.assert_allclose(np.concatenate([o for o in outs if len(o)]), engine.predict(sample_texts), atol=1e-5)
+
+
+def test_collect_ahead_submits_before_collecting_and_keeps_order():
+    """Item k + 1 is submitted before item k is collected (the GPU has the next batch queued while the host
+    waits for the current one), and results come out in input order, each once."""
+    calls = []
+
+    def submit(x):
+        calls.append(f"s{x}")
+        return x
+
+    def collect(x):
+        calls.append(f"c{x}")
+        return x * 10
+
+    assert list(collect_ahead(range(3), submit, collect)) == [0, 10, 20]
+    assert calls == ["s0", "s1", "c0", "s2", "c1", "c2"]
+    assert list(collect_ahead([], submit, collect)) == []
+    calls.clear()
+    assert list(collect_ahead([7], submit, collect)) == [70] and calls == ["s7", "c7"]
+
+
+def test_submit_then_collect_out_of_order_equals_predict(engine, sample_texts):
+    """Two batches in flight at once: each collect gives its own batch's results."""
+    first, second = engine.submit(engine.tokenize(sample_texts[:4])), engine.submit(engine.tokenize(sample_texts[4:]))
+    got_second, got_first = engine.collect(second), engine.collect(first)
+    np.testing.assert_allclose(np.concatenate([got_first, got_second]), engine.predict(sample_texts), atol=1e-5)
+    assert engine.collect(engine.submit(engine.tokenize([]))).shape[0] == 0
 
 
 def test_prefetch_reraises_worker_errors():

@@ -6,6 +6,9 @@ How the GPU is kept busy:
 - documents are sorted by length and cut into micro-batches under a token budget, padded (or packed, with no
   padding at all, when the model offers it);
 - micro-batch results stay on the device and come back with one copy per batch: no host sync per micro-batch;
+- a batch's work is queued on the GPU before the previous batch's results are awaited (``submit`` / ``collect``,
+  one batch ahead in ``predict_batches`` and the Spark stage), so the GPU does not idle while the host finishes a
+  batch, hands it on and prepares the next;
 - inputs are built in pinned memory and copied without blocking;
 - an out-of-memory error halves the micro-batch and retries, giving the same results in the same order, and the
   budget stays lowered for the rest of the run.
@@ -114,17 +117,51 @@ class InferenceEngine:
         return self.predict_tokenized(self.tokenize(texts))
 
     def predict_batches(self, batches: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
-        """Like ``predict`` for each batch, tokenizing the next batches on another thread meanwhile."""
-        for tokens in prefetch(batches, self.tokenize, self.config.prefetch):
-            yield self.predict_tokenized(tokens)
+        """Like ``predict`` for each batch, tokenizing the next batches on another thread meanwhile, and queuing
+        each batch's GPU work before waiting for the previous batch's results."""
+        return collect_ahead(prefetch(batches, self.tokenize, self.config.prefetch), self.submit, self.collect)
+
+    def predict_tokenized(self, tokens: Tokenized) -> np.ndarray:
+        return self.collect(self.submit(tokens))
 
     @torch.inference_mode()
-    def predict_tokenized(self, tokens: Tokenized) -> np.ndarray:
-        n = len(tokens)
+    def submit(self, tokens: Tokenized) -> "Submitted":
+        """Queue the forward passes of a batch (on a GPU: without waiting for them); :meth:`collect` gives the
+        results. Out-of-memory back-off happens here, as the allocations are made."""
+        if len(tokens) == 0:
+            return Submitted(tokens, [], None, None)
+        with self._on_device():
+            padded = not self.packed
+            chunks: list[tuple[np.ndarray, torch.Tensor]] = []
+            for idx in plan_microbatches(tokens.lengths, self.budget, self.config.max_batch_size, padded=padded):
+                chunks.extend(self._run_with_backoff(tokens, idx))
+            values = torch.cat([out for _, out in chunks]).float()
+            order = [idx for idx, _ in chunks]
+            if self.device.type != "cuda":
+                return Submitted(tokens, order, values, None)
+            # One device-to-host copy for the whole batch, queued behind its kernels: no sync per micro-batch.
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return Submitted(tokens, order, host, done)
+
+    @torch.inference_mode()
+    def collect(self, submitted: "Submitted") -> np.ndarray:
+        """One row of model outputs per document of a :meth:`submit`-ted batch, in input order (waits for it)."""
+        n = len(submitted.tokens)
         if n == 0:
             return np.empty((0, 0), dtype=np.float32)
-        with self._on_device():
-            return self._predict_tokenized(tokens, n)
+        if submitted.done is not None:
+            submitted.done.synchronize()
+        values = submitted.values.numpy()
+        order = np.concatenate(submitted.order)
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            values = values.copy()
+            with self._on_device():
+                values[bad] = self._rescue_fp32(submitted.tokens, order[bad])
+        return restore_order([(order, values)], n, values.shape[1])
 
     def _on_device(self):
         """Make the engine's GPU the current one while it works.
@@ -136,19 +173,6 @@ class InferenceEngine:
         import contextlib
 
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
-
-    def _predict_tokenized(self, tokens: Tokenized, n: int) -> np.ndarray:
-        padded = not self.packed
-        chunks: list[tuple[np.ndarray, torch.Tensor]] = []
-        for idx in plan_microbatches(tokens.lengths, self.budget, self.config.max_batch_size, padded=padded):
-            chunks.extend(self._run_with_backoff(tokens, idx))
-        # One device-to-host copy for the whole batch: no sync per micro-batch.
-        values = torch.cat([out for _, out in chunks]).float().cpu().numpy()
-        order = np.concatenate([idx for idx, _ in chunks])
-        bad = ~np.isfinite(values).all(axis=1)
-        if bad.any():
-            values[bad] = self._rescue_fp32(tokens, order[bad])
-        return restore_order([(order, values)], n, values.shape[1])
 
     def _rescue_fp32(self, tokens: Tokenized, idx: np.ndarray) -> np.ndarray:
         """Recompute documents whose half-precision outputs overflowed, with an fp32 copy of the model."""
@@ -277,6 +301,34 @@ def tokenize_shared(engines: Sequence["InferenceEngine"], texts: Sequence[str]) 
                     ids[j] = x
             out[i] = Tokenized(ids=ids, lengths=np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)))
     return out  # type: ignore[return-value]
+
+
+@dataclass
+class Submitted:
+    """A batch whose forward passes are queued (:meth:`InferenceEngine.submit`): the tokens, the micro-batches'
+    document indices in result order, the results (a pinned host tensor being filled, on a GPU) and the event
+    that marks the copy done (None on the CPU, where ``values`` is ready)."""
+
+    tokens: Tokenized
+    order: list[np.ndarray]
+    values: torch.Tensor | None
+    done: "torch.cuda.Event | None"
+
+
+def collect_ahead(items: Iterable, submit: Callable, collect: Callable) -> Iterator:
+    """``collect(submit(item))`` for each item, in order, submitting each item before collecting the one before.
+
+    Why: ``collect`` waits for the GPU. Submitting first keeps the next batch's kernels queued behind the current
+    one's, so the GPU keeps working while the host turns results into output and fetches the next input.
+    """
+    pending = None
+    for item in items:
+        nxt = submit(item)
+        if pending is not None:
+            yield collect(pending)
+        pending = nxt
+    if pending is not None:
+        yield collect(pending)
 
 
 _DONE = object()

@@ -172,7 +172,7 @@ def make_partition_function(classifiers: list["DistributedDataClassifier"], coun
     """The function Spark runs per partition. It closes over plain values only."""
 
     def classify_partition(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
-        from sparkcurate.engine.runner import prefetch
+        from sparkcurate.engine.runner import collect_ahead, prefetch
         from sparkcurate.spark.devices import current_task_device
 
         clock = TaskClock()
@@ -198,15 +198,27 @@ def make_partition_function(classifiers: list["DistributedDataClassifier"], coun
                     out[i] = (mask, tokens)
             return batch, out
 
-        depth = max(engine.config.prefetch for _, engine in engines)
-        for batch, prepared in clock.timed_input(prefetch(batches, prepare, depth)):
+        def submit(item):
+            batch, prepared = item
             t0 = time.perf_counter()
-            out = classify_batch(batch, engines, prepared)
+            submitted = submit_batch(engines, prepared)
+            clock.classify_s += time.perf_counter() - t0
+            return batch, prepared, submitted
+
+        def collect(item):
+            batch, prepared, submitted = item
+            t0 = time.perf_counter()
+            out = finish_batch(batch, engines, prepared, submitted)
             clock.classify_s += time.perf_counter() - t0
             clock.docs += batch.num_rows
+            return out, len(prepared[0][1])
+
+        depth = max(engine.config.prefetch for _, engine in engines)
+        # Each batch's GPU work is queued before the previous batch is finished and handed to Spark.
+        for out, classified in collect_ahead(clock.timed_input(prefetch(batches, prepare, depth)), submit, collect):
             yield out
             if counter is not None:
-                counter.add(int(len(prepared[0][1])))
+                counter.add(int(classified))
         if task_stats is not None:
             clock.report(task_stats)
 
@@ -253,14 +265,20 @@ def tokenize_valid(batch: "pa.RecordBatch", classifier: "DistributedDataClassifi
     return mask, engine.tokenize(texts)
 
 
-def classify_batch(batch: "pa.RecordBatch", engines, prepared) -> "pa.RecordBatch":
+def submit_batch(engines, prepared) -> list:
+    """Queue every classifier's forward passes for one batch (``InferenceEngine.submit``)."""
+    return [engine.submit(tokens) for (_, engine), (_, tokens) in zip(engines, prepared)]
+
+
+def finish_batch(batch: "pa.RecordBatch", engines, prepared, submitted: list) -> "pa.RecordBatch":
+    """Wait for a submitted batch's results and append the classifiers' output columns."""
     import numpy as np
     import pyarrow as pa
 
     arrays = list(batch.columns)
     names = list(batch.schema.names)
-    for (classifier, engine), (mask, tokens) in zip(engines, prepared):
-        outputs = engine.predict_tokenized(tokens) if len(tokens) else np.empty((0, 0), np.float32)
+    for (classifier, engine), (mask, tokens), handle in zip(engines, prepared, submitted):
+        outputs = engine.collect(handle) if len(tokens) else np.empty((0, 0), np.float32)
         values = classifier.postprocess(outputs) if len(tokens) else {}
         valid = np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
         for col in classifier.output_columns():

@@ -59,3 +59,32 @@ def test_bf16_agrees_on_decisive_documents(classifier, texts_and_reference, pack
 def test_auto_precision_on_gpu_is_fp16(classifier):
     engine = classifier.load_engine("cuda:0")
     assert engine.precision == "fp16" and next(engine.model.parameters()).dtype == torch.float16
+
+
+def test_next_batch_is_queued_without_waiting_for_the_previous(classifier, texts_and_reference):
+    """``submit`` of a second batch while the first is in flight makes no host sync (the GPU keeps both queued),
+    and ``predict_batches`` (one batch ahead) gives the same results as one ``predict`` per batch."""
+    import warnings
+
+    texts, _ = texts_and_reference
+    engine = classifier.load_engine("cuda")
+    half = len(texts) // 2
+    first_tokens, second_tokens = engine.tokenize(texts[:half]), engine.tokenize(texts[half:])
+    engine.predict(texts)  # kernels compiled, tables built for the longest document (a longer one grows them once)
+    torch.cuda.synchronize()
+    first = engine.submit(first_tokens)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            second = engine.submit(second_tokens)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    assert not syncs, syncs
+    got = np.concatenate([engine.collect(first), engine.collect(second)])
+    np.testing.assert_allclose(got, engine.predict(texts), atol=1e-6)
+    batches = [texts[:3], [], texts[3:half], texts[half:]]
+    streamed = list(engine.predict_batches(batches))
+    assert [len(b) for b in streamed] == [len(b) for b in batches]
+    np.testing.assert_allclose(np.concatenate([b for b in streamed if len(b)]), got, atol=1e-6)
