@@ -583,7 +583,7 @@ def packed_last_hidden(
 
 
 def _encode_reference(
-    backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo, layers: list, fused: TailFusion
+    backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo, layers: list, fused: bool
 ) -> torch.Tensor:
     """Encoder layers with the per-sequence HF attention (CPU reference)."""
     rel = backbone.encoder.get_rel_embedding()
@@ -601,7 +601,7 @@ def _attentions_for_impl(backbone: nn.Module, hidden: torch.Tensor, backend: str
 
 
 def _encode_dflash(
-    layers: list, attentions: list, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo, fused: TailFusion
+    layers: list, attentions: list, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo, fused: bool
 ) -> torch.Tensor:
     """Encoder layers with disentangled-flash's packed attention (``zip`` stops at ``layers``)."""
     from disentangled_flash.packed import PackedSequenceInfo
@@ -615,7 +615,7 @@ def _encode_dflash(
 
 def _encode_tiles(
     layers: list, tables: list, slots: torch.Tensor, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo,
-    fused: TailFusion,
+    fused: bool,
 ) -> torch.Tensor:
     """Encoder layers with this package's tile kernel (:mod:`.relative_attention`)."""
     from sparkcurate.engine.relative_attention import packed_attention
@@ -626,56 +626,36 @@ def _encode_tiles(
     return hidden
 
 
-@dataclass(frozen=True)
-class TailFusion:
-    """Which fused kernels the layers' tails use (:func:`_fused_tails`)."""
-
-    norm: bool = False  # residual add + LayerNorm in one kernel (:mod:`.residual_norm`)
-    gelu: bool = False  # the feed-forward's first linear layer with its GELU (:mod:`.linear_gelu`)
-
-
-def _layer_tail(layer: nn.Module, context: torch.Tensor, hidden: torch.Tensor,
-                fused: TailFusion = TailFusion()) -> torch.Tensor:
+def _layer_tail(layer: nn.Module, context: torch.Tensor, hidden: torch.Tensor, fused: bool = False) -> torch.Tensor:
     """Attention output, intermediate and output blocks of one HF layer (per token).
 
-    ``fused.norm``: each block's ``LayerNorm(dense(h) + input)`` runs as the dense layer plus one residual +
-    LayerNorm kernel instead of an add and a LayerNorm. ``fused.gelu``: ``gelu(dense(h))`` of the intermediate
-    block is one GEMM with the (exact) GELU in its epilogue. The blocks' dropouts are identities at inference.
+    ``fused`` (see :func:`_fused_tails`): each block's ``LayerNorm(dense(h) + input)`` runs as the dense layer
+    plus one residual + LayerNorm kernel (:mod:`.residual_norm`) instead of an add and a LayerNorm; the blocks'
+    dropouts are identities at inference.
     """
-    from sparkcurate.engine.linear_gelu import linear_gelu
+    if not fused:
+        attention_output = layer.attention.output(context, hidden)
+        return layer.output(layer.intermediate(attention_output), attention_output)
     from sparkcurate.engine.residual_norm import add_layer_norm
 
-    if fused.norm:
-        block = layer.attention.output
-        attention_output = add_layer_norm(block.dense(context), hidden, block.LayerNorm)
-    else:
-        attention_output = layer.attention.output(context, hidden)
-    if fused.gelu:
-        intermediate = linear_gelu(attention_output, layer.intermediate.dense)
-    else:
-        intermediate = layer.intermediate(attention_output)
-    if not fused.norm:
-        return layer.output(intermediate, attention_output)
+    block = layer.attention.output
+    attention_output = add_layer_norm(block.dense(context), hidden, block.LayerNorm)
     block = layer.output
-    return add_layer_norm(block.dense(intermediate), attention_output, block.LayerNorm)
+    return add_layer_norm(block.dense(layer.intermediate(attention_output)), attention_output, block.LayerNorm)
 
 
-def _fused_tails(layers: list, hidden: torch.Tensor) -> TailFusion:
-    """Which fused kernels every layer's tail can use: HF's own DeBERTa-v2 output blocks (a subclass could change
-    the forward) whose LayerNorms the kernel takes on this device (:func:`.residual_norm.usable`); HF's own
-    intermediate blocks with an exact GELU (:func:`.linear_gelu.usable`)."""
+def _fused_tails(layers: list, hidden: torch.Tensor) -> bool:
+    """Whether every layer's tail can run fused: HF's own DeBERTa-v2 output blocks (a subclass could change the
+    forward) whose LayerNorms the kernel takes on this device (:func:`.residual_norm.usable`)."""
     from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Output, DebertaV2SelfOutput
 
-    from sparkcurate.engine import linear_gelu, residual_norm
+    from sparkcurate.engine.residual_norm import usable
 
-    norm = bool(layers) and all(
+    return bool(layers) and all(
         type(layer.attention.output) is DebertaV2SelfOutput and type(layer.output) is DebertaV2Output
-        and residual_norm.usable(layer.attention.output.LayerNorm, hidden)
-        and residual_norm.usable(layer.output.LayerNorm, hidden)
+        and usable(layer.attention.output.LayerNorm, hidden) and usable(layer.output.LayerNorm, hidden)
         for layer in layers
     )
-    gelu = bool(layers) and all(linear_gelu.usable(layer.intermediate, hidden) for layer in layers)
-    return TailFusion(norm=norm, gelu=gelu)
 
 
 def first_token_rows(cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -146,35 +146,6 @@ def test_fused_residual_norm_matches_torch(dtype):
     assert diff.max().item() <= ulp
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_fused_linear_gelu_matches_exact(dtype):
-    """The compiled linear + erf-GELU kernel at DeBERTa-base's feed-forward shape (a row count that is no multiple
-    of the tile): each output within one rounding of the exact value of the same half inputs (fp32 math), and
-    never further from it than PyTorch's two kernels (GEMM rounded to the dtype, then GELU) by more than that."""
-    from sparkcurate.engine import linear_gelu
-    from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Intermediate
-
-    torch.manual_seed(8)
-    block = DebertaV2Intermediate(base_backbone().config).to("cuda", dtype)
-    with torch.no_grad():
-        block.dense.weight.normal_(0.0, 0.05)
-        block.dense.bias.normal_(0.0, 0.5)
-    x = torch.randn(40_003, 768, device="cuda").to(dtype)
-    assert linear_gelu.usable(block, x)
-    got = linear_gelu.linear_gelu(x, block.dense).float()
-    with torch.no_grad():
-        pre = torch.nn.functional.linear(x.float(), block.dense.weight.float(), block.dense.bias.float())
-        exact = torch.nn.functional.gelu(pre)
-        two_kernels = block(x).float()
-    ulp = torch.finfo(dtype).eps * exact.abs().clamp_min(torch.finfo(dtype).tiny)
-    err, err_torch = (got - exact).abs(), (two_kernels - exact).abs()
-    print(f"{dtype}: max |fused - exact| {err.max().item():.2e}, PyTorch's two kernels {err_torch.max().item():.2e}; "
-          f"mean {err.mean().item():.2e} vs {err_torch.mean().item():.2e}")
-    assert (err <= ulp + 1e-3 * ulp.max()).float().mean().item() > 0.999
-    assert err.mean().item() <= err_torch.mean().item()
-    assert err.max().item() <= err_torch.max().item() + ulp.max().item()
-
-
 def test_packed_forward_needs_no_host_sync():
     """After a first call (tables built), the packed [CLS]-rows forward launches without waiting for the GPU:
     a sync per micro-batch drains the launch queue (measured 25 in a 2000-document call before the [CLS]
