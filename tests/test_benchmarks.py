@@ -133,3 +133,28 @@ def test_combine_keeps_both_commands_and_a_note(tmp_path):
     assert [r["name"] for r in doc["results"]] == ["sparkcurate_spark_e2e", "sparkcurate_gpu_stage",
                                                    "sparkcurate_gpu_stage_quality"]
     assert "extra" not in doc["results"][1]
+
+
+def test_kernel_resources_compiles_for_sm90():
+    """The compile-only report (benchmarks/kernel_resources.py) on this GPU-less machine: the attention kernel
+    compiled for an H100 with and without the p2c term (which costs registers and load pipelining, NOTES seventh
+    round), and a clear refusal under Triton's interpreter."""
+    import os
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    rows = {}
+    for flag in ([], ["--no-p2c"]):
+        res = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources", *flag], capture_output=True,
+                             text=True, timeout=600, cwd=REPO, env=env)
+        if res.returncode != 0 and "no bundled ptxas" in res.stderr:
+            pytest.skip("this Triton wheel's ptxas cannot assemble its own PTX")
+        assert res.returncode == 0, res.stderr[-3000:]
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        rows[bool(flag)] = row
+        assert row["kernel"] == "attention" and row["config"] == [64, 64, 4, 3]
+        assert 0 < row["registers"] <= 255 and row["mma_ops"] >= 3 and row["async_copies"] > 0
+    assert rows[True]["registers"] < rows[False]["registers"] and not rows[True]["p2c"]
+    res = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, env={**env, "TRITON_INTERPRET": "1"})
+    assert res.returncode == 2 and "TRITON_INTERPRET" in res.stderr
