@@ -132,6 +132,8 @@ def test_collect_ahead_submits_before_collecting_and_keeps_order():
     assert list(collect_ahead([], submit, collect)) == []
     calls.clear()
     assert list(collect_ahead([7], submit, collect)) == [70] and calls == ["s7", "c7"]
+    # A submit that returns None still gets each item collected once (nothing skipped).
+    assert list(collect_ahead(range(3), lambda x: None, lambda handle: handle)) == [None, None, None]
 
 
 def test_submit_then_collect_out_of_order_equals_predict(engine, sample_texts):

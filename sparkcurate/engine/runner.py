@@ -321,13 +321,13 @@ def collect_ahead(items: Iterable, submit: Callable, collect: Callable) -> Itera
     Why: ``collect`` waits for the GPU. Submitting first keeps the next batch's kernels queued behind the current
     one's, so the GPU keeps working while the host turns results into output and fetches the next input.
     """
-    pending = None
+    pending, waiting = None, False  # a flag, not ``pending is None``: a submit may return None
     for item in items:
         nxt = submit(item)
-        if pending is not None:
+        if waiting:
             yield collect(pending)
-        pending = nxt
-    if pending is not None:
+        pending, waiting = nxt, True
+    if waiting:
         yield collect(pending)
 
 
