@@ -51,6 +51,27 @@ def triton_interpreter_problem() -> str | None:
                 "compiled kernels are tested by tests/gpu)")
     return None
 
+
+def host_syncs(work) -> list[str]:
+    """Where ``work()`` made the host wait for the GPU ("file:line" per sync), by CUDA's sync debug mode.
+
+    For the GPU tests that hold the engine to "no host sync" where it launches work (a sync drains the launch
+    queue, so the GPU idles while the host catches up).
+    """
+    import warnings
+
+    import torch
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            work()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "web"
 DOMAIN_TEST_LABELS = ["Finance", "Sports", "Science", "News", "Games"]

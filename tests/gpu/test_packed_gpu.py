@@ -150,18 +150,11 @@ def test_packed_forward_needs_no_host_sync():
     """After a first call (tables built), the packed [CLS]-rows forward launches without waiting for the GPU:
     a sync per micro-batch drains the launch queue (measured 25 in a 2000-document call before the [CLS]
     layer's slot table was cached)."""
-    import warnings
+    from tests.conftest import host_syncs
 
     model = base_backbone().to("cuda", torch.float16)
     ids, cu, longest, _, _ = make_batch([100, 7, 480, 33], seed=4, device="cuda")
     packed.packed_last_hidden(model, ids, cu, longest, rows="first")
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            packed.packed_last_hidden(model, ids, cu, longest, rows="first")
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    syncs = host_syncs(lambda: packed.packed_last_hidden(model, ids, cu, longest, rows="first"))
     assert not syncs, syncs
