@@ -78,7 +78,7 @@ def compile_report(fn, types: dict[str, str], constexprs: dict, aligned: set[str
         "shared_bytes": compiled.metadata.shared,
         "async_copies": ttgir.count("async_copy_global_to_local"),
         "barriers": len(re.findall(r"\b(?:gpu|ttg)\.barrier\b", ttgir)),
-        "mma_ops": len(re.findall(r"\b(?:warp_group_dot|tt\.dot)\b(?!_wait)", ttgir)),
+        "mma_ops": len(re.findall(r"\b(?:warp_group_dot|tt\.dot)\b", ttgir)),  # \b excludes "..._wait"
         "triton": triton.__version__,
     }
 
