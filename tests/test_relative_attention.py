@@ -50,7 +50,7 @@ def test_triton_matches_padded_hf(name):
     assert_rows_match(model, seqs)
 
 
-@pytest.mark.parametrize("shear", relative_attention.SHEARS)
+@pytest.mark.parametrize("shear", relative_attention.TRITON_SHEARS)
 @pytest.mark.parametrize("config", ["64,64,4,3", "32,32,4,2", "16,16,2,2"])
 def test_tile_sizes_and_shears(monkeypatch, shear, config):
     """Every tile size and both ways of reading the diagonal give the same, exact result."""
@@ -109,6 +109,20 @@ def test_bad_launch_settings_rejected(monkeypatch):
                                             shear="diagonal")
     with pytest.raises(ValueError, match="distance table"):
         relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots[:9])
+
+
+def test_smem_shear_falls_back_or_says_why(monkeypatch):
+    """The shared-memory kernel (Gluon, CUDA only) is the default where it can run: elsewhere the default
+    falls back to the scratch shear, exactly, and asking for it by name fails with the reason."""
+    monkeypatch.delenv(relative_attention.CONFIG_ENV, raising=False)
+    assert relative_attention.DEFAULT_SHEAR == "smem"
+    model = tiny_backbone(seed=43)
+    assert_rows_match(model, random_batch(3, seed=44, max_len=80))  # default shear on the CPU: scratch
+    ids, cu, longest = pack(random_batch(2, seed=45, max_len=20))
+    tables, slots = packed._tile_tables_for(model, longest)
+    with pytest.raises(ValueError, match="shear='smem' cannot run here: needs a CUDA device"):
+        relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots,
+                                            shear="smem")
 
 
 def test_triton_without_gpu_or_interpreter_says_why(monkeypatch):

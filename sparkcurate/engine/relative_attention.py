@@ -64,8 +64,11 @@ LAUNCH_CONFIGS: dict[int, tuple[int, int, int, int]] = {
     128: (32, 32, 4, 2),  # not measured: smaller tiles for the larger register footprint
 }
 #: How a tile's position scores are read along its diagonal (see :func:`packed_attention`).
-SHEARS = ("scratch", "gather")
-DEFAULT_SHEAR = "scratch"
+SHEARS = ("smem", "scratch", "gather")
+#: The shears of this module's Triton kernel (runnable on the CPU through Triton's interpreter).
+TRITON_SHEARS = ("scratch", "gather")
+#: Where "smem" cannot run (see :func:`~.relative_attention_smem.smem_problem`), the default is "scratch".
+DEFAULT_SHEAR = "smem"
 #: Keep the scratch position scores in fp32 (else the weights' dtype, as score tables usually are).
 SCRATCH_FP32 = False
 #: Persistent programs launched per multiprocessor.
@@ -291,20 +294,34 @@ def packed_attention(
     ``cu_seqlens`` (int32, on ``hidden``'s device) bounds the sequences;
     ``slots`` is :func:`distance_slots` for a half-width of at least
     ``max_seqlen + BLOCK_M + BLOCK_N``. ``shear`` picks how a tile's position
-    scores are read along its diagonal ("scratch": stored to a per-program
-    scratch tile and loaded back; "gather": ``tl.gather`` in registers).
+    scores are read along its diagonal ("smem": the Gluon kernel of
+    :mod:`.relative_attention_smem`, through shared memory, the default where it
+    can run; "scratch": stored to a per-program scratch tile in global memory and
+    loaded back; "gather": ``tl.gather`` in registers). ``config`` and
+    ``programs_per_sm`` apply to the last two.
     """
     import torch
     import torch.nn.functional as F
     import triton
 
+    from sparkcurate.engine import relative_attention_smem as smem
+
     heads, head_dim = tables.heads, tables.head_dim
     if head_dim not in HEAD_DIMS:
         raise ValueError(f"head dimension {head_dim} is not one of {HEAD_DIMS}")
-    block_m, block_n, warps, stages = config or launch_config(head_dim)
-    shear = shear or DEFAULT_SHEAR
+    requested, shear = shear, shear or DEFAULT_SHEAR
     if shear not in SHEARS:
         raise ValueError(f"shear must be one of {SHEARS}, got {shear!r}")
+    if shear == "smem":
+        problem = smem.smem_problem(hidden.device, hidden.dtype, head_dim)
+        if problem is None:
+            projected = F.linear(hidden, tables.qkv_weight, tables.qkv_bias)
+            return smem.smem_attention(tables, projected, cu_seqlens, max_seqlen, slots)
+        if requested == "smem":
+            raise ValueError(f"shear='smem' cannot run here: {problem}")
+        logger.debug("shared-memory kernel not used (%s): scratch shear", problem)
+        shear = "scratch"
+    block_m, block_n, warps, stages = config or launch_config(head_dim)
     half = (slots.numel() - 1) // 2
     if half < max_seqlen + block_m + block_n:
         raise ValueError(f"distance table covers +-{half}, needs +-{max_seqlen + block_m + block_n}")
