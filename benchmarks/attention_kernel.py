@@ -94,10 +94,8 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
     import torch
 
     from sparkcurate.engine import packed
-    from sparkcurate.engine import relative_attention, relative_attention_smem
+    from sparkcurate.engine import relative_attention
     from sparkcurate.engine.relative_attention import packed_attention
-
-    smem_defaults = relative_attention_smem.PREFETCH, relative_attention_smem.PROGRAMS_PER_SM
 
     lengths = micro_batch_lengths(mix, args.budget, args.seed)
     total, longest = sum(lengths), max(lengths)
@@ -118,17 +116,13 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
         variants = [(c, shear, pps, fp32, "both") for c in args.configs for shear in args.shears
                     for pps in args.programs_per_sm for fp32 in args.scratch_fp32
                     if shear == "scratch" or (shear == "gather" and not fp32 and pps == args.programs_per_sm[0])]
-        # The shared-memory kernel has one tile size: its variants are prefetch x programs per SM.
-        if "smem" in args.shears:
-            variants += [("smem", "smem", (prefetch, pps), False, "both") for prefetch in args.smem_prefetch
-                         for pps in args.smem_programs_per_sm]
+        if "smem" in args.shears:  # the shared-memory kernel has one launch config
+            variants.append(("smem", "smem", None, False, "both"))
         if args.ablation:  # what the position terms cost
             first = next(v for v in variants if v[1] == args.shears[0])[:4]
             variants += [(*first, "content"), (*first, "c2p")]
         for config, shear, pps, fp32, terms in variants:
             parts = None if shear == "smem" else tuple(int(x) for x in config.split(","))
-            if shear == "smem":
-                relative_attention_smem.PREFETCH, relative_attention_smem.PROGRAMS_PER_SM = bool(pps[0]), pps[1]
             layer = tables[0]
             if terms != "both":
                 layer = dataclasses.replace(layer, pos_query=None, pos_key=None if terms == "content" else layer.pos_key)
@@ -146,7 +140,6 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
                 continue
             finally:
                 relative_attention.SCRATCH_FP32 = False
-                relative_attention_smem.PREFETCH, relative_attention_smem.PROGRAMS_PER_SM = smem_defaults
             rows.append({"mix": name, "impl": "triton", "config": config, "shear": shear, "programs_per_sm": pps,
                          "scratch_fp32": fp32, "terms": terms, "ms": ms, "tokens": total, "tflops": flops / ms / 1e9,
                          "rel_err_vs_fp32": rel_err(got, want) if terms == "both" else None})
@@ -184,9 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shears", nargs="+", default=["smem", "scratch", "gather"])
     p.add_argument("--programs-per-sm", type=int, nargs="+", default=[4])
-    p.add_argument("--smem-prefetch", type=int, nargs="+", default=[1],
-                   help="shear smem: 1 copies the next key tile while computing, 0 does not")
-    p.add_argument("--smem-programs-per-sm", type=int, nargs="+", default=[8], help="shear smem: persistent programs")
     p.add_argument("--scratch-fp32", type=int, nargs="+", default=[0], help="0: scratch in the weights' dtype; 1: fp32")
     p.add_argument("--ablation", action="store_true",
                    help="also time the kernel without the position terms and with c2p only")

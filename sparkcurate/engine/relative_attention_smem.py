@@ -49,10 +49,6 @@ HEAD_DIMS = (64,)
 BLOCK = 64
 #: Warps per program; the MMA layout puts them along the query rows.
 NUM_WARPS = 4
-#: Persistent programs a multiprocessor (two are resident at a time; more balance uneven items).
-PROGRAMS_PER_SM = 8
-#: Copy the next key tile into shared memory while the current one is computed (double buffers).
-PREFETCH = True
 #: Environment variable: "off" keeps the Triton kernel even where this one could run.
 SMEM_ENV = "SPARKCURATE_SMEM_ATTENTION"
 
@@ -99,152 +95,124 @@ def _kernel() -> Any:
         return _KERNEL[0]
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
-
-    @gluon.jit
-    def issue_key_tile(k_buf, v_buf, pq_buf, key, value, pos_query, slots, start, length, first_query, first_key,
-                       stride_qkv, head_cols, table_head, slot_half, tile_rows, window, dims,
-                       HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, HAS_P2C: gl.constexpr):
-        # Rows past the sequence repeat its last key: finite values, masked out of the scores.
-        key_rows = (start + gl.minimum(first_key + tile_rows, length - 1)).to(gl.int64)[:, None] * stride_qkv
-        async_copy.async_copy_global_to_shared(k_buf, key + key_rows + head_cols[None, :])
-        async_copy.async_copy_global_to_shared(v_buf, value + key_rows + head_cols[None, :])
-        if HAS_P2C:
-            # Window entry u is distance first_query - first_key + BLOCK - 1 - u (module doc).
-            distance = first_query - first_key + BLOCK - 1 - window
-            distance = gl.minimum(gl.maximum(distance, -slot_half), slot_half)
-            slot = gl.load(slots + distance + slot_half).to(gl.int64)
-            async_copy.async_copy_global_to_shared(pq_buf, pos_query + table_head + slot[:, None] * HEAD_DIM + dims[None, :])
-        async_copy.commit_group()
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
     @gluon.jit
     def smem_disentangled_attention(
         query, key, value, stride_qkv,
-        pos_key, pos_query, slots, cu_seqlens, output, scratch,
-        num_heads, query_blocks, work_items, position_rows, slot_half, score_scale, band_pitch,
+        pos_key, pos_query, slots, cu_seqlens, output,
+        num_heads, query_blocks, position_rows, slot_half, score_scale,
         HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, NUM_WARPS: gl.constexpr,
-        HAS_C2P: gl.constexpr, HAS_P2C: gl.constexpr, SCALAR_MMA: gl.constexpr, PREFETCH: gl.constexpr,
+        HAS_C2P: gl.constexpr, HAS_P2C: gl.constexpr, SCALAR_ACC: gl.constexpr,
     ):
         WINDOW: gl.constexpr = 2 * BLOCK
-        BUFFERS: gl.constexpr = 2 if PREFETCH else 1
         dtype: gl.constexpr = query.dtype.element_ty
-        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                       instr_shape=[16, 8])
-        a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-        b_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        # Hopper warpgroup MMA: one warpgroup, 16 rows a warp; operands from shared memory except the
+        # probabilities, which stay in registers.
+        acc_tile: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                            instr_shape=[16, BLOCK, 16])
+        acc_window: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                              instr_shape=[16, WINDOW, 16])
+        acc_out: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_out, k_width=2)
         # Global loads: 8 elements (16 bytes) a thread along the head dimension.
         load: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [NUM_WARPS, 1], [1, 0])
-        tile: gl.constexpr = gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0])
+        tile: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         plain: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         # The same bytes with a row pitch of WINDOW + 1: element (r, c) of the view is entry (r, r + c).
         sheared: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[WINDOW, 1]], [BLOCK, WINDOW], [1, 0])
 
-        q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile)
-        k_smem = gl.allocate_shared_memory(dtype, [BUFFERS, BLOCK, HEAD_DIM], tile)
-        v_smem = gl.allocate_shared_memory(dtype, [BUFFERS, BLOCK, HEAD_DIM], tile)
-        pq_smem = gl.allocate_shared_memory(dtype, [BUFFERS, WINDOW, HEAD_DIM], tile)
-        p2c_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], plain)
+        item = gl.program_id(0)
+        sequence_head = item // query_blocks
+        query_block = item - sequence_head * query_blocks
+        sequence = sequence_head // num_heads
+        head = sequence_head - sequence * num_heads
+        start = gl.load(cu_seqlens + sequence)
+        length = gl.load(cu_seqlens + sequence + 1) - start
+        first_query = query_block * BLOCK
+        if first_query < length:
+            q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile)
+            k_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile)
+            v_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile)
+            pk_smem = gl.allocate_shared_memory(dtype, [WINDOW, HEAD_DIM], tile)
+            pq_smem = gl.allocate_shared_memory(dtype, [WINDOW, HEAD_DIM], tile)
+            c2p_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], plain)
+            p2c_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], plain)
 
-        dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load))
-        tile_rows = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load))
-        window = gl.arange(0, WINDOW, layout=gl.SliceLayout(1, load))
-        score_rows = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, SCALAR_MMA))
-        score_cols = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, SCALAR_MMA))
-        mma_cols = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, mma))
-        program = gl.program_id(0)
-        # This program's c2p band: row r (query first_query + BLOCK - 1 - r), column b = distance
-        # first_query + BLOCK - 1 - b, so the pair (r, key first_key + c) reads column first_key + r + c.
-        band = scratch + program.to(gl.int64) * (BLOCK * band_pitch)
-        for item in range(program, work_items, gl.num_programs(0)):
-            sequence_head = item // query_blocks
-            query_block = item - sequence_head * query_blocks
-            sequence = sequence_head // num_heads
-            head = sequence_head - sequence * num_heads
-            start = gl.load(cu_seqlens + sequence)
-            length = gl.load(cu_seqlens + sequence + 1) - start
-            first_query = query_block * BLOCK
-            if first_query < length:
-                head_cols = head * HEAD_DIM + dims
-                table_head = head.to(gl.int64) * position_rows * HEAD_DIM
-                # Local row r is query first_query + BLOCK - 1 - r (see the module doc).
-                query_pos = first_query + BLOCK - 1 - tile_rows
-                query_ok = query_pos < length
-                query_rows = (start + gl.minimum(query_pos, length - 1)).to(gl.int64)[:, None] * stride_qkv
-                gl.thread_barrier()  # the previous item is done with q_smem and the band
-                q_smem.store(gl.load(query + query_rows + head_cols[None, :]))
-                gl.thread_barrier()
-                q_a = q_smem.load(a_op)
+            dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load))
+            tile_rows = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load))
+            window = gl.arange(0, WINDOW, layout=gl.SliceLayout(1, load))
+            head_cols = head * HEAD_DIM + dims
+            table_head = head.to(gl.int64) * position_rows * HEAD_DIM
+            # Local row r is query first_query + BLOCK - 1 - r (see the module doc); rows past the sequence
+            # repeat its last token (finite values; their output is not stored).
+            query_pos = first_query + BLOCK - 1 - tile_rows
+            query_ok = query_pos < length
+            query_rows = (start + gl.minimum(query_pos, length - 1)).to(gl.int64)[:, None] * stride_qkv
+            q_smem.store(gl.load(query + query_rows + head_cols[None, :]))
+
+            score_cols = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, acc_tile))
+            row_max = gl.full([BLOCK], float("-inf"), gl.float32, layout=gl.SliceLayout(1, acc_tile))
+            row_sum = gl.zeros([BLOCK], gl.float32, layout=gl.SliceLayout(1, acc_tile))
+            acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, layout=acc_out)
+            for first_key in range(0, length, BLOCK):
+                # Rows past the sequence repeat its last key: finite, masked out of the scores.
+                key_rows = (start + gl.minimum(first_key + tile_rows, length - 1)).to(gl.int64)[:, None] * stride_qkv
+                k = gl.load(key + key_rows + head_cols[None, :])
+                v = gl.load(value + key_rows + head_cols[None, :])
+                # Window entry u is distance first_query - first_key + BLOCK - 1 - u (module doc).
+                distance = first_query - first_key + BLOCK - 1 - window
+                distance = gl.minimum(gl.maximum(distance, -slot_half), slot_half)
+                slot = gl.load(slots + distance + slot_half).to(gl.int64)
+                slot_offsets = table_head + slot[:, None] * HEAD_DIM + dims[None, :]
                 if HAS_C2P:
-                    for band_start in range(0, length + BLOCK, BLOCK):
-                        distance = first_query + BLOCK - 1 - band_start - tile_rows
-                        distance = gl.minimum(gl.maximum(distance, -slot_half), slot_half)
-                        slot = gl.load(slots + distance + slot_half).to(gl.int64)
-                        position_keys = gl.load(pos_key + table_head + slot[:, None] * HEAD_DIM + dims[None, :])
-                        chunk = mma_v2(q_a, gl.convert_layout(gl.permute(position_keys, [1, 0]), b_op),
-                                       gl.zeros([BLOCK, BLOCK], gl.float32, mma))
-                        chunk = gl.convert_layout(chunk.to(dtype), SCALAR_MMA)
-                        gl.store(band + score_rows[:, None] * band_pitch + band_start + score_cols[None, :], chunk)
-                    gl.thread_barrier()  # the band is written before any key tile reads it
-
-                row_max = gl.full([BLOCK], float("-inf"), gl.float32, layout=gl.SliceLayout(1, mma))
-                row_sum = gl.zeros([BLOCK], gl.float32, layout=gl.SliceLayout(1, mma))
-                acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, layout=mma)
-                key_tiles = gl.cdiv(length, BLOCK)
-                issue_key_tile(k_smem.index(0), v_smem.index(0), pq_smem.index(0), key, value, pos_query, slots,
-                               start, length, first_query, 0, stride_qkv, head_cols, table_head, slot_half,
-                               tile_rows, window, dims, HEAD_DIM, BLOCK, HAS_P2C)
-                for t in range(0, key_tiles):
-                    first_key = t * BLOCK
-                    current = t % BUFFERS
-                    if PREFETCH:
-                        gl.thread_barrier()  # every warp is done with the buffer the next tile goes to
-                        if t + 1 < key_tiles:
-                            issue_key_tile(k_smem.index(1 - current), v_smem.index(1 - current),
-                                           pq_smem.index(1 - current), key, value, pos_query, slots, start, length,
-                                           first_query, first_key + BLOCK, stride_qkv, head_cols, table_head,
-                                           slot_half, tile_rows, window, dims, HEAD_DIM, BLOCK, HAS_P2C)
-                            async_copy.wait_group(1)
-                        else:
-                            async_copy.wait_group(0)
-                    else:
-                        async_copy.wait_group(0)
-                    gl.thread_barrier()  # this tile's copies, made by every thread, have landed
-                    k_buf = k_smem.index(current)
-                    scores = mma_v2(q_a, k_buf.permute([1, 0]).load(b_op), gl.zeros([BLOCK, BLOCK], gl.float32, mma))
-                    if HAS_P2C:
-                        p2c = mma_v2(k_buf.load(a_op), pq_smem.index(current).permute([1, 0]).load(b_op),
-                                     gl.zeros([BLOCK, WINDOW], gl.float32, mma))
-                        p2c_smem.store(p2c.to(dtype))
-                    if HAS_C2P:
-                        # SCALAR_MMA: the MMA layout with registers reordered, so no load is vectorised across
-                        # neighbours the shear leaves unaligned (scalar_mma_layout).
-                        c2p = gl.load(band + score_rows[:, None] * (band_pitch + 1) + first_key + score_cols[None, :])
-                        scores += gl.convert_layout(c2p, mma).to(gl.float32)
-                    if HAS_P2C:
-                        gl.thread_barrier()
-                        view = p2c_smem._reinterpret(dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
-                        scores += view.permute([1, 0]).load(mma).to(gl.float32)
-                    # score_scale folds 1/sqrt(d * terms) and log2(e) (exp2 below).
-                    key_in = (first_key + mma_cols) < length
-                    scores = gl.where(key_in[None, :], scores * score_scale, float("-inf"))
-                    new_max = gl.maximum(row_max, gl.max(scores, axis=1))
-                    correction = gl.exp2(row_max - new_max)
-                    probs = gl.exp2(scores - new_max[:, None])
-                    row_sum = row_sum * correction + gl.sum(probs, axis=1)
-                    p_a = gl.convert_layout(probs.to(dtype), a_op)
-                    acc = mma_v2(p_a, v_smem.index(current).load(b_op), acc * correction[:, None])
-                    row_max = new_max
-                    if not PREFETCH:
-                        gl.thread_barrier()  # every warp is done with the buffers before the next tile's copies
-                        if t + 1 < key_tiles:
-                            issue_key_tile(k_smem.index(0), v_smem.index(0), pq_smem.index(0), key, value, pos_query,
-                                           slots, start, length, first_query, first_key + BLOCK, stride_qkv,
-                                           head_cols, table_head, slot_half, tile_rows, window, dims, HEAD_DIM,
-                                           BLOCK, HAS_P2C)
-                acc = acc / row_sum[:, None]
-                out = gl.convert_layout(acc.to(dtype), load)
-                out_rows = (start + query_pos).to(gl.int64) * (num_heads * HEAD_DIM)
-                gl.store(output + out_rows[:, None] + head_cols[None, :], out, mask=query_ok[:, None])
+                    position_keys = gl.load(pos_key + slot_offsets)
+                if HAS_P2C:
+                    position_queries = gl.load(pos_query + slot_offsets)
+                gl.thread_barrier()  # every warp is done reading the previous key tile's shared memory
+                k_smem.store(k)
+                v_smem.store(v)
+                if HAS_C2P:
+                    pk_smem.store(position_keys)
+                if HAS_P2C:
+                    pq_smem.store(position_queries)
+                fence_async_shared()  # the tensor cores read shared memory through the async proxy
+                gl.thread_barrier()
+                scores = warpgroup_mma(q_smem, k_smem.permute([1, 0]), gl.zeros([BLOCK, BLOCK], gl.float32, acc_tile))
+                if HAS_C2P:
+                    c2p = warpgroup_mma(q_smem, pk_smem.permute([1, 0]), gl.zeros([BLOCK, WINDOW], gl.float32, acc_window))
+                    c2p_smem.store(c2p.to(dtype))
+                if HAS_P2C:
+                    p2c = warpgroup_mma(k_smem, pq_smem.permute([1, 0]), gl.zeros([BLOCK, WINDOW], gl.float32, acc_window))
+                    p2c_smem.store(p2c.to(dtype))
+                if HAS_C2P or HAS_P2C:
+                    gl.thread_barrier()
+                if HAS_C2P:
+                    # SCALAR_ACC is the accumulator layout with its registers reordered, so that no thread's two
+                    # neighbouring registers are neighbours in memory: the view's odd rows are not 4-byte
+                    # aligned, and a vectorised load would fault there (scalar_mma_layout).
+                    view = c2p_smem._reinterpret(dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
+                    scores += gl.convert_layout(view.load(SCALAR_ACC), acc_tile).to(gl.float32)
+                if HAS_P2C:
+                    view = p2c_smem._reinterpret(dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
+                    scores += view.permute([1, 0]).load(acc_tile).to(gl.float32)
+                # score_scale folds 1/sqrt(d * terms) and log2(e) (exp2 below).
+                key_in = (first_key + score_cols) < length
+                scores = gl.where(key_in[None, :], scores * score_scale, float("-inf"))
+                new_max = gl.maximum(row_max, gl.max(scores, axis=1))
+                correction = gl.exp2(row_max - new_max)
+                probs = gl.exp2(scores - new_max[:, None])
+                row_sum = row_sum * correction + gl.sum(probs, axis=1)
+                p = gl.convert_layout(probs.to(dtype), p_op)
+                correction = gl.convert_layout(correction, gl.SliceLayout(1, acc_out))
+                acc = warpgroup_mma(p, v_smem, acc * correction[:, None])
+                row_max = new_max
+            row_sum = gl.convert_layout(row_sum, gl.SliceLayout(1, acc_out))
+            acc = acc / row_sum[:, None]
+            out = gl.convert_layout(acc.to(dtype), load)
+            out_rows = (start + query_pos).to(gl.int64) * (num_heads * HEAD_DIM)
+            gl.store(output + out_rows[:, None] + head_cols[None, :], out, mask=query_ok[:, None])
 
     _KERNEL.append(smem_disentangled_attention)
     return smem_disentangled_attention
@@ -296,42 +264,16 @@ def smem_attention(
     position_table = tables.pos_key if tables.pos_key is not None else tables.pos_query
     position_rows = position_table.shape[1] if position_table is not None else 1
     query_blocks = triton.cdiv(max_seqlen, BLOCK)
-    work_items = query_blocks * (cu_seqlens.numel() - 1) * heads
-    # Room for every band column written (band chunks up to length + BLOCK) and read (first_key + r + c).
-    band_pitch = (triton.cdiv(max_seqlen, BLOCK) + 2) * BLOCK
-    grid = min(work_items, _program_slots(projected.device))
-    scratch = _band_scratch(projected.device, projected.dtype, grid * BLOCK * band_pitch if tables.pos_key is not None else 1)
+    grid = (query_blocks * (cu_seqlens.numel() - 1) * heads,)
     scale = 1.4426950408889634 / math.sqrt(head_dim * tables.terms)
-    _kernel()[(grid,)](
+    _kernel()[grid](
         query, key, value, projected.stride(0),
         tables.pos_key if tables.pos_key is not None else query,  # never read when the term is off
         tables.pos_query if tables.pos_query is not None else query,
-        slots, cu_seqlens, output, scratch,
-        heads, query_blocks, work_items, position_rows, half, scale, band_pitch,
+        slots, cu_seqlens, output,
+        heads, query_blocks, position_rows, half, scale,
         HEAD_DIM=head_dim, BLOCK=BLOCK, NUM_WARPS=NUM_WARPS,
         HAS_C2P=tables.pos_key is not None, HAS_P2C=tables.pos_query is not None,
-        SCALAR_MMA=scalar_mma_layout(BLOCK, BLOCK, NUM_WARPS), PREFETCH=PREFETCH, num_warps=NUM_WARPS,
+        SCALAR_ACC=scalar_mma_layout(BLOCK, BLOCK, NUM_WARPS), num_warps=NUM_WARPS,
     )
     return output
-
-
-def _program_slots(device: Any) -> int:
-    """Persistent programs to launch: ``PROGRAMS_PER_SM`` per multiprocessor."""
-    import torch
-
-    return torch.cuda.get_device_properties(device).multi_processor_count * PROGRAMS_PER_SM
-
-
-_SCRATCH: dict = {}
-
-
-def _band_scratch(device: Any, dtype: Any, elements: int) -> torch.Tensor:
-    """A reusable per-device buffer for the programs' c2p bands (kernels on one stream run in order)."""
-    import torch
-
-    key = (str(device), dtype)
-    buffer = _SCRATCH.get(key)
-    if buffer is None or buffer.numel() < elements:
-        buffer = torch.empty(elements, dtype=dtype, device=device)
-        _SCRATCH[key] = buffer
-    return buffer
