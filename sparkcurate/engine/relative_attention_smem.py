@@ -83,9 +83,9 @@ def smem_problem(device: Any, dtype: Any, head_dim: int) -> str | None:
         return f"needs fp16 or bf16 activations, got {dtype}"
     if head_dim not in HEAD_DIMS:
         return f"head dimension {head_dim} is not one of {HEAD_DIMS}"
-    major, _ = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return f"needs compute capability >= 8.0, got {major}.x"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major != 9:
+        return f"needs a Hopper GPU (compute capability 9.x: warpgroup MMA), got {major}.{minor}"
     return gluon_problem()
 
 
@@ -95,7 +95,24 @@ def _kernel() -> Any:
         return _KERNEL[0]
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+    @gluon.jit
+    def copy_rows(buffer, base, rows, dims):
+        """Queue the copy of ``rows`` (row offsets from ``base``) x ``dims`` into ``buffer`` (cp.async)."""
+        async_copy.async_copy_global_to_shared(buffer, base + rows[:, None] + dims[None, :])
+
+    @gluon.jit
+    def copy_positions(pk_buffer, pq_buffer, pos_key, pos_query, slots, table_head, distance_top, slot_half,
+                       half_rows, dims, HEAD_DIM: gl.constexpr, HAS_C2P: gl.constexpr, HAS_P2C: gl.constexpr):
+        """Queue the position rows of distances distance_top, distance_top - 1, ... (one half window)."""
+        distance = gl.minimum(gl.maximum(distance_top - half_rows, -slot_half), slot_half)
+        rows = table_head + gl.load(slots + distance + slot_half).to(gl.int64) * HEAD_DIM
+        if HAS_C2P:
+            copy_rows(pk_buffer, pos_key, rows, dims)
+        if HAS_P2C:
+            copy_rows(pq_buffer, pos_query, rows, dims)
 
     @gluon.jit
     def smem_disentangled_attention(
@@ -107,15 +124,10 @@ def _kernel() -> Any:
     ):
         WINDOW: gl.constexpr = 2 * BLOCK
         dtype: gl.constexpr = query.dtype.element_ty
-        # Hopper warpgroup MMA: one warpgroup, 16 rows a warp; operands from shared memory except the
-        # probabilities, which stay in registers.
-        acc_tile: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                            instr_shape=[16, BLOCK, 16])
-        acc_window: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                              instr_shape=[16, WINDOW, 16])
-        acc_out: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                           instr_shape=[16, HEAD_DIM, 16])
-        p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_out, k_width=2)
+        # Hopper warpgroup MMA, one warpgroup (16 rows a warp). Every product is [BLOCK, BLOCK]-shaped.
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                              instr_shape=[16, BLOCK, 16])
+        a_regs: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
         # Global loads: 8 elements (16 bytes) a thread along the head dimension.
         load: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [NUM_WARPS, 1], [1, 0])
         tile: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
@@ -132,60 +144,83 @@ def _kernel() -> Any:
         length = gl.load(cu_seqlens + sequence + 1) - start
         first_query = query_block * BLOCK
         if first_query < length:
-            q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile)
-            k_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile)
-            v_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile)
-            pk_smem = gl.allocate_shared_memory(dtype, [WINDOW, HEAD_DIM], tile)
-            pq_smem = gl.allocate_shared_memory(dtype, [WINDOW, HEAD_DIM], tile)
+            # Key tiles double-buffered; position rows in a ring of three half windows (a key tile's window
+            # is two halves, the next tile's starts with this one's second half, and one more is in flight).
+            k_smem = gl.allocate_shared_memory(dtype, [2, BLOCK, HEAD_DIM], tile)
+            v_smem = gl.allocate_shared_memory(dtype, [2, BLOCK, HEAD_DIM], tile)
+            pk_ring = gl.allocate_shared_memory(dtype, [3, BLOCK, HEAD_DIM], tile)
+            pq_ring = gl.allocate_shared_memory(dtype, [3, BLOCK, HEAD_DIM], tile)
             c2p_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], plain)
             p2c_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], plain)
 
             dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load))
             tile_rows = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load))
-            window = gl.arange(0, WINDOW, layout=gl.SliceLayout(1, load))
             head_cols = head * HEAD_DIM + dims
             table_head = head.to(gl.int64) * position_rows * HEAD_DIM
             # Local row r is query first_query + BLOCK - 1 - r (see the module doc); rows past the sequence
             # repeat its last token (finite values; their output is not stored).
             query_pos = first_query + BLOCK - 1 - tile_rows
             query_ok = query_pos < length
-            query_rows = (start + gl.minimum(query_pos, length - 1)).to(gl.int64)[:, None] * stride_qkv
-            q_smem.store(gl.load(query + query_rows + head_cols[None, :]))
+            query_rows = (start + gl.minimum(query_pos, length - 1)).to(gl.int64) * stride_qkv
+            q_stage = c2p_smem._reinterpret(dtype, [BLOCK, HEAD_DIM], tile)
+            q_stage.store(gl.load(query + query_rows[:, None] + head_cols[None, :]))
+            gl.thread_barrier()
+            q = q_stage.load(a_regs)
+            gl.thread_barrier()  # read before the c2p scores overwrite the staging area
 
-            score_cols = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, acc_tile))
-            row_max = gl.full([BLOCK], float("-inf"), gl.float32, layout=gl.SliceLayout(1, acc_tile))
-            row_sum = gl.zeros([BLOCK], gl.float32, layout=gl.SliceLayout(1, acc_tile))
-            acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, layout=acc_out)
-            for first_key in range(0, length, BLOCK):
-                # Rows past the sequence repeat its last key: finite, masked out of the scores.
-                key_rows = (start + gl.minimum(first_key + tile_rows, length - 1)).to(gl.int64)[:, None] * stride_qkv
-                k = gl.load(key + key_rows + head_cols[None, :])
-                v = gl.load(value + key_rows + head_cols[None, :])
-                # Window entry u is distance first_query - first_key + BLOCK - 1 - u (module doc).
-                distance = first_query - first_key + BLOCK - 1 - window
-                distance = gl.minimum(gl.maximum(distance, -slot_half), slot_half)
-                slot = gl.load(slots + distance + slot_half).to(gl.int64)
-                slot_offsets = table_head + slot[:, None] * HEAD_DIM + dims[None, :]
-                if HAS_C2P:
-                    position_keys = gl.load(pos_key + slot_offsets)
-                if HAS_P2C:
-                    position_queries = gl.load(pos_query + slot_offsets)
-                gl.thread_barrier()  # every warp is done reading the previous key tile's shared memory
-                k_smem.store(k)
-                v_smem.store(v)
-                if HAS_C2P:
-                    pk_smem.store(position_keys)
-                if HAS_P2C:
-                    pq_smem.store(position_queries)
+            # Window entry u of key tile t is distance first_query - t * BLOCK + BLOCK - 1 - u; half window n
+            # (entries 0..BLOCK-1 of tile n, or BLOCK..2*BLOCK-1 of tile n - 1) starts at distance top(n).
+            top = first_query + BLOCK - 1
+            key_tiles = gl.cdiv(length, BLOCK)
+            # Rows past the sequence repeat its last key: finite, masked out of the scores.
+            key_rows = (start + gl.minimum(tile_rows, length - 1)).to(gl.int64) * stride_qkv
+            copy_rows(k_smem.index(0), key + head * HEAD_DIM, key_rows, dims)
+            copy_rows(v_smem.index(0), value + head * HEAD_DIM, key_rows, dims)
+            copy_positions(pk_ring.index(0), pq_ring.index(0), pos_key, pos_query, slots, table_head, top,
+                           slot_half, tile_rows, dims, HEAD_DIM, HAS_C2P, HAS_P2C)
+            copy_positions(pk_ring.index(1), pq_ring.index(1), pos_key, pos_query, slots, table_head, top - BLOCK,
+                           slot_half, tile_rows, dims, HEAD_DIM, HAS_C2P, HAS_P2C)
+            async_copy.commit_group()
+
+            score_cols = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, acc_layout))
+            row_max = gl.full([BLOCK], float("-inf"), gl.float32, layout=gl.SliceLayout(1, acc_layout))
+            row_sum = gl.zeros([BLOCK], gl.float32, layout=gl.SliceLayout(1, acc_layout))
+            acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, layout=acc_layout)
+            zeros = gl.zeros([BLOCK, BLOCK], gl.float32, layout=acc_layout)
+            c2p_carry = zeros.to(dtype)  # c2p of the previous tile's second half window = this tile's first
+            for t in range(0, key_tiles):
+                first_key = t * BLOCK
+                gl.thread_barrier()  # every warp is done with the buffers the next tile's copies go to
+                if t + 1 < key_tiles:
+                    key_rows = (start + gl.minimum(first_key + BLOCK + tile_rows, length - 1)).to(gl.int64) * stride_qkv
+                    copy_rows(k_smem.index((t + 1) % 2), key + head * HEAD_DIM, key_rows, dims)
+                    copy_rows(v_smem.index((t + 1) % 2), value + head * HEAD_DIM, key_rows, dims)
+                    copy_positions(pk_ring.index((t + 2) % 3), pq_ring.index((t + 2) % 3), pos_key, pos_query,
+                                   slots, table_head, top - (t + 2) * BLOCK, slot_half, tile_rows, dims, HEAD_DIM,
+                                   HAS_C2P, HAS_P2C)
+                    async_copy.commit_group()
+                    async_copy.wait_group(1)
+                else:
+                    async_copy.wait_group(0)
                 fence_async_shared()  # the tensor cores read shared memory through the async proxy
-                gl.thread_barrier()
-                scores = warpgroup_mma(q_smem, k_smem.permute([1, 0]), gl.zeros([BLOCK, BLOCK], gl.float32, acc_tile))
+                gl.thread_barrier()  # this tile's copies, made by every thread, have landed
+                k_buf = k_smem.index(t % 2)
+                scores = warpgroup_mma(q, k_buf.permute([1, 0]), zeros, is_async=True)
                 if HAS_C2P:
-                    c2p = warpgroup_mma(q_smem, pk_smem.permute([1, 0]), gl.zeros([BLOCK, WINDOW], gl.float32, acc_window))
-                    c2p_smem.store(c2p.to(dtype))
+                    if t == 0:
+                        c2p_carry = warpgroup_mma(q, pk_ring.index(0).permute([1, 0]), zeros).to(dtype)
+                    c2p_hi = warpgroup_mma(q, pk_ring.index((t + 1) % 3).permute([1, 0]), zeros, is_async=True)
                 if HAS_P2C:
-                    p2c = warpgroup_mma(k_smem, pq_smem.permute([1, 0]), gl.zeros([BLOCK, WINDOW], gl.float32, acc_window))
-                    p2c_smem.store(p2c.to(dtype))
+                    p2c_lo = warpgroup_mma(k_buf, pq_ring.index(t % 3).permute([1, 0]), zeros, is_async=True)
+                    p2c_hi = warpgroup_mma(k_buf, pq_ring.index((t + 1) % 3).permute([1, 0]), zeros, is_async=True)
+                    p2c_lo, p2c_hi = warpgroup_mma_wait(0, deps=[p2c_lo, p2c_hi])
+                    p2c_smem.slice(0, BLOCK, dim=1).store(p2c_lo.to(dtype))
+                    p2c_smem.slice(BLOCK, BLOCK, dim=1).store(p2c_hi.to(dtype))
+                if HAS_C2P:
+                    c2p_smem.slice(0, BLOCK, dim=1).store(c2p_carry)
+                    c2p_carry = warpgroup_mma_wait(0, deps=[c2p_hi]).to(dtype)
+                    c2p_smem.slice(BLOCK, BLOCK, dim=1).store(c2p_carry)
+                scores = warpgroup_mma_wait(0, deps=[scores])
                 if HAS_C2P or HAS_P2C:
                     gl.thread_barrier()
                 if HAS_C2P:
@@ -193,10 +228,10 @@ def _kernel() -> Any:
                     # neighbouring registers are neighbours in memory: the view's odd rows are not 4-byte
                     # aligned, and a vectorised load would fault there (scalar_mma_layout).
                     view = c2p_smem._reinterpret(dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
-                    scores += gl.convert_layout(view.load(SCALAR_ACC), acc_tile).to(gl.float32)
+                    scores += gl.convert_layout(view.load(SCALAR_ACC), acc_layout).to(gl.float32)
                 if HAS_P2C:
                     view = p2c_smem._reinterpret(dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
-                    scores += view.permute([1, 0]).load(acc_tile).to(gl.float32)
+                    scores += view.permute([1, 0]).load(acc_layout).to(gl.float32)
                 # score_scale folds 1/sqrt(d * terms) and log2(e) (exp2 below).
                 key_in = (first_key + score_cols) < length
                 scores = gl.where(key_in[None, :], scores * score_scale, float("-inf"))
@@ -204,11 +239,9 @@ def _kernel() -> Any:
                 correction = gl.exp2(row_max - new_max)
                 probs = gl.exp2(scores - new_max[:, None])
                 row_sum = row_sum * correction + gl.sum(probs, axis=1)
-                p = gl.convert_layout(probs.to(dtype), p_op)
-                correction = gl.convert_layout(correction, gl.SliceLayout(1, acc_out))
-                acc = warpgroup_mma(p, v_smem, acc * correction[:, None])
+                acc = warpgroup_mma(gl.convert_layout(probs.to(dtype), a_regs), v_smem.index(t % 2),
+                                    acc * correction[:, None])
                 row_max = new_max
-            row_sum = gl.convert_layout(row_sum, gl.SliceLayout(1, acc_out))
             acc = acc / row_sum[:, None]
             out = gl.convert_layout(acc.to(dtype), load)
             out_rows = (start + query_pos).to(gl.int64) * (num_heads * HEAD_DIM)
