@@ -9,6 +9,7 @@ barriers the loop has. Compile with the Triton version the GPU machine runs (3.6
     python -m benchmarks.kernel_resources                                 # the attention kernel, default config
     python -m benchmarks.kernel_resources --config 64,64,4,3 32,32,4,2 --no-p2c
     python -m benchmarks.kernel_resources --kernel residual_norm
+    python -m benchmarks.kernel_resources --kernel attention_smem          # the Gluon kernel (Hopper only)
 
 Prints one JSON object per compiled variant. Launch arguments that Triton specializes at run time (pointers and
 integers divisible by 16) are declared so here, as the launcher would see them for DeBERTa-base: without that
@@ -65,6 +66,8 @@ def compile_report(fn, types: dict[str, str], constexprs: dict, aligned: set[str
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    if getattr(fn, "is_gluon", lambda: False)():  # a Gluon kernel: its own front end
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource  # noqa: N814
     names = fn.arg_names
     signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n in aligned}
@@ -96,6 +99,21 @@ def attention(config: tuple[int, int, int, int], c2p: bool, p2c: bool, arch: int
     return {"kernel": "attention", "config": list(config), "c2p": c2p, "p2c": p2c, **report}
 
 
+def attention_smem(c2p: bool, p2c: bool, arch: int) -> dict:
+    """The shared-memory (Gluon, Hopper) attention kernel: one launch config, fp16."""
+    from sparkcurate.engine import relative_attention_smem as smem
+
+    types = {n: "*fp16" for n in ("query", "key", "value", "pos_key", "pos_query", "output")}
+    types.update(slots="*i32", cu_seqlens="*i32", score_scale="fp32")
+    constexprs = dict(HEAD_DIM=64, BLOCK=smem.BLOCK, NUM_WARPS=smem.NUM_WARPS, HAS_C2P=c2p, HAS_P2C=p2c,
+                      SCALAR_ACC=smem.scalar_mma_layout(smem.BLOCK, smem.BLOCK, smem.NUM_WARPS))
+    aligned = {"query", "key", "value", "pos_key", "pos_query", "slots", "cu_seqlens", "output", "stride_qkv",
+               "position_rows"}
+    report = compile_report(smem._kernel(), types, constexprs, aligned, smem.NUM_WARPS, 1, arch)
+    return {"kernel": "attention_smem", "config": [smem.BLOCK, smem.BLOCK, smem.NUM_WARPS], "c2p": c2p, "p2c": p2c,
+            **report}
+
+
 def residual_norm(arch: int) -> dict:
     from sparkcurate.engine import residual_norm as module
 
@@ -107,7 +125,7 @@ def residual_norm(arch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", choices=["attention", "residual_norm"], default="attention")
+    p.add_argument("--kernel", choices=["attention", "attention_smem", "residual_norm"], default="attention")
     p.add_argument("--config", nargs="+", default=None, help="BLOCK_M,BLOCK_N,num_warps,num_stages (attention)")
     p.add_argument("--no-c2p", action="store_true")
     p.add_argument("--no-p2c", action="store_true")
@@ -118,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.kernel == "residual_norm":
         print(json.dumps(residual_norm(args.arch)))
+        return 0
+    if args.kernel == "attention_smem":
+        from sparkcurate.engine.relative_attention_smem import gluon_problem
+
+        if gluon_problem():
+            print(gluon_problem(), file=sys.stderr)
+            return 2
+        print(json.dumps(attention_smem(not args.no_c2p, not args.no_p2c, args.arch)))
         return 0
     from sparkcurate.engine.relative_attention import LAUNCH_CONFIGS
 

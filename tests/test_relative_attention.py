@@ -125,6 +125,40 @@ def test_smem_shear_falls_back_or_says_why(monkeypatch):
                                             shear="smem")
 
 
+def test_smem_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
+    """Where the shared-memory kernel passes its checks but this Triton cannot compile it (Gluon's API moves
+    between releases: Triton 3.9 refuses its padded view), the first launch logs why and the Triton kernel runs,
+    exactly; the kernel is not tried again in the process, and asking for it by name raises the reason."""
+    import logging
+
+    from sparkcurate.engine import relative_attention_smem as smem
+
+    class Uncompilable:
+        launches = 0
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                Uncompilable.launches += 1
+                raise RuntimeError("error: cannot reinterpret between padded and non-padded layouts")
+            return launch
+
+    monkeypatch.setattr(smem, "_KERNEL", [Uncompilable()])
+    monkeypatch.setattr(smem, "_BROKEN", {})
+    monkeypatch.setattr(smem, "_COMPILED", set())
+    monkeypatch.setattr(smem, "smem_problem", lambda *a: next(iter(smem._BROKEN.values()), None))
+    model = tiny_backbone(seed=46)
+    with caplog.at_level(logging.WARNING, logger=relative_attention.__name__):
+        assert_rows_match(model, random_batch(3, seed=47, max_len=80))
+    assert Uncompilable.launches == 1  # then known broken: not launched for the other layers and calls
+    assert "did not compile with this Triton (RuntimeError: error: cannot reinterpret" in caplog.text
+    assert "using the Triton kernel's scratch shear" in caplog.text
+    ids, cu, longest = pack(random_batch(2, seed=48, max_len=20))
+    tables, slots = packed._tile_tables_for(model, longest)
+    with pytest.raises(ValueError, match="shear='smem' cannot run here: the shared-memory kernel did not compile"):
+        relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots,
+                                            shear="smem")
+
+
 def test_triton_without_gpu_or_interpreter_says_why(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     model = tiny_backbone(seed=41)

@@ -316,7 +316,13 @@ def packed_attention(
         problem = smem.smem_problem(hidden.device, hidden.dtype, head_dim)
         if problem is None:
             projected = F.linear(hidden, tables.qkv_weight, tables.qkv_bias)
-            return smem.smem_attention(tables, projected, cu_seqlens, max_seqlen, slots)
+            try:
+                return smem.smem_attention(tables, projected, cu_seqlens, max_seqlen, slots)
+            except smem.SmemUnavailable as exc:
+                if requested == "smem":
+                    raise
+                logger.warning("%s; using the Triton kernel's scratch shear", exc)
+                problem = str(exc)
         if requested == "smem":
             raise ValueError(f"shear='smem' cannot run here: {problem}")
         logger.debug("shared-memory kernel not used (%s): scratch shear", problem)

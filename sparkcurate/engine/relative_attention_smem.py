@@ -1,4 +1,4 @@
-"""Packed DeBERTa disentangled attention with both position shears done in shared memory (Gluon).
+"""Packed DeBERTa disentangled attention with both position shears done in shared memory (Gluon, Hopper).
 
 Why a second kernel: in :mod:`.relative_attention` (Triton) the position scores of a
 tile come out of the tensor cores indexed by (row, distance) and are needed at (row,
@@ -10,25 +10,34 @@ does not keep stores). That round trip was half of the kernel's time on an H100
 tiles out in shared memory explicitly, and the shear becomes a strided view:
 
 * Query rows are taken in *reverse* order inside a tile (local row ``r`` is query
-  ``first_query + BLOCK - 1 - r``) and a tile's ``2 * BLOCK`` distances in
+  ``first_query + BLOCK - 1 - r``) and a key tile's ``2 * BLOCK`` distances in
   decreasing order (window entry ``u`` is distance ``first_query - first_key +
   BLOCK - 1 - u``). Then the pair (r, c) has window entry ``u = r + c`` for both
-  terms.
+  position terms.
 * c2p: ``N = q . Kr[window]^T`` is ``[BLOCK, 2 * BLOCK]``, stored row-major (pitch
   ``2 * BLOCK``); the pair's value ``N[r, r + c]`` sits at ``r * (2 * BLOCK + 1) + c``:
   a plain ``[BLOCK, BLOCK]`` view of the same bytes with a row pitch one longer, which
   a padded shared layout (one padding element every ``2 * BLOCK``) expresses.
 * p2c: ``M = k . Qr[window]^T`` the same way, read through the same view transposed.
 
-Both products are recomputed per key tile (the tensor cores have room; the scores
-and the softmax are what bound the loop), no scratch outside the multiprocessor,
-no persistent grid. Exactness is the Triton kernel's: the same slots table (Hugging
-Face's buckets), position scores rounded to the activations' dtype as there, fp32
-softmax; tests/gpu compares both kernels with the padded Hugging Face forward.
+The loop around it: key tiles arrive by asynchronous copies (cp.async) into double
+buffers while the previous tile is computed; the window of key tile ``t + 1`` begins
+with the second half of tile ``t``'s, so the position rows sit in a ring of three
+half windows (one new half a tile) and the c2p scores of the shared half are carried
+over; the products are Hopper warpgroup MMAs from shared memory, issued together and
+awaited once. One program per (sequence x head, query tile): nothing is written
+outside the multiprocessor but the output. Measured in benchmarks/NOTES.md (eighth
+round): one DeBERTa-base layer on 65k tokens 2.34 ms against the Triton kernel's 2.86.
 
-Scope: fp16/bf16 activations, head dimension 64, NVIDIA GPUs of compute capability
-8.0 or later (``mma.sync`` tensor cores) with Gluon (Triton >= 3.5). Otherwise
-:func:`smem_problem` says why and the Triton kernel runs.
+Exactness is the Triton kernel's: the same slots table (Hugging Face's buckets),
+position scores rounded to the activations' dtype as there, fp32 softmax;
+tests/gpu compares both kernels with each other and with fp32.
+
+Scope: fp16/bf16 activations, head dimension 64 (DeBERTa-v3 xsmall to large),
+Hopper GPUs (compute capability 9.x: warpgroup MMA) and a Triton with Gluon (3.5 or
+later; built and run with 3.6). Elsewhere :func:`smem_problem` says why, and where
+this Triton cannot compile it, the first launch logs why; the Triton kernel runs
+in both cases.
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ NUM_WARPS = 4
 SMEM_ENV = "SPARKCURATE_SMEM_ATTENTION"
 
 _KERNEL: list = []
+#: Why the kernel failed to compile in this process (then it is not tried again), by specialisation.
+_BROKEN: dict = {}
 
 
 def gluon_problem() -> str | None:
@@ -86,7 +97,7 @@ def smem_problem(device: Any, dtype: Any, head_dim: int) -> str | None:
     major, minor = torch.cuda.get_device_capability(device)
     if major != 9:
         return f"needs a Hopper GPU (compute capability 9.x: warpgroup MMA), got {major}.{minor}"
-    return gluon_problem()
+    return gluon_problem() or next(iter(_BROKEN.values()), None)
 
 
 def _kernel() -> Any:
@@ -98,10 +109,26 @@ def _kernel() -> Any:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+    # Renamed after Triton 3.6 (where these kernels were measured); the later names where they exist.
+    cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+    async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+    if hasattr(gl.shared_memory_descriptor, "reinterpret"):  # "_reinterpret" up to Triton 3.6
+
+        @gluon.jit
+        def view_as(buffer, dtype, shape, layout):
+            """The same shared bytes as another dtype, shape or layout."""
+            return buffer.reinterpret(dtype, shape, layout)
+    else:
+
+        @gluon.jit
+        def view_as(buffer, dtype, shape, layout):
+            """The same shared bytes as another dtype, shape or layout."""
+            return buffer._reinterpret(dtype, shape, layout)
+
     @gluon.jit
     def copy_rows(buffer, base, rows, dims):
         """Queue the copy of ``rows`` (row offsets from ``base``) x ``dims`` into ``buffer`` (cp.async)."""
-        async_copy.async_copy_global_to_shared(buffer, base + rows[:, None] + dims[None, :])
+        async_load(buffer, base + rows[:, None] + dims[None, :])
 
     @gluon.jit
     def copy_positions(pk_buffer, pq_buffer, pos_key, pos_query, slots, table_head, distance_top, slot_half,
@@ -132,7 +159,9 @@ def _kernel() -> Any:
         load: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [NUM_WARPS, 1], [1, 0])
         tile: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         plain: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-        # The same bytes with a row pitch of WINDOW + 1: element (r, c) of the view is entry (r, r + c).
+        # The same bytes with a row pitch of WINDOW + 1: element (r, c) of the view is entry (r, r + c). (Triton
+        # 3.9 refuses to reinterpret between padded and unpadded layouts: there the first launch fails and the
+        # Triton kernel runs, see smem_attention.)
         sheared: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[WINDOW, 1]], [BLOCK, WINDOW], [1, 0])
 
         item = gl.program_id(0)
@@ -162,11 +191,10 @@ def _kernel() -> Any:
             query_pos = first_query + BLOCK - 1 - tile_rows
             query_ok = query_pos < length
             query_rows = (start + gl.minimum(query_pos, length - 1)).to(gl.int64) * stride_qkv
-            q_stage = c2p_smem._reinterpret(dtype, [BLOCK, HEAD_DIM], tile)
+            q_stage = k_smem.index(1)  # free until the first key tile's loop step fills it
             q_stage.store(gl.load(query + query_rows[:, None] + head_cols[None, :]))
-            gl.thread_barrier()
+            cta_barrier()
             q = q_stage.load(a_regs)
-            gl.thread_barrier()  # read before the c2p scores overwrite the staging area
 
             # Window entry u of key tile t is distance first_query - t * BLOCK + BLOCK - 1 - u; half window n
             # (entries 0..BLOCK-1 of tile n, or BLOCK..2*BLOCK-1 of tile n - 1) starts at distance top(n).
@@ -190,7 +218,7 @@ def _kernel() -> Any:
             c2p_carry = zeros.to(dtype)  # c2p of the previous tile's second half window = this tile's first
             for t in range(0, key_tiles):
                 first_key = t * BLOCK
-                gl.thread_barrier()  # every warp is done with the buffers the next tile's copies go to
+                cta_barrier()  # every warp is done with the buffers the next tile's copies go to
                 if t + 1 < key_tiles:
                     key_rows = (start + gl.minimum(first_key + BLOCK + tile_rows, length - 1)).to(gl.int64) * stride_qkv
                     copy_rows(k_smem.index((t + 1) % 2), key + head * HEAD_DIM, key_rows, dims)
@@ -203,7 +231,7 @@ def _kernel() -> Any:
                 else:
                     async_copy.wait_group(0)
                 fence_async_shared()  # the tensor cores read shared memory through the async proxy
-                gl.thread_barrier()  # this tile's copies, made by every thread, have landed
+                cta_barrier()  # this tile's copies, made by every thread, have landed
                 k_buf = k_smem.index(t % 2)
                 scores = warpgroup_mma(q, k_buf.permute([1, 0]), zeros, is_async=True)
                 if HAS_C2P:
@@ -222,15 +250,15 @@ def _kernel() -> Any:
                     c2p_smem.slice(BLOCK, BLOCK, dim=1).store(c2p_carry)
                 scores = warpgroup_mma_wait(0, deps=[scores])
                 if HAS_C2P or HAS_P2C:
-                    gl.thread_barrier()
+                    cta_barrier()
                 if HAS_C2P:
                     # SCALAR_ACC is the accumulator layout with its registers reordered, so that no thread's two
                     # neighbouring registers are neighbours in memory: the view's odd rows are not 4-byte
                     # aligned, and a vectorised load would fault there (scalar_mma_layout).
-                    view = c2p_smem._reinterpret(dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
+                    view = view_as(c2p_smem, dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
                     scores += gl.convert_layout(view.load(SCALAR_ACC), acc_layout).to(gl.float32)
                 if HAS_P2C:
-                    view = p2c_smem._reinterpret(dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
+                    view = view_as(p2c_smem, dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
                     scores += view.permute([1, 0]).load(acc_layout).to(gl.float32)
                 # score_scale folds 1/sqrt(d * terms) and log2(e) (exp2 below).
                 key_in = (first_key + score_cols) < length
@@ -252,13 +280,14 @@ def _kernel() -> Any:
 
 
 def scalar_mma_layout(rows: int, cols: int, warps: int) -> Any:
-    """The ``mma.sync`` (v2, m16n8) accumulator layout of a ``[rows, cols]`` tile with registers reordered.
+    """The MMA accumulator layout of a ``[rows, cols]`` tile, one warp a 16-row block, with registers reordered.
 
-    A thread of the MMA layout holds column pairs (c, c + 1) in neighbouring
-    registers, and loads from shared memory are vectorised along them. Putting the
-    row-plus-8 register first keeps the same ownership of elements (converting to the
-    MMA layout only renames registers) while no two neighbouring registers are
-    neighbours in memory, so every shared load is a scalar one.
+    Both ``mma.sync`` (m16n8) and Hopper's warpgroup MMA (m64nN, four warps) give a
+    thread column pairs (c, c + 1) in neighbouring registers, and loads from shared
+    memory are vectorised along them. Putting the row-plus-8 register first keeps the
+    same ownership of elements (converting to the MMA layout only renames registers)
+    while no two neighbouring registers are neighbours in memory, so every shared load
+    is a scalar one: the sheared view's odd rows are not 4-byte aligned.
     """
     from triton.experimental.gluon import language as gl
 
@@ -299,14 +328,32 @@ def smem_attention(
     query_blocks = triton.cdiv(max_seqlen, BLOCK)
     grid = (query_blocks * (cu_seqlens.numel() - 1) * heads,)
     scale = 1.4426950408889634 / math.sqrt(head_dim * tables.terms)
-    _kernel()[grid](
+    flags = dict(HAS_C2P=tables.pos_key is not None, HAS_P2C=tables.pos_query is not None)
+    specialisation = (str(projected.dtype), *flags.values())
+    launch = lambda: _kernel()[grid](  # noqa: E731
         query, key, value, projected.stride(0),
         tables.pos_key if tables.pos_key is not None else query,  # never read when the term is off
         tables.pos_query if tables.pos_query is not None else query,
         slots, cu_seqlens, output,
         heads, query_blocks, position_rows, half, scale,
-        HEAD_DIM=head_dim, BLOCK=BLOCK, NUM_WARPS=NUM_WARPS,
-        HAS_C2P=tables.pos_key is not None, HAS_P2C=tables.pos_query is not None,
+        HEAD_DIM=head_dim, BLOCK=BLOCK, NUM_WARPS=NUM_WARPS, **flags,
         SCALAR_ACC=scalar_mma_layout(BLOCK, BLOCK, NUM_WARPS), num_warps=NUM_WARPS,
     )
+    if specialisation in _COMPILED:
+        launch()
+        return output
+    try:  # the first launch compiles: a Triton whose Gluon differs fails here, before anything runs
+        launch()
+    except Exception as exc:
+        reason = f"the shared-memory kernel did not compile with this Triton ({type(exc).__name__}: {exc})"[:500]
+        _BROKEN[specialisation] = reason
+        raise SmemUnavailable(reason) from exc
+    _COMPILED.add(specialisation)
     return output
+
+
+class SmemUnavailable(RuntimeError):
+    """The shared-memory kernel could not be built here; the caller falls back to the Triton kernel."""
+
+
+_COMPILED: set = set()

@@ -160,13 +160,32 @@ def test_packed_forward_needs_no_host_sync():
     assert not syncs, syncs
 
 
+_SMEM_CASES: dict = {}
+
+
+def _smem_case(dtype):
+    """One layer's tables in fp32 and ``dtype``, its packed batch and fp32 input (built once per dtype: the
+    base-shaped models take seconds each)."""
+    if dtype not in _SMEM_CASES:
+        lengths = LENGTHS + [1024, 777, 129]
+        _, cu, longest, _, _ = make_batch(lengths, seed=6, device="cuda")
+        hidden32 = torch.randn(int(cu[-1]), 768, generator=torch.Generator().manual_seed(6)).cuda()
+        model32, model = base_backbone().to("cuda", torch.float32), base_backbone().to("cuda", dtype)
+        with torch.no_grad():
+            tables32, slots32 = packed._tile_tables_for(model32, longest)
+            tables, slots = packed._tile_tables_for(model, longest)
+        _SMEM_CASES[dtype] = (lengths, cu.cuda(), longest, hidden32, tables32[3], slots32, tables[3], slots)
+    return _SMEM_CASES[dtype]
+
+
 @pytest.mark.parametrize("terms", ["both", "c2p", "p2c", "content"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_smem_kernel_matches_scratch_kernel(dtype, terms):
     """The shared-memory (Gluon) kernel against the Triton scratch kernel and a strict-fp32 run of one layer, per
-    sequence: lengths around the 64-token tiles, a long one (log buckets and the clamp past 512), each position
-    term alone and none, both half precisions. Same rounding points in both kernels, so they agree far closer
-    than either is to fp32; a wrong window entry moves a sequence by orders of magnitude more."""
+    sequence: lengths around the 64-token tiles, long ones (log buckets, the clamp past 512, more key tiles than
+    the position-row ring has slots), each position term alone and none, both half precisions. Same rounding
+    points in both kernels, so they agree far closer than either is to fp32; a wrong window entry moves a
+    sequence by orders of magnitude more."""
     import dataclasses
 
     from sparkcurate.engine import relative_attention, relative_attention_smem
@@ -174,20 +193,12 @@ def test_smem_kernel_matches_scratch_kernel(dtype, terms):
     problem = relative_attention_smem.smem_problem(torch.device("cuda"), dtype, 64)
     if problem:
         pytest.skip(problem)
-    lengths = LENGTHS + [1024, 777, 129]
-    model32 = base_backbone().to("cuda", torch.float32)
-    model = base_backbone().to("cuda", dtype)
-    _, cu, longest, _, _ = make_batch(lengths, seed=6, device="cuda")
-    cu = cu.cuda()
-    hidden32 = torch.randn(int(cu[-1]), 768, generator=torch.Generator().manual_seed(6)).cuda()
+    lengths, cu, longest, hidden32, layer32, slots32, layer, slots = _smem_case(dtype)
+    if terms != "both":
+        off = {"c2p": {"pos_query": None}, "p2c": {"pos_key": None}, "content": {"pos_key": None, "pos_query": None}}
+        layer32 = dataclasses.replace(layer32, **off[terms])
+        layer = dataclasses.replace(layer, **off[terms])
     with torch.inference_mode():
-        tables32, slots32 = packed._tile_tables_for(model32, longest)
-        tables, slots = packed._tile_tables_for(model, longest)
-        layer32, layer = tables32[3], tables[3]
-        if terms != "both":
-            off = {"c2p": {"pos_query": None}, "p2c": {"pos_key": None}, "content": {"pos_key": None, "pos_query": None}}
-            layer32 = dataclasses.replace(layer32, **off[terms])
-            layer = dataclasses.replace(layer, **off[terms])
         want = relative_attention.packed_attention(layer32, hidden32, cu, longest, slots32)
         hidden = hidden32.to(dtype)
         got = relative_attention.packed_attention(layer, hidden, cu, longest, slots, shear="smem")
