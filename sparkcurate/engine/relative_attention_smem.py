@@ -71,7 +71,7 @@ def gluon_problem() -> str | None:
     try:
         from triton.experimental import gluon  # noqa: F401
         from triton.experimental.gluon import language as gl
-        from triton.experimental.gluon.language.nvidia.ampere import mma_v2  # noqa: F401
+        from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma  # noqa: F401
     except ImportError as exc:
         return f"Gluon is not importable ({exc}; needs Triton >= 3.5)"
     if not hasattr(gl, "PaddedSharedLayout"):
