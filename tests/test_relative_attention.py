@@ -154,9 +154,13 @@ def test_smem_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
     assert "using the Triton kernel's scratch shear" in caplog.text
     ids, cu, longest = pack(random_batch(2, seed=48, max_len=20))
     tables, slots = packed._tile_tables_for(model, longest)
-    with pytest.raises(ValueError, match="shear='smem' cannot run here: the shared-memory kernel did not compile"):
-        relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots,
-                                            shear="smem")
+    for first_launch in (False, True):  # known broken / failing at this very launch: the same error
+        if first_launch:
+            monkeypatch.setattr(smem, "_BROKEN", {})
+        with pytest.raises(ValueError, match="shear='smem' cannot run here: the shared-memory kernel did not"):
+            relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots,
+                                                shear="smem")
+    assert Uncompilable.launches == 2
 
 
 def test_triton_without_gpu_or_interpreter_says_why(monkeypatch):

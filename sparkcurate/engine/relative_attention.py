@@ -318,11 +318,10 @@ def packed_attention(
             projected = F.linear(hidden, tables.qkv_weight, tables.qkv_bias)
             try:
                 return smem.smem_attention(tables, projected, cu_seqlens, max_seqlen, slots)
-            except smem.SmemUnavailable as exc:
-                if requested == "smem":
-                    raise
-                logger.warning("%s; using the Triton kernel's scratch shear", exc)
+            except smem.SmemUnavailable as exc:  # once per process: later calls see it in smem_problem
                 problem = str(exc)
+                if requested != "smem":
+                    logger.warning("%s; using the Triton kernel's scratch shear", problem)
         if requested == "smem":
             raise ValueError(f"shear='smem' cannot run here: {problem}")
         logger.debug("shared-memory kernel not used (%s): scratch shear", problem)
