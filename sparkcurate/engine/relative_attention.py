@@ -15,7 +15,9 @@ only for the distances its pairs span: ``i - j`` runs over ``BLOCK_M + BLOCK_N -
 consecutive values, and the tables (``[heads, 2 * span, head_dim]``, a few hundred
 kB a layer) stay in L2. The tensor cores give the position scores indexed by
 (row, distance), but they are needed at (row, key): a different column per row, a
-*shear*. How it is done here (``shear="scratch"``, the default):
+*shear*. How it is done here (``shear="scratch"``; on Hopper GPUs the default is
+``shear="smem"``, the Gluon kernel of :mod:`.relative_attention_smem`, which does
+the shear in shared memory):
 
 * c2p depends on the query and the distance only, so each query tile makes its
   whole band once (``[BLOCK_M, ~max_seqlen + BLOCK_M]``: the query tile times the

@@ -131,6 +131,15 @@ def _kernel() -> Any:
         async_load(buffer, base + rows[:, None] + dims[None, :])
 
     @gluon.jit
+    def copy_key_tile(k_buffer, v_buffer, key, value, start, length, first_key, stride_qkv, head_offset, tile_rows,
+                      dims):
+        """Queue the copies of one key tile's keys and values; rows past the sequence repeat its last token
+        (finite values, masked out of the scores)."""
+        rows = (start + gl.minimum(first_key + tile_rows, length - 1)).to(gl.int64) * stride_qkv
+        copy_rows(k_buffer, key + head_offset, rows, dims)
+        copy_rows(v_buffer, value + head_offset, rows, dims)
+
+    @gluon.jit
     def copy_positions(pk_buffer, pq_buffer, pos_key, pos_query, slots, table_head, distance_top, slot_half,
                        half_rows, dims, HEAD_DIM: gl.constexpr, HAS_C2P: gl.constexpr, HAS_P2C: gl.constexpr):
         """Queue the position rows of distances distance_top, distance_top - 1, ... (one half window)."""
@@ -200,10 +209,8 @@ def _kernel() -> Any:
             # (entries 0..BLOCK-1 of tile n, or BLOCK..2*BLOCK-1 of tile n - 1) starts at distance top(n).
             top = first_query + BLOCK - 1
             key_tiles = gl.cdiv(length, BLOCK)
-            # Rows past the sequence repeat its last key: finite, masked out of the scores.
-            key_rows = (start + gl.minimum(tile_rows, length - 1)).to(gl.int64) * stride_qkv
-            copy_rows(k_smem.index(0), key + head * HEAD_DIM, key_rows, dims)
-            copy_rows(v_smem.index(0), value + head * HEAD_DIM, key_rows, dims)
+            copy_key_tile(k_smem.index(0), v_smem.index(0), key, value, start, length, 0, stride_qkv,
+                          head * HEAD_DIM, tile_rows, dims)
             copy_positions(pk_ring.index(0), pq_ring.index(0), pos_key, pos_query, slots, table_head, top,
                            slot_half, tile_rows, dims, HEAD_DIM, HAS_C2P, HAS_P2C)
             copy_positions(pk_ring.index(1), pq_ring.index(1), pos_key, pos_query, slots, table_head, top - BLOCK,
@@ -220,9 +227,8 @@ def _kernel() -> Any:
                 first_key = t * BLOCK
                 cta_barrier()  # every warp is done with the buffers the next tile's copies go to
                 if t + 1 < key_tiles:
-                    key_rows = (start + gl.minimum(first_key + BLOCK + tile_rows, length - 1)).to(gl.int64) * stride_qkv
-                    copy_rows(k_smem.index((t + 1) % 2), key + head * HEAD_DIM, key_rows, dims)
-                    copy_rows(v_smem.index((t + 1) % 2), value + head * HEAD_DIM, key_rows, dims)
+                    copy_key_tile(k_smem.index((t + 1) % 2), v_smem.index((t + 1) % 2), key, value, start, length,
+                                  first_key + BLOCK, stride_qkv, head * HEAD_DIM, tile_rows, dims)
                     copy_positions(pk_ring.index((t + 2) % 3), pq_ring.index((t + 2) % 3), pos_key, pos_query,
                                    slots, table_head, top - (t + 2) * BLOCK, slot_half, tile_rows, dims, HEAD_DIM,
                                    HAS_C2P, HAS_P2C)
