@@ -94,9 +94,10 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
     import torch
 
     from sparkcurate.engine import packed
-    from sparkcurate.engine import relative_attention
+    from sparkcurate.engine import relative_attention, relative_attention_smem
     from sparkcurate.engine.relative_attention import packed_attention
 
+    default_pads = relative_attention_smem.SHEAR_PADS
     lengths = micro_batch_lengths(mix, args.budget, args.seed)
     total, longest = sum(lengths), max(lengths)
     cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
@@ -116,8 +117,8 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
         variants = [(c, shear, pps, fp32, "both") for c in args.configs for shear in args.shears
                     for pps in args.programs_per_sm for fp32 in args.scratch_fp32
                     if shear == "scratch" or (shear == "gather" and not fp32 and pps == args.programs_per_sm[0])]
-        if "smem" in args.shears:  # the shared-memory kernel has one launch config
-            variants.append(("smem", "smem", None, False, "both"))
+        if "smem" in args.shears:  # the shared-memory kernel has one launch config, and its shear pads
+            variants += [(pads or "smem", "smem", None, False, "both") for pads in args.smem_pads]
         if args.ablation:  # what the position terms cost
             first = next(v for v in variants if v[1] == args.shears[0])[:4]
             variants += [(*first, "content"), (*first, "c2p")]
@@ -127,6 +128,8 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
             if terms != "both":
                 layer = dataclasses.replace(layer, pos_query=None, pos_key=None if terms == "content" else layer.pos_key)
             relative_attention.SCRATCH_FP32 = fp32
+            if shear == "smem" and config != "smem":
+                relative_attention_smem.SHEAR_PADS = tuple(int(x) for x in config.split(","))
 
             def call():
                 return packed_attention(layer, hidden, cu_dev, longest, slots, config=parts, shear=shear,
@@ -140,6 +143,7 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
                 continue
             finally:
                 relative_attention.SCRATCH_FP32 = False
+                relative_attention_smem.SHEAR_PADS = default_pads
             rows.append({"mix": name, "impl": "triton", "config": config, "shear": shear, "programs_per_sm": pps,
                          "scratch_fp32": fp32, "terms": terms, "ms": ms, "tokens": total, "tflops": flops / ms / 1e9,
                          "rel_err_vs_fp32": rel_err(got, want) if terms == "both" else None})
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shears", nargs="+", default=["smem", "scratch", "gather"])
     p.add_argument("--programs-per-sm", type=int, nargs="+", default=[4])
     p.add_argument("--scratch-fp32", type=int, nargs="+", default=[0], help="0: scratch in the weights' dtype; 1: fp32")
+    p.add_argument("--smem-pads", nargs="+", default=[None],
+                   help="shared-memory kernel: c2p,p2c row pads to time (relative_attention_smem.shear_layouts)")
     p.add_argument("--ablation", action="store_true",
                    help="also time the kernel without the position terms and with c2p only")
     p.add_argument("--out-dir", default="benchmarks/results")

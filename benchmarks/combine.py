@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 KEYS = ("name", "mix", "docs", "docs_per_s", "tokens_per_s", "argmax_agreement", "decisive_agreement",
-        "max_prob_abs_diff", "peak_gpu_gb", "seconds", "notes", "timings_s", "task_devices", "tasks_per_gpu",
+        "max_prob_abs_diff", "decisive_max_prob_abs_diff", "prob_abs_diff_p999", "prob_diff_over_1e2_fraction",
+        "worst_doc_margin", "peak_gpu_gb", "seconds", "notes", "timings_s", "task_devices", "tasks_per_gpu",
         "speedup_vs_predict_batch_udf")
 
 

@@ -36,6 +36,7 @@ import gc
 import json
 import logging
 import math
+import os
 import re
 import sys
 import time
@@ -82,6 +83,10 @@ class Result:
     wide_margin_agreement: float | None = None
     wide_margin_fraction: float | None = None
     max_prob_abs_diff: float | None = None
+    decisive_max_prob_abs_diff: float | None = None
+    prob_abs_diff_p999: float | None = None
+    prob_diff_over_1e2_fraction: float | None = None
+    worst_doc_margin: float | None = None
     classes_predicted: int | None = None
     padded_tokens: int | None = None
     notes: str = ""
@@ -341,13 +346,20 @@ def agreement(probs: np.ndarray, ref: np.ndarray | None) -> dict:
     decisive = (top2[:, 1] - top2[:, 0]) >= MARGIN
     wide = (top2[:, 1] - top2[:, 0]) >= WIDE_MARGIN
     same = probs.argmax(1) == ref.argmax(1)
+    doc_diff = np.abs(probs - ref).max(axis=1)  # each document's largest probability difference
     return dict(
         wide_margin_agreement=float(same[wide].mean()) if wide.any() else None,
         wide_margin_fraction=float(wide.mean()),
         argmax_agreement=float(same.mean()),
         decisive_agreement=float(same[decisive].mean()) if decisive.any() else None,
         decisive_fraction=float(decisive.mean()),
-        max_prob_abs_diff=float(np.abs(probs - ref).max()),
+        max_prob_abs_diff=float(doc_diff.max()),
+        # Where the largest differences are: on decisive documents too, how many documents pass 1e-2, and the
+        # fp32 top-two margin of the worst one (a near-tie document moves most under rounding).
+        decisive_max_prob_abs_diff=float(doc_diff[decisive].max()) if decisive.any() else None,
+        prob_abs_diff_p999=float(np.quantile(doc_diff, 0.999)),
+        prob_diff_over_1e2_fraction=float((doc_diff > 1e-2).mean()),
+        worst_doc_margin=float(top2[doc_diff.argmax(), 1] - top2[doc_diff.argmax(), 0]),
     )
 
 
@@ -521,6 +533,8 @@ def bench_engine(args, docs: Docs, base_model, config, tokenizer, device, ref) -
         out = [make_result("sparkcurate_gpu_stage", docs, probs, secs, peak, ref, config, notes=notes,
                            oom_retries=engine.oom_retries, pass_seconds=passes)]
         log_result(out[-1])
+        if device.type == "cuda":
+            out.append(bench_exact_gelu(engine, tokens, docs, ref, config, notes, args.engine_passes, device))
         batches = [docs.texts[i:i + 2000] for i in range(0, len(docs.texts), 2000)]
         probs2, secs2, passes2 = median_pass(lambda: np.concatenate(list(engine.predict_batches(batches))),
                                              args.engine_passes, device)
@@ -532,6 +546,28 @@ def bench_engine(args, docs: Docs, base_model, config, tokenizer, device, ref) -
     except Exception as exc:  # report, don't lose the other variants' numbers
         log.exception("sparkcurate_gpu_stage failed")
         return [skipped("sparkcurate_gpu_stage", docs, f"failed: {type(exc).__name__}: {exc}")]
+
+
+def bench_exact_gelu(engine, tokens, docs: Docs, ref, config, notes: str, passes: int, device) -> Result:
+    """The engine with the exact (erf) GELU as its own kernel instead of cuBLASLt's tanh GELU in the GEMM's
+    epilogue (sparkcurate/engine/gelu_epilogue.py): what the epilogue costs in agreement and gains in speed,
+    measured in the same run."""
+    from sparkcurate.engine.gelu_epilogue import EPILOGUE_ENV
+
+    previous = os.environ.get(EPILOGUE_ENV)
+    os.environ[EPILOGUE_ENV] = "off"
+    try:
+        engine.predict_tokenized(tokens)  # warm-up: the unfused path's GEMM configs
+        probs, secs, seconds = median_pass(lambda: engine.predict_tokenized(tokens), passes, device)
+    finally:
+        if previous is None:
+            os.environ.pop(EPILOGUE_ENV, None)
+        else:
+            os.environ[EPILOGUE_ENV] = previous
+    result = make_result("sparkcurate_exact_gelu", docs, probs, secs, None, ref, config,
+                         notes=notes + f", {EPILOGUE_ENV}=off", pass_seconds=seconds)
+    log_result(result)
+    return result
 
 
 def skipped(name: str, docs: Docs, why: str) -> Result:

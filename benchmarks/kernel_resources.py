@@ -106,12 +106,13 @@ def attention_smem(c2p: bool, p2c: bool, arch: int) -> dict:
     types = {n: "*fp16" for n in ("query", "key", "value", "pos_key", "pos_query", "output")}
     types.update(slots="*i32", cu_seqlens="*i32", score_scale="fp32")
     constexprs = dict(HEAD_DIM=64, BLOCK=smem.BLOCK, NUM_WARPS=smem.NUM_WARPS, HAS_C2P=c2p, HAS_P2C=p2c,
-                      SCALAR_ACC=smem.scalar_mma_layout(smem.BLOCK, smem.BLOCK, smem.NUM_WARPS))
+                      SCALAR_ACC=smem.scalar_mma_layout(smem.BLOCK, smem.BLOCK, smem.NUM_WARPS),
+                      C2P_SHEAR=smem.shear_layouts(smem.SHEAR_PADS[0]), P2C_SHEAR=smem.shear_layouts(smem.SHEAR_PADS[1]))
     aligned = {"query", "key", "value", "pos_key", "pos_query", "slots", "cu_seqlens", "output", "stride_qkv",
                "position_rows"}
     report = compile_report(smem._kernel(), types, constexprs, aligned, smem.NUM_WARPS, 1, arch)
     return {"kernel": "attention_smem", "config": [smem.BLOCK, smem.BLOCK, smem.NUM_WARPS], "c2p": c2p, "p2c": p2c,
-            **report}
+            "shear_pads": list(smem.SHEAR_PADS), **report}
 
 
 def residual_norm(arch: int) -> dict:

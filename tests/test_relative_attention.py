@@ -199,3 +199,49 @@ def test_tables_rebuilt_after_weight_change():
     after = packed.packed_last_hidden(model, ids, cu, longest, attention_impl="triton")
     assert not torch.allclose(before, after)
     assert_rows_match(model, seqs)
+
+
+def test_shear_layouts_read_entry_r_plus_c_without_bank_conflicts():
+    """The shared-memory kernel's products are stored with ``pad`` elements after each row and read through a view
+    whose pitch is one longer (two padding levels: Gluon's paddings are powers of two). Check, from the layouts'
+    own interval/padding pairs, that view element (r, c) is stored entry (r, r + c) for every pad; and, in a model
+    of the 32 four-byte banks, that the default pads cut the 8-way conflicts of unpadded rows (the eighth round's
+    layout) to at most 2 for the kernel's stores and sheared loads (what the ninth round measured: 2.44 -> 1.39
+    ms a layer on an H100)."""
+    from sparkcurate.engine import relative_attention_smem as smem
+
+    if smem.gluon_problem():
+        pytest.skip(smem.gluon_problem())
+    block, window = smem.BLOCK, 2 * smem.BLOCK
+
+    def offset(layout, row, col):  # element offset of a row-major [block, window] tile in a (padded) layout
+        linear = row * window + col
+        pairs = getattr(layout, "interval_padding_pairs", [])
+        return linear + sum(pad * (linear // interval) for interval, pad in pairs)
+
+    for pad in (0, 2, 4, 8):
+        stored, sheared = smem.shear_layouts(pad)
+        for r in range(block):
+            for c in range(block):
+                assert offset(sheared, r, c) == offset(stored, r, r + c), (pad, r, c)
+    with pytest.raises(ValueError, match="power of two"):
+        smem.shear_layouts(3)
+
+    def ways(halves):  # serialised accesses of one warp-wide shared-memory instruction (2-byte elements)
+        banks: dict = {}
+        for h in halves:
+            banks.setdefault((h // 2) % 32, set()).add(h // 2)
+        return max(len(words) for words in banks.values())
+
+    lanes = range(32)  # MMA accumulator layout: lane t holds row t // 4, columns 2 * (t % 4) and + 1
+
+    def conflicts(pad):
+        stored, sheared = smem.shear_layouts(pad)
+        store = ways([offset(stored, t // 4, 2 * (t % 4)) for t in lanes])
+        c2p = max(ways([offset(sheared, t // 4, 2 * (t % 4) + e) for t in lanes]) for e in (0, 1))
+        p2c = max(ways([offset(sheared, 2 * (t % 4) + e, t // 4) for t in lanes]) for e in (0, 1))
+        return store, c2p, p2c
+
+    assert conflicts(0) == (8, 8, 4)
+    for pad in smem.SHEAR_PADS:
+        assert max(conflicts(pad)) <= 2, conflicts(pad)

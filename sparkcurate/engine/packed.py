@@ -583,7 +583,7 @@ def packed_last_hidden(
 
 
 def _encode_reference(
-    backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo, layers: list, fused: bool
+    backbone: nn.Module, hidden: torch.Tensor, info: PackedInfo, layers: list, fused: TailFusion
 ) -> torch.Tensor:
     """Encoder layers with the per-sequence HF attention (CPU reference)."""
     rel = backbone.encoder.get_rel_embedding()
@@ -601,7 +601,7 @@ def _attentions_for_impl(backbone: nn.Module, hidden: torch.Tensor, backend: str
 
 
 def _encode_dflash(
-    layers: list, attentions: list, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo, fused: bool
+    layers: list, attentions: list, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo, fused: TailFusion
 ) -> torch.Tensor:
     """Encoder layers with disentangled-flash's packed attention (``zip`` stops at ``layers``)."""
     from disentangled_flash.packed import PackedSequenceInfo
@@ -615,7 +615,7 @@ def _encode_dflash(
 
 def _encode_tiles(
     layers: list, tables: list, slots: torch.Tensor, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo,
-    fused: bool,
+    fused: TailFusion,
 ) -> torch.Tensor:
     """Encoder layers with this package's tile kernel (:mod:`.relative_attention`)."""
     from sparkcurate.engine.relative_attention import packed_attention
@@ -626,36 +626,71 @@ def _encode_tiles(
     return hidden
 
 
-def _layer_tail(layer: nn.Module, context: torch.Tensor, hidden: torch.Tensor, fused: bool = False) -> torch.Tensor:
+@dataclass(frozen=True)
+class TailFusion:
+    """Which fusions a layer's tail (attention output, intermediate, output blocks) runs with; decided once per
+    forward for all its layers by :func:`_fused_tails`."""
+
+    #: each block's ``LayerNorm(dense(h) + input)`` as the dense layer plus one residual + LayerNorm kernel
+    norm: bool = False
+    #: the intermediate block's GELU in its GEMM's epilogue (:mod:`.gelu_epilogue`)
+    gelu: bool = False
+
+    def __bool__(self) -> bool:
+        return self.norm or self.gelu
+
+
+def _layer_tail(
+    layer: nn.Module, context: torch.Tensor, hidden: torch.Tensor, fused: TailFusion = TailFusion()
+) -> torch.Tensor:
     """Attention output, intermediate and output blocks of one HF layer (per token).
 
-    ``fused`` (see :func:`_fused_tails`): each block's ``LayerNorm(dense(h) + input)`` runs as the dense layer
-    plus one residual + LayerNorm kernel (:mod:`.residual_norm`) instead of an add and a LayerNorm; the blocks'
-    dropouts are identities at inference.
+    ``fused`` (see :func:`_fused_tails`) replaces the blocks' own forwards with the same arithmetic in fewer
+    kernels: residual + LayerNorm in one (:mod:`.residual_norm`; the blocks' dropouts are identities at
+    inference), GELU in the intermediate GEMM (:mod:`.gelu_epilogue`).
     """
-    if not fused:
-        attention_output = layer.attention.output(context, hidden)
-        return layer.output(layer.intermediate(attention_output), attention_output)
+    from sparkcurate.engine.gelu_epilogue import intermediate_gelu
     from sparkcurate.engine.residual_norm import add_layer_norm
 
-    block = layer.attention.output
-    attention_output = add_layer_norm(block.dense(context), hidden, block.LayerNorm)
-    block = layer.output
-    return add_layer_norm(block.dense(layer.intermediate(attention_output)), attention_output, block.LayerNorm)
+    if fused.norm:
+        block = layer.attention.output
+        attention_output = add_layer_norm(block.dense(context), hidden, block.LayerNorm)
+    else:
+        attention_output = layer.attention.output(context, hidden)
+    if fused.gelu:
+        inner = intermediate_gelu(layer.intermediate, attention_output)
+    else:
+        inner = layer.intermediate(attention_output)
+    if fused.norm:
+        block = layer.output
+        return add_layer_norm(block.dense(inner), attention_output, block.LayerNorm)
+    return layer.output(inner, attention_output)
 
 
-def _fused_tails(layers: list, hidden: torch.Tensor) -> bool:
-    """Whether every layer's tail can run fused: HF's own DeBERTa-v2 output blocks (a subclass could change the
-    forward) whose LayerNorms the kernel takes on this device (:func:`.residual_norm.usable`)."""
-    from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Output, DebertaV2SelfOutput
+def _fused_tails(layers: list, hidden: torch.Tensor) -> TailFusion:
+    """Which fusions every layer's tail can run with. The residual + LayerNorm kernel: HF's own DeBERTa-v2
+    output blocks (a subclass could change the forward) whose LayerNorms the kernel takes on this device
+    (:func:`.residual_norm.usable`). The GELU epilogue: HF's own intermediate blocks that
+    :func:`.gelu_epilogue.usable` takes."""
+    from transformers.models.deberta_v2.modeling_deberta_v2 import (
+        DebertaV2Intermediate,
+        DebertaV2Output,
+        DebertaV2SelfOutput,
+    )
 
+    from sparkcurate.engine import gelu_epilogue
     from sparkcurate.engine.residual_norm import usable
 
-    return bool(layers) and all(
+    norm = bool(layers) and all(
         type(layer.attention.output) is DebertaV2SelfOutput and type(layer.output) is DebertaV2Output
         and usable(layer.attention.output.LayerNorm, hidden) and usable(layer.output.LayerNorm, hidden)
         for layer in layers
     )
+    gelu = bool(layers) and all(
+        type(layer.intermediate) is DebertaV2Intermediate and gelu_epilogue.usable(layer.intermediate, hidden)
+        for layer in layers
+    )
+    return TailFusion(norm=norm, gelu=gelu)
 
 
 def first_token_rows(cu_seqlens: torch.Tensor) -> torch.Tensor:

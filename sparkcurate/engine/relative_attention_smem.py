@@ -14,11 +14,15 @@ tiles out in shared memory explicitly, and the shear becomes a strided view:
   decreasing order (window entry ``u`` is distance ``first_query - first_key +
   BLOCK - 1 - u``). Then the pair (r, c) has window entry ``u = r + c`` for both
   position terms.
-* c2p: ``N = q . Kr[window]^T`` is ``[BLOCK, 2 * BLOCK]``, stored row-major (pitch
-  ``2 * BLOCK``); the pair's value ``N[r, r + c]`` sits at ``r * (2 * BLOCK + 1) + c``:
-  a plain ``[BLOCK, BLOCK]`` view of the same bytes with a row pitch one longer, which
-  a padded shared layout (one padding element every ``2 * BLOCK``) expresses.
+* c2p: ``N = q . Kr[window]^T`` is ``[BLOCK, 2 * BLOCK]``, stored row-major with row
+  pitch ``S = 2 * BLOCK + pad``; the pair's value ``N[r, r + c]`` sits at
+  ``r * (S + 1) + c``: a plain ``[BLOCK, BLOCK]`` view of the same bytes with a row
+  pitch one longer, which a padded shared layout expresses (:func:`shear_layouts`).
 * p2c: ``M = k . Qr[window]^T`` the same way, read through the same view transposed.
+* The ``pad`` (4 elements, :data:`SHEAR_PADS`) is for the shared-memory banks: with
+  unpadded rows every row starts in the same bank, and the products' stores and the
+  sheared loads serialised up to 8 ways; 4 leaves at most 2. That halved the kernel's
+  time (ninth round: 2.44 -> 1.38 ms for a DeBERTa-base layer on 65k tokens).
 
 The loop around it: key tiles arrive by asynchronous copies (cp.async) into double
 buffers while the previous tile is computed; the window of key tile ``t + 1`` begins
@@ -26,8 +30,8 @@ with the second half of tile ``t``'s, so the position rows sit in a ring of thre
 half windows (one new half a tile) and the c2p scores of the shared half are carried
 over; the products are Hopper warpgroup MMAs from shared memory, issued together and
 awaited once. One program per (sequence x head, query tile): nothing is written
-outside the multiprocessor but the output. Measured in benchmarks/NOTES.md (eighth
-round): one DeBERTa-base layer on 65k tokens 2.34 ms against the Triton kernel's 2.86.
+outside the multiprocessor but the output. Measured in benchmarks/NOTES.md (eighth and
+ninth rounds): one DeBERTa-base layer on 65k tokens 1.38 ms against the Triton kernel's 2.84.
 
 Exactness is the Triton kernel's: the same slots table (Hugging Face's buckets),
 position scores rounded to the activations' dtype as there, fp32 softmax;
@@ -42,6 +46,7 @@ in both cases.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -58,6 +63,8 @@ HEAD_DIMS = (64,)
 BLOCK = 64
 #: Warps per program; the MMA layout puts them along the query rows.
 NUM_WARPS = 4
+#: Padding (elements) after each stored row of the c2p and the p2c position scores (see shear_layouts).
+SHEAR_PADS = (4, 4)
 #: Environment variable: "off" keeps the Triton kernel even where this one could run.
 SMEM_ENV = "SPARKCURATE_SMEM_ATTENTION"
 
@@ -157,6 +164,7 @@ def _kernel() -> Any:
         num_heads, query_blocks, position_rows, slot_half, score_scale,
         HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, NUM_WARPS: gl.constexpr,
         HAS_C2P: gl.constexpr, HAS_P2C: gl.constexpr, SCALAR_ACC: gl.constexpr,
+        C2P_SHEAR: gl.constexpr, P2C_SHEAR: gl.constexpr,
     ):
         WINDOW: gl.constexpr = 2 * BLOCK
         dtype: gl.constexpr = query.dtype.element_ty
@@ -167,11 +175,11 @@ def _kernel() -> Any:
         # Global loads: 8 elements (16 bytes) a thread along the head dimension.
         load: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [NUM_WARPS, 1], [1, 0])
         tile: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        plain: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-        # The same bytes with a row pitch of WINDOW + 1: element (r, c) of the view is entry (r, r + c). (Triton
-        # 3.9 refuses to reinterpret between padded and unpadded layouts: there the first launch fails and the
-        # Triton kernel runs, see smem_attention.)
-        sheared: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[WINDOW, 1]], [BLOCK, WINDOW], [1, 0])
+        # C2P_SHEAR / P2C_SHEAR: (stored, sheared) layouts of the products, from shear_layouts.
+        c2p_stored: gl.constexpr = C2P_SHEAR[0]
+        c2p_sheared: gl.constexpr = C2P_SHEAR[1]
+        p2c_stored: gl.constexpr = P2C_SHEAR[0]
+        p2c_sheared: gl.constexpr = P2C_SHEAR[1]
 
         item = gl.program_id(0)
         sequence_head = item // query_blocks
@@ -188,8 +196,8 @@ def _kernel() -> Any:
             v_smem = gl.allocate_shared_memory(dtype, [2, BLOCK, HEAD_DIM], tile)
             pk_ring = gl.allocate_shared_memory(dtype, [3, BLOCK, HEAD_DIM], tile)
             pq_ring = gl.allocate_shared_memory(dtype, [3, BLOCK, HEAD_DIM], tile)
-            c2p_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], plain)
-            p2c_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], plain)
+            c2p_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], c2p_stored)
+            p2c_smem = gl.allocate_shared_memory(dtype, [BLOCK, WINDOW], p2c_stored)
 
             dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load))
             tile_rows = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load))
@@ -261,10 +269,10 @@ def _kernel() -> Any:
                     # SCALAR_ACC is the accumulator layout with its registers reordered, so that no thread's two
                     # neighbouring registers are neighbours in memory: the view's odd rows are not 4-byte
                     # aligned, and a vectorised load would fault there (scalar_mma_layout).
-                    view = view_as(c2p_smem, dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
+                    view = view_as(c2p_smem, dtype, [BLOCK, WINDOW], c2p_sheared).slice(0, BLOCK, dim=1)
                     scores += gl.convert_layout(view.load(SCALAR_ACC), acc_layout).to(gl.float32)
                 if HAS_P2C:
-                    view = view_as(p2c_smem, dtype, [BLOCK, WINDOW], sheared).slice(0, BLOCK, dim=1)
+                    view = view_as(p2c_smem, dtype, [BLOCK, WINDOW], p2c_sheared).slice(0, BLOCK, dim=1)
                     scores += view.permute([1, 0]).load(acc_layout).to(gl.float32)
                 # score_scale folds 1/sqrt(d * terms) and log2(e) (exp2 below).
                 key_in = (first_key + score_cols) < length
@@ -285,6 +293,33 @@ def _kernel() -> Any:
     return smem_disentangled_attention
 
 
+@functools.lru_cache(maxsize=None)
+def shear_layouts(pad: int) -> tuple:
+    """Shared layouts (stored, sheared) of a ``[BLOCK, 2 * BLOCK]`` product stored with ``pad`` elements after each row.
+
+    The sheared view has a row pitch one longer than the stored rows (module doc).
+    Without padding every stored row starts in the same bank, so the stores (eight
+    rows a matrix) and the view's loads serialise up to 8 ways; a pad of 4 (row pitch
+    132, view pitch 133) leaves 2-way conflicts at most (the bank model in
+    tests/test_relative_attention.py). It costs 512 bytes a product: 113 KB a program,
+    so two programs still fit an SM's 228 KB (a pad of 8 for both would not).
+    Gluon's padding amounts must be powers of two, so the view's ``pad + 1`` is written
+    as ``pad / 2`` every half row plus 1 every row: the view reads the first half of
+    each row only, where the two agree.
+    """
+    from triton.experimental.gluon import language as gl
+
+    window = 2 * BLOCK
+    if pad == 0:
+        stored = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+        return stored, gl.PaddedSharedLayout.with_identity_for([[window, 1]], [BLOCK, window], [1, 0])
+    if pad < 2 or pad & (pad - 1):
+        raise ValueError(f"shear pad must be 0 or a power of two >= 2, got {pad}")
+    stored = gl.PaddedSharedLayout.with_identity_for([[window, pad]], [BLOCK, window], [1, 0])
+    return stored, gl.PaddedSharedLayout.with_identity_for([[BLOCK, pad // 2], [window, 1]], [BLOCK, window], [1, 0])
+
+
+@functools.lru_cache(maxsize=None)
 def scalar_mma_layout(rows: int, cols: int, warps: int) -> Any:
     """The MMA accumulator layout of a ``[rows, cols]`` tile, one warp a 16-row block, with registers reordered.
 
@@ -335,7 +370,7 @@ def smem_attention(
     grid = (query_blocks * (cu_seqlens.numel() - 1) * heads,)
     scale = 1.4426950408889634 / math.sqrt(head_dim * tables.terms)
     flags = dict(HAS_C2P=tables.pos_key is not None, HAS_P2C=tables.pos_query is not None)
-    specialisation = (str(projected.dtype), *flags.values())
+    specialisation = (str(projected.dtype), *flags.values(), SHEAR_PADS)
     launch = lambda: _kernel()[grid](  # noqa: E731
         query, key, value, projected.stride(0),
         tables.pos_key if tables.pos_key is not None else query,  # never read when the term is off
@@ -343,7 +378,8 @@ def smem_attention(
         slots, cu_seqlens, output,
         heads, query_blocks, position_rows, half, scale,
         HEAD_DIM=head_dim, BLOCK=BLOCK, NUM_WARPS=NUM_WARPS, **flags,
-        SCALAR_ACC=scalar_mma_layout(BLOCK, BLOCK, NUM_WARPS), num_warps=NUM_WARPS,
+        SCALAR_ACC=scalar_mma_layout(BLOCK, BLOCK, NUM_WARPS), C2P_SHEAR=shear_layouts(SHEAR_PADS[0]),
+        P2C_SHEAR=shear_layouts(SHEAR_PADS[1]), num_warps=NUM_WARPS,
     )
     if specialisation in _COMPILED:
         launch()

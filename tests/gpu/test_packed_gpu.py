@@ -178,18 +178,22 @@ def _smem_case(dtype):
     return _SMEM_CASES[dtype]
 
 
+@pytest.mark.parametrize("pads", [None, (0, 0), (8, 0)])
 @pytest.mark.parametrize("terms", ["both", "c2p", "p2c", "content"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_smem_kernel_matches_scratch_kernel(dtype, terms):
+def test_smem_kernel_matches_scratch_kernel(dtype, terms, pads, monkeypatch):
     """The shared-memory (Gluon) kernel against the Triton scratch kernel and a strict-fp32 run of one layer, per
     sequence: lengths around the 64-token tiles, long ones (log buckets, the clamp past 512, more key tiles than
     the position-row ring has slots), each position term alone and none, both half precisions. Same rounding
     points in both kernels, so they agree far closer than either is to fp32; a wrong window entry moves a
-    sequence by orders of magnitude more."""
+    sequence by orders of magnitude more. ``pads``: the products' row padding (None: the default; 0: none, the
+    eighth round's layout; 8 for c2p: another padded pitch)."""
     import dataclasses
 
     from sparkcurate.engine import relative_attention, relative_attention_smem
 
+    if pads is not None:
+        monkeypatch.setattr(relative_attention_smem, "SHEAR_PADS", pads)
     problem = relative_attention_smem.smem_problem(torch.device("cuda"), dtype, 64)
     if problem:
         pytest.skip(problem)
@@ -210,3 +214,35 @@ def test_smem_kernel_matches_scratch_kernel(dtype, terms):
         lo, hi = int(cu[b]), int(cu[b + 1])
         err, base = rel_err(got[lo:hi], want[lo:hi]), rel_err(scratch[lo:hi], want[lo:hi])
         assert err <= 1.25 * base + 1e-4, f"sequence {b} (length {lengths[b]}): {err:.2e} vs scratch {base:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gelu_epilogue_as_close_to_fp32_as_two_kernels(dtype):
+    """The intermediate block with GELU in cuBLASLt's epilogue (tanh GELU on the fp32 accumulator) against the
+    fp32 exact block: as close as the block's own half-precision forward (exact GELU after rounding), at most
+    within the tanh approximation's 4.7e-4 plus the dtype's rounding."""
+    import copy
+
+    from transformers import DebertaV2Config
+    from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Intermediate
+
+    from sparkcurate.engine import gelu_epilogue
+
+    torch.manual_seed(8)
+    config = DebertaV2Config(hidden_size=768, intermediate_size=3072, hidden_act="gelu")
+    block32 = DebertaV2Intermediate(config).cuda().eval()
+    with torch.no_grad():
+        block32.dense.weight.normal_(0.0, 0.05)
+    block = copy.deepcopy(block32).to(dtype)
+    x32 = torch.randn(20_001, 768, device="cuda", generator=torch.Generator("cuda").manual_seed(8))
+    x = x32.to(dtype)
+    assert gelu_epilogue.usable(block, x)
+    with torch.no_grad():
+        want = block32(x.float())
+        fused = gelu_epilogue.intermediate_gelu(block, x)
+        two = block(x)
+    err_fused, err_two = (fused.float() - want).abs(), (two.float() - want).abs()
+    print(f"{dtype}: fused max {err_fused.max().item():.2e} mean {err_fused.mean().item():.2e}; "
+          f"two kernels max {err_two.max().item():.2e} mean {err_two.mean().item():.2e}")
+    assert err_fused.mean().item() <= 1.5 * err_two.mean().item()
+    assert err_fused.max().item() <= err_two.max().item() + 5e-4
