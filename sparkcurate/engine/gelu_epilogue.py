@@ -25,8 +25,9 @@ speed (benchmarks/gpu_stage.py measures both in one run; NOTES ninth round).
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
+
+from sparkcurate.engine.switches import env_mode
 
 if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch
@@ -41,10 +42,7 @@ GELU_CLASSES = frozenset({"GELUActivation", "GELUTanh", "PytorchGELUTanh", "NewG
 
 def mode() -> str:
     """The epilogue mode from ``SPARKCURATE_GELU_EPILOGUE`` (default "auto")."""
-    raw = os.environ.get(EPILOGUE_ENV, "auto").strip().lower() or "auto"
-    if raw not in MODES:
-        raise ValueError(f"{EPILOGUE_ENV} must be one of {MODES}, got {raw!r}")
-    return raw
+    return env_mode(EPILOGUE_ENV, MODES)
 
 
 def usable(intermediate: nn.Module, sample: torch.Tensor) -> bool:

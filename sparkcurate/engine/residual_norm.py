@@ -15,8 +15,9 @@ variance (fp32), i.e. the last bit of some outputs (tests/test_residual_norm.py)
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
+
+from sparkcurate.engine.switches import env_mode
 
 if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch
@@ -33,10 +34,7 @@ _KERNELS: dict[bool, Any] = {}
 
 def mode() -> str:
     """The fused-norm mode from ``SPARKCURATE_FUSED_NORM`` (default "auto")."""
-    raw = os.environ.get(FUSED_ENV, "auto").strip().lower() or "auto"
-    if raw not in MODES:
-        raise ValueError(f"{FUSED_ENV} must be one of {MODES}, got {raw!r}")
-    return raw
+    return env_mode(FUSED_ENV, MODES)
 
 
 def usable(norm: nn.Module, sample: torch.Tensor) -> bool:
