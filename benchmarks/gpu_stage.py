@@ -51,6 +51,7 @@ log = logging.getLogger("gpu_stage")
 N_LABELS = 26
 CALIBRATION: dict = {}
 MARGIN = 0.1  # fp32 top-two probability margin that makes a document "decisive"
+SMOKE_DOMAIN = dict(max_tokens=128, max_chars=500, cut_low=110, median=55.0)  # --smoke: the domain mix, shorter
 WIDE_MARGIN = 0.5
 
 
@@ -161,13 +162,16 @@ def build_model(config, seed: int, init_std: float = 0.05):
     return model.eval()
 
 
-def calibrate_head(model, docs: Docs, device, n: int = 256, logit_std: float = 4.0, k: int = 16) -> None:
+def calibrate_head(model, docs: Docs, device, n: int = 256, logit_std: float = 4.0, k: int = 16,
+                   measure_bf16_noise: bool = True) -> None:
     """Make the random head decisive, like a trained one (see module doc).
 
     A random backbone's [CLS] states differ little between documents, so a random head would mostly
     read the common part plus rounding noise. Trained heads read the directions along which
     documents differ: here the head mixes the top-``k`` principal components of the fp32 [CLS]
     states (whitened), centred by the bias and scaled to a logit spread of ``logit_std``.
+    ``measure_bf16_noise=False`` skips the logged bf16 comparison (bf16 on a CPU without bf16 units takes
+    an hour); the head does not depend on it.
     """
     import torch
 
@@ -181,10 +185,12 @@ def calibrate_head(model, docs: Docs, device, n: int = 256, logit_std: float = 4
             cls.append(out.last_hidden_state[:, 0, :].float().cpu())
         cls = torch.cat(cls).double()
         mean = cls.mean(0)
-        half = copy.deepcopy(backbone).to(torch.bfloat16)
-        out = half(input_ids=ids[:32].to(device), attention_mask=mask[:32].to(device))
-        noise = (out.last_hidden_state[:, 0, :].double().cpu() - cls[:32]).norm(dim=1).mean().item()
-        del half
+        noise = float("nan")
+        if measure_bf16_noise:
+            half = copy.deepcopy(backbone).to(torch.bfloat16)
+            out = half(input_ids=ids[:32].to(device), attention_mask=mask[:32].to(device))
+            noise = (out.last_hidden_state[:, 0, :].double().cpu() - cls[:32]).norm(dim=1).mean().item()
+            del half
         spread = (cls - mean).norm(dim=1).mean().item()
         CALIBRATION.update(cls_spread=round(spread, 5), bf16_cls_noise=round(noise, 5),
                            spread_over_noise=round(spread / max(noise, 1e-12), 2))
@@ -723,6 +729,18 @@ def load_docs(mix, n: int, tokenizer, seed: int) -> Docs:
     return Docs(mix.name, texts, ids, lengths, mix.max_tokens, mix.max_chars)
 
 
+def domain_setup(smoke: bool, seed: int = 0):
+    """``(tokenizer, config, docs)``: gpu_stage's tokenizer, model config and domain-mix documents (12,000; the smoke
+    run's 48 short ones). Probes that start from these measure the same model, head (calibrated on the first 256
+    documents) and documents as the benchmark."""
+    from benchmarks.synthetic import DOMAIN, benchmark_tokenizer
+
+    tokenizer = benchmark_tokenizer()
+    config = backbone_config(smoke, len(tokenizer))
+    mix = replace(DOMAIN, **SMOKE_DOMAIN) if smoke else DOMAIN
+    return tokenizer, config, load_docs(mix, 48 if smoke else 12_000, tokenizer, seed)
+
+
 def card_name(device) -> tuple[str, str]:
     """(long description, short slug for the file name)."""
     import torch
@@ -802,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = benchmark_tokenizer()
     config = backbone_config(args.smoke, len(tokenizer))
     if args.smoke:  # same shape of mix, shorter documents: seconds on a CPU
-        DOMAIN, QUALITY = (replace(DOMAIN, max_tokens=128, max_chars=500, cut_low=110, median=55.0),
+        DOMAIN, QUALITY = (replace(DOMAIN, **SMOKE_DOMAIN),
                            replace(QUALITY, max_tokens=256, max_chars=1000, cut_low=225, median=97.0))
     mixes = [(DOMAIN, args.docs), (QUALITY, args.quality_docs)]
     all_docs = [load_docs(mix, n, tokenizer, args.seed) for mix, n in mixes if n > 0]

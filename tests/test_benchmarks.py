@@ -33,6 +33,28 @@ def test_gpu_stage_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_precision_budget_probe_smoke(tmp_path):
+    """The CPU emulation of fp16 roundings runs and ranks: fewer roundings, closer to fp32."""
+    doc = _run("benchmarks.probes.precision_budget", ["--smoke", "--out", str(tmp_path / "budget.json")], tmp_path)
+    rows = {r["name"]: r for r in doc["results"]}
+    assert {"fp16", "weights_only", "engine", "gemm_operands_only"} <= set(rows)
+    assert all(0 <= r["over_1e2_fraction"] <= 1 and r["max"] >= r["p90"] >= 0 for r in rows.values())
+    assert rows["fp16"]["max"] > 0  # the emulation rounds something
+    assert rows["gemm_operands_only"]["mean_doc_max_diff"] < rows["fp16"]["mean_doc_max_diff"]
+
+
+@pytest.mark.slow
+def test_engine_precision_probe_smoke(tmp_path):
+    """The GPU probe's code path on the CPU (fp32 engine): only its fp16 head moves the probabilities, so the
+    head's switch, and its restoring of the fp32 weights, work."""
+    doc = _run("benchmarks.probes.engine_precision", ["--smoke", "--out", str(tmp_path / "ep.json")], tmp_path)
+    rows = doc["results"]
+    assert len(rows) == 6 and all(r["docs_per_s"] > 0 for r in rows)
+    for r in rows:
+        assert (r["max_prob_abs_diff"] == 0) == (r["head"] == "fp32"), r
+
+
+@pytest.mark.slow
 def test_spark_e2e_layouts_smoke(tmp_path):
     """Layouts over two calls sharing a work dir (data generated once), each its own application with a warm-up
     run, merged into one scaling table."""

@@ -241,3 +241,35 @@ def test_derived_tokens_equal_direct_tokenization_on_random_limits(deberta_dir):
         checked += 1
     assert checked > 50
     assert not derivable("x" * 10, 5, 50) and derivable("x" * 5, 5, 50) and derivable("x" * 99, None, None)
+
+
+def test_half_precision_keeps_the_head_fp32(engine, sample_texts):
+    """fp16/bf16 engines convert the backbone but not ``fp32_children``: the head's weights keep every fp32 bit and
+    its logits are not rounded (a logit of 10 in fp16 is only good to 2^-7)."""
+    source = copy_module(engine.model)
+    want_fc = {k: v.clone() for k, v in source.fc.state_dict().items()}
+    half = InferenceEngine(source, engine.tokenizer, EngineConfig(max_chars=2000, precision="bf16"))
+    model = half.model
+    assert model.fp32_children == ("fc",)
+    assert all(p.dtype == torch.bfloat16 for p in model.model.parameters())
+    for name, value in model.fc.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, want_fc[name])
+    got = half.predict(sample_texts)
+    # The same bf16 backbone with the head applied in fp32 by hand.
+    tokens = half.tokenize(sample_texts)
+    with torch.no_grad():
+        hand = []
+        for ids in tokens.ids:
+            ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
+            cls = model.model(input_ids=ids_t, attention_mask=torch.ones_like(ids_t)).last_hidden_state[:, 0, :]
+            hand.append(torch.softmax(model.fc(cls.float()), dim=-1)[0].numpy())
+    np.testing.assert_allclose(got, np.stack(hand), atol=2e-6)
+
+
+def test_fp32_children_must_name_children(engine):
+    from sparkcurate.engine.runner import to_inference
+
+    model = copy_module(engine.model)
+    model.fp32_children = ("head",)
+    with pytest.raises(ValueError, match="head"):
+        to_inference(model, torch.device("cpu"), torch.bfloat16)

@@ -6,11 +6,13 @@ the sum to GPU memory and the LayerNorm reads it back, five row-sized passes ove
 memory where three do (read both inputs, write the output). On the H100 these two
 ops were 17% of the packed forward's kernel time (benchmarks/NOTES.md, sixth round).
 
-Exactness: the sum is rounded to the input dtype before the statistics, as the
-separate add does, then mean, variance and the affine map run in fp32 and the
-result is rounded once, as ``torch.nn.functional.layer_norm`` does for half
-inputs. What can differ from PyTorch is the summation order of the mean and
-variance (fp32), i.e. the last bit of some outputs (tests/test_residual_norm.py).
+Precision: the sum, mean, variance and affine map run in fp32 and the result is
+rounded once. PyTorch's separate add rounds the sum to fp16/bf16 before the
+LayerNorm sees it; the kernel does not (``ROUND_SUM``), because that rounding of
+the residual stream, twice a layer, was the largest single source of the engine's
+probability differences from fp32 that costs nothing to remove (benchmarks/NOTES.md,
+tenth round). ``ROUND_SUM = True`` gives PyTorch's arithmetic up to the fp32
+summation order of the statistics (tests/test_residual_norm.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ FUSED_ENV = "SPARKCURATE_FUSED_NORM"
 MODES = ("auto", "on", "off")
 #: Widest row the kernel takes in one block (wider rows fall back to PyTorch).
 MAX_WIDTH = 8192
+#: Round ``x + residual`` to the input dtype before the statistics, as PyTorch's separate add does. Off: the sum
+#: stays fp32 (see the module doc); on for bit-level comparisons with PyTorch (tests, probes).
+ROUND_SUM = False
 
 _KERNELS: dict[bool, Any] = {}
 
@@ -73,7 +78,7 @@ def _kernel() -> Any:
     @triton.jit
     def add_layer_norm_rows(
         x, residual, weight, bias, out, rows, width, stride_x, stride_r, stride_o, eps,
-        BLOCK: tl.constexpr, ROWS: tl.constexpr,
+        BLOCK: tl.constexpr, ROWS: tl.constexpr, ROUND_SUM: tl.constexpr,
     ):
         row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK)
@@ -82,8 +87,9 @@ def _kernel() -> Any:
         row64 = row.to(tl.int64)[:, None]
         a = tl.load(x + row64 * stride_x + cols[None, :], mask=ok, other=0.0)
         b = tl.load(residual + row64 * stride_r + cols[None, :], mask=ok, other=0.0)
-        # Added in fp32 and rounded to the input dtype, as PyTorch's separate add does, then fp32 again.
-        total = (a.to(tl.float32) + b.to(tl.float32)).to(a.dtype).to(tl.float32)
+        total = a.to(tl.float32) + b.to(tl.float32)
+        if ROUND_SUM:  # as PyTorch's separate add: rounded to the input dtype, then fp32 again
+            total = total.to(a.dtype).to(tl.float32)
         mean = tl.sum(total, axis=1) / width
         centred = tl.where(ok, total - mean[:, None], 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / width + eps)
@@ -118,7 +124,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: nn.Module) -> 
     grid = (triton.cdiv(rows, per_program),)
     _kernel()[grid](
         x, residual, norm.weight, norm.bias, out, rows, width, x.stride(0), residual.stride(0), out.stride(0),
-        float(norm.eps), BLOCK=block, ROWS=per_program, num_warps=warps,
+        float(norm.eps), BLOCK=block, ROWS=per_program, ROUND_SUM=bool(ROUND_SUM), num_warps=warps,
     )
     return out
 

@@ -70,6 +70,30 @@ def tokenizer_identity(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}:{text}".encode()).hexdigest()[:16]
 
 
+def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` on ``device`` in ``dtype``, except the children it names in ``fp32_children``, which stay fp32.
+
+    Why: a classification head is a few thousand weights and one tiny GEMM a micro-batch, but in half precision its
+    logits (spread over several units) are rounded to fp16's 2^-7 steps above 8, which alone moves probabilities by
+    ~1e-3 (benchmarks/NOTES.md, tenth round). Kept children are never converted, so they keep every fp32 bit of the
+    checkpoint; the model's forward casts their input.
+    """
+    model = model.to(device=device)
+    keep = tuple(getattr(model, "fp32_children", ()))
+    children = dict(model.named_children())
+    missing = [name for name in keep if name not in children]
+    if missing:
+        raise ValueError(f"{type(model).__name__}.fp32_children names {missing}, which are not children of the model")
+    if not keep:
+        return model.to(dtype=dtype)
+    for name, child in children.items():
+        child.to(dtype=dtype if name not in keep else torch.float32)
+    for tensor in [*model.parameters(recurse=False), *model.buffers(recurse=False)]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(dtype)
+    return model
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -83,7 +107,7 @@ class InferenceEngine:
         self.config = config
         self.precision = config.resolved_precision(self.device)
         self.dtype = PRECISIONS[self.precision]
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model = to_inference(model, self.device, self.dtype).eval()
         self.tokenizer = tokenizer
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.budget = config.resolved_budget(self.device)

@@ -13,8 +13,12 @@ from torch import nn
 class ClsHeadModel(nn.Module):
     """NeMo Curator's DeBERTa head (domain, multilingual domain, quality, content type).
 
-    ``softmax(fc(last_hidden_state)[:, 0, :])``; parameters ``model.*`` (the backbone) and ``fc.*``.
+    ``softmax(fc(last_hidden_state)[:, 0, :])``; parameters ``model.*`` (the backbone) and ``fc.*``. The engine
+    keeps ``fc`` in fp32 when the backbone runs in half precision (``fp32_children``, see
+    :func:`sparkcurate.engine.runner.to_inference`): its logits are not rounded to fp16.
     """
+
+    fp32_children = ("fc",)
 
     def __init__(self, backbone_config, n_labels: int, fc_dropout: float = 0.2):
         super().__init__()
@@ -26,7 +30,7 @@ class ClsHeadModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return torch.softmax(self.fc(self.dropout(hidden[:, 0, :])).float(), dim=-1)
+        return self._head(hidden[:, 0, :])
 
     def packed_support(self, device: torch.device) -> tuple[bool, str]:
         try:
@@ -45,7 +49,11 @@ class ClsHeadModel(nn.Module):
         from sparkcurate.engine.packed import packed_last_hidden
 
         first = packed_last_hidden(self.model, input_ids, cu_seqlens, max_seqlen, attention_impl, rows="first")
-        return torch.softmax(self.fc(self.dropout(first)).float(), dim=-1)
+        return self._head(first)
+
+    def _head(self, first: torch.Tensor) -> torch.Tensor:
+        """Probabilities from the [CLS] states, in ``fc``'s dtype (fp32 under the engine) whatever the backbone's."""
+        return torch.softmax(self.fc(self.dropout(first.to(self.fc.weight.dtype))).float(), dim=-1)
 
 
 class SequenceRegressionModel(nn.Module):
