@@ -74,8 +74,8 @@ def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     """``model`` on ``device`` in ``dtype``, except the children it names in ``fp32_children``, which stay fp32.
 
     Why: a classification head is a few thousand weights and one tiny GEMM a micro-batch, but in half precision its
-    logits (spread over several units) are rounded to fp16's 2^-7 steps above 8, which alone moves probabilities by
-    ~1e-3 (benchmarks/NOTES.md, tenth round). Kept children are never converted, so they keep every fp32 bit of the
+    logits (spread over several units) are rounded to fp16's 2^-7 steps above 8, enough to move a probability by up to
+    ~2e-3 (benchmarks/NOTES.md, tenth round). Kept children are never converted, so they keep every fp32 bit of the
     checkpoint; the model's forward casts their input.
     """
     model = model.to(device=device)
