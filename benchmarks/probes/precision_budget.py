@@ -250,25 +250,32 @@ def parse_args(argv):
 def build_calibrated(args, docs, config):
     """gpu_stage's model and head (same seed), optionally cached: the fp32 calibration is the slow part."""
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from benchmarks.gpu_stage import build_model, calibrate_head
 
     model = build_model(config, args.seed)
+    made_by = {"seed": str(args.seed), "smoke": str(bool(args.smoke))}  # what the cached weights depend on
     if args.cache and Path(args.cache).exists():
+        with safe_open(args.cache, "pt") as f:
+            cached_by = f.metadata() or {}
+        if cached_by != made_by:
+            raise SystemExit(f"--cache {args.cache} holds a model made with {cached_by}, this run needs {made_by}: "
+                             "pass another file")
         model.load_state_dict(load_file(args.cache))
         log.info("calibrated model from %s", args.cache)
         return model
     calibrate_head(model, docs, torch.device("cpu"), measure_bf16_noise=False)
     if args.cache:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.cache)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.cache, metadata=made_by)
     return model
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from benchmarks.gpu_stage import domain_setup, sorted_batches
+    from benchmarks.gpu_stage import MARGIN, domain_setup, sorted_batches
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv if argv is not None else sys.argv[1:])
@@ -304,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                command="python -m benchmarks.probes.precision_budget " + " ".join(argv or sys.argv[1:]),
                docs=int(n), tokens=int(lengths.sum()),
                picked=f"the {args.pick} {n} of gpu_stage's 12,000 domain-mix documents",
-               decisive_fraction=float(((top2[:, 1] - top2[:, 0]) >= 0.1).mean()),
+               decisive_fraction=float(((top2[:, 1] - top2[:, 0]) >= MARGIN).mean()),
                results=rows)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
