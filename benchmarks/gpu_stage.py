@@ -53,6 +53,7 @@ CALIBRATION: dict = {}
 MARGIN = 0.1  # fp32 top-two probability margin that makes a document "decisive"
 SMOKE_DOMAIN = dict(max_tokens=128, max_chars=500, cut_low=110, median=55.0)  # --smoke: the domain mix, shorter
 WIDE_MARGIN = 0.5
+INIT_STD = 0.05  # std of the random backbone's matrices (see build_model)
 
 
 @dataclass
@@ -136,7 +137,7 @@ class _LocalClsHead:
         return ClsHead()
 
 
-def build_model(config, seed: int, init_std: float = 0.05):
+def build_model(config, seed: int, init_std: float = INIT_STD):
     """fp32 classifier on the CPU; the lead's ClsHeadModel when available (the engine needs it).
 
     Matrices are re-drawn with std ``init_std`` (HF's init is 0.02). The [CLS] states of different
@@ -185,12 +186,14 @@ def calibrate_head(model, docs: Docs, device, n: int = 256, logit_std: float = 4
             cls.append(out.last_hidden_state[:, 0, :].float().cpu())
         cls = torch.cat(cls).double()
         mean = cls.mean(0)
-        noise = float("nan")
+        errors = {}  # [CLS] error of a half-precision copy on the first 32 documents, per dtype
         if measure_bf16_noise:
-            half = copy.deepcopy(backbone).to(torch.bfloat16)
-            out = half(input_ids=ids[:32].to(device), attention_mask=mask[:32].to(device))
-            noise = (out.last_hidden_state[:, 0, :].double().cpu() - cls[:32]).norm(dim=1).mean().item()
-            del half
+            for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+                half = copy.deepcopy(backbone).to(dtype)
+                out = half(input_ids=ids[:32].to(device), attention_mask=mask[:32].to(device))
+                errors[name] = out.last_hidden_state[:, 0, :].double().cpu() - cls[:32]
+                del half
+        noise = errors["bf16"].norm(dim=1).mean().item() if errors else float("nan")
         spread = (cls - mean).norm(dim=1).mean().item()
         CALIBRATION.update(cls_spread=round(spread, 5), bf16_cls_noise=round(noise, 5),
                            spread_over_noise=round(spread / max(noise, 1e-12), 2))
@@ -201,6 +204,11 @@ def calibrate_head(model, docs: Docs, device, n: int = 256, logit_std: float = 4
         gen = torch.Generator().manual_seed(1234)
         w = torch.randn(model.fc.weight.shape[0], k, generator=gen, dtype=torch.float64) @ whiten
         w *= logit_std / ((cls - mean) @ w.T).std()
+        for name, err in errors.items():  # what the head reads of the rounding (an fp32 head on half [CLS] states)
+            ref = torch.softmax((cls[:32] - mean) @ w.T, dim=1)
+            got = torch.softmax((cls[:32] + err - mean) @ w.T, dim=1)
+            CALIBRATION[f"{name}_logit_noise_over_spread"] = round(float((err @ w.T).std()) / logit_std, 5)
+            CALIBRATION[f"{name}_max_prob_diff_32docs"] = round(float((got - ref).abs().max()), 5)
         model.fc.weight.copy_(w.float())
         model.fc.bias.copy_((-(mean @ w.T)).float())
     model.to("cpu")
@@ -548,10 +556,37 @@ def bench_engine(args, docs: Docs, base_model, config, tokenizer, device, ref) -
                                notes=notes + ", tokenizing 2000-doc batches on a prefetch thread",
                                pass_seconds=passes2))
         log_result(out[-1])
+        engine = None  # freed: the split engine's peak memory is its own
+        out.append(bench_fp16_split(args, docs, base_model, tokenizer, tokens, ref, config, device))
         return out
     except Exception as exc:  # report, don't lose the other variants' numbers
         log.exception("sparkcurate_gpu_stage failed")
         return [skipped("sparkcurate_gpu_stage", docs, f"failed: {type(exc).__name__}: {exc}")]
+
+
+def bench_fp16_split(args, docs: Docs, base_model, tokenizer, tokens, ref, config, device) -> Result:
+    """The engine with ``precision="fp16-split"`` (sparkcurate/engine/split_weights.py): every linear layer's fp32
+    weight as an fp16 pair, two GEMMs, the exact GELU. What probabilities within 1e-2 of fp32 cost, same run."""
+    import torch
+
+    from sparkcurate.engine.runner import EngineConfig, InferenceEngine
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    cfg = EngineConfig(max_tokens=docs.max_tokens, max_chars=docs.max_chars, precision="fp16-split")
+    engine = InferenceEngine(copy.deepcopy(base_model), tokenizer, cfg, device=device)
+    engine.predict_tokenized(tokens)  # warm-up
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    probs, secs, seconds = median_pass(lambda: engine.predict_tokenized(tokens), args.engine_passes, device)
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    result = make_result("sparkcurate_fp16_split", docs, probs, secs, peak, ref, config,
+                         notes=f"{engine.precision}, {'packed' if engine.packed else 'padded'}, budget {engine.budget}",
+                         oom_retries=engine.oom_retries, pass_seconds=seconds)
+    log_result(result)
+    return result
 
 
 def bench_exact_gelu(engine, tokens, docs: Docs, ref, config, notes: str, passes: int, device) -> Result:
@@ -786,7 +821,7 @@ def parse_args(argv):
                    help="torch.cuda.set_per_process_memory_fraction (0.2 of 80 GB = a 16 GB card); "
                         "skips the fp32 reference variant, which is not a default")
     p.add_argument("--out-dir", default="benchmarks/results")
-    p.add_argument("--init-std", type=float, default=0.05, help="std of the random backbone matrices")
+    p.add_argument("--init-std", type=float, default=INIT_STD, help="std of the random backbone matrices")
     p.add_argument("--sweep-init-std", type=float, nargs="+", default=None,
                    help="only measure [CLS] spread / bf16 noise for these init stds, then exit")
     p.add_argument("--seed", type=int, default=0)

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.gpu_stage import (
-        CALIBRATION, agreement, arrival_batches, build_model, calibrate_head, collect, domain_setup, median_pass,
-        run_padded, sync,
+        CALIBRATION, INIT_STD, agreement, arrival_batches, build_model, calibrate_head, collect, domain_setup,
+        median_pass, run_padded, sync,
     )
     from sparkcurate.engine.runner import EngineConfig, InferenceEngine
 
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--docs", type=int, default=3000, help="domain-mix documents compared (the first N of 12,000)")
     p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--init-std", type=float, default=INIT_STD, help="std of the random backbone's matrices")
+    p.add_argument("--combos", type=int, default=len(COMBOS), help="measure only the first N combinations")
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="CPU, the tiny model, 24 documents: the code path only "
                    "(on the CPU the engine runs fp32 without the fused kernels, so every combination is the same)")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, config, docs = domain_setup(args.smoke)
     if args.smoke:
         args.docs = min(args.docs, 24)
-    base = build_model(config, 0)
+    base = build_model(config, 0, args.init_std)
     calibrate_head(base, docs, device)
     n = min(args.docs, len(docs.ids))
     model = copy.deepcopy(base).to(device, torch.float32)
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     out = dict(device=card, date=dt.date.today().isoformat(),
                command="python3 -m benchmarks.probes.engine_precision " + " ".join(argv or sys.argv[1:]),
                docs=n, tokens=int(tokens.lengths.sum()), reference="padded fp32 forward, batches of 64, no TF32",
-               calibration=CALIBRATION, results=rows)
-    for combo in COMBOS:
+               calibration=CALIBRATION, init_std=args.init_std, results=rows)
+    for combo in COMBOS[:args.combos]:
         apply(engine, fc32, combo)
         engine.predict_tokenized(tokens)  # warm-up: this combination's kernels and GEMM configurations
         sync(device)

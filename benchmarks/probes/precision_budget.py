@@ -31,9 +31,10 @@ import datetime as dt
 import functools
 import json
 import logging
+import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ class Variant:
     name: str
     doc: str
     round_weights: bool = True
+    fp32_weights: str = ""  # regex: parameters whose names match keep every fp32 bit (with round_weights)
     round_activations: bool = True
     fp32_attention_inner: bool = False  # scores, position biases, softmax stay fp32 (Q/K/V and P@V inputs fp16)
     fp32_residual_sum: bool = False  # the add before each LayerNorm is not rounded (the LayerNorm output is)
@@ -79,6 +81,10 @@ VARIANTS = {v.name: v for v in (
             fp32_residual=True, fp32_head=True, **_ENGINE),
     Variant("engine_exact_gelu_residual_head", "engine_residual_head with the exact GELU", fp32_residual=True,
             fp32_head=True, **_ENGINE),
+    Variant("split_weights", "engine_exact_gelu_sum_head with fp32 weights (what fp16 hi + lo weight pairs leave)",
+            round_weights=False, fp32_residual_sum=True, fp32_head=True, **_ENGINE),
+    Variant("split_weights_tanh", "split_weights with the tanh GELU", round_weights=False, tanh_gelu=True,
+            fp32_residual_sum=True, fp32_head=True, **_ENGINE),
     Variant("gemm_operands_only", "only weights and GEMM operands rounded (every output fp32), fp32 head",
             fp32_residual=True, fp32_gemm_out=True, fp32_head=True, **_ENGINE),
 )}
@@ -190,7 +196,7 @@ def _set_gelu(model, approximate: str) -> None:
 
 
 def run_variant(model, docs, idx_batches, variant: Variant | None) -> np.ndarray:
-    """[N, K] probabilities of the documents in ``idx_batches`` (concatenated in that order)."""
+    """[N, K] probabilities of the documents in ``idx_batches`` (concatenated in that order), on ``model``'s device."""
     import copy
 
     import torch
@@ -198,13 +204,15 @@ def run_variant(model, docs, idx_batches, variant: Variant | None) -> np.ndarray
     from benchmarks.gpu_stage import pad_batch
 
     m = model
+    device = next(model.parameters()).device
     if variant is not None and (variant.round_weights or variant.tanh_gelu):
         m = copy.deepcopy(model)
         if variant.round_weights:
             head = {id(p) for p in m.fc.parameters()} if variant.fp32_head else set()
+            keep = re.compile(variant.fp32_weights) if variant.fp32_weights else None
             with torch.no_grad():
-                for p in m.parameters():
-                    if id(p) not in head:
+                for name, p in m.named_parameters():
+                    if id(p) not in head and not (keep and keep.search(name)):
                         p.copy_(_round(p.data))
         if variant.tanh_gelu:
             _set_gelu(m, "tanh")
@@ -213,12 +221,12 @@ def run_variant(model, docs, idx_batches, variant: Variant | None) -> np.ndarray
     try:
         with torch.inference_mode():
             for idx in idx_batches:
-                ids, mask = pad_batch(docs, idx)
+                ids, mask = (t.to(device) for t in pad_batch(docs, idx))
                 if variant is not None and variant.round_activations:
                     with exact_position_helpers(), rounding_mode(variant, stack):
-                        outs.append(m(ids, mask).float().numpy())
+                        outs.append(m(ids, mask).float().cpu().numpy())
                 else:
-                    outs.append(m(ids, mask).float().numpy())
+                    outs.append(m(ids, mask).float().cpu().numpy())
     finally:
         for h in handles:
             h.remove()
@@ -239,7 +247,12 @@ def parse_args(argv):
                    help="the first N of gpu_stage's 12,000 documents (the head's calibration set), or the N shortest "
                         "(many documents for the CPU time of few: a wider search for the worst one)")
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    p.add_argument("--keep-fp32-weights", nargs="+", default=[], metavar="REGEX",
+                   help="also run engine_exact_gelu_sum_head with the weights whose names match REGEX kept in fp32 "
+                        "(one variant per REGEX, named keep32:REGEX): which layers need more than fp16 weights")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="where the emulation runs (cuda: minutes instead of an hour; "
+                   "still fp32 arithmetic with TF32 off, so the same numbers up to summation order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="safetensors file: reuse the calibrated model between runs")
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -266,7 +279,7 @@ def build_calibrated(args, docs, config):
         model.load_state_dict(load_file(args.cache))
         log.info("calibrated model from %s", args.cache)
         return model
-    calibrate_head(model, docs, torch.device("cpu"), measure_bf16_noise=False)
+    calibrate_head(model, docs, torch.device(args.device), measure_bf16_noise=False)
     if args.cache:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.cache, metadata=made_by)
     return model
@@ -284,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     _, config, docs = domain_setup(args.smoke, args.seed)
     if args.smoke:
         args.eval_docs = min(args.eval_docs, 24)
-    model = build_calibrated(args, docs, config)
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference and the emulation stay true fp32
+    model = build_calibrated(args, docs, config).to(args.device)
     n = min(args.eval_docs, len(docs.ids))
     picked = np.arange(n) if args.pick == "first" else np.argsort(docs.lengths, kind="stable")[:n]
     lengths = docs.lengths[picked]
@@ -298,23 +312,30 @@ def main(argv: list[str] | None = None) -> int:
         if ref_cache is not None:
             np.save(ref_cache, ref)
     log.info("fp32 reference: %d docs in %.0f s", n, time.time() - t0)
-    rows = []
-    for name in args.variants:
-        t0 = time.time()
-        probs = run_variant(model, docs, batches, VARIANTS[name])
-        row = dict(name=name, doc=VARIANTS[name].doc, **doc_diffs(probs, ref), seconds=round(time.time() - t0, 1))
-        log.info("%-40s mean %.2e  p90 %.2e  max %.2e  >1e-2 %.3f  argmax %.3f", name, row["mean_doc_max_diff"],
-                 row["p90"], row["max"], row["over_1e2_fraction"], row["argmax_agreement"])
-        rows.append(row)
     top2 = np.sort(ref, axis=1)[:, -2:]
-    out = dict(date=dt.date.today().isoformat(), device="CPU (fp16 roundings emulated in fp32)",
+    where = torch.cuda.get_device_name(model.fc.weight.device) if args.device.startswith("cuda") else "CPU"
+    rows: list[dict] = []
+    out = dict(date=dt.date.today().isoformat(), device=f"{where} (fp16 roundings emulated in fp32)",
                command="python -m benchmarks.probes.precision_budget " + " ".join(argv or sys.argv[1:]),
                docs=int(n), tokens=int(lengths.sum()),
                picked=f"the {args.pick} {n} of gpu_stage's 12,000 domain-mix documents",
                decisive_fraction=float(((top2[:, 1] - top2[:, 0]) >= MARGIN).mean()),
                results=rows)
+    variants = [VARIANTS[name] for name in args.variants] + [
+        replace(VARIANTS["engine_exact_gelu_sum_head"], name=f"keep32:{regex}", fp32_weights=regex,
+                doc=f"engine_exact_gelu_sum_head with the weights matching {regex!r} in fp32")
+        for regex in args.keep_fp32_weights]
+    for variant in variants:
+        name = variant.name
+        t0 = time.time()
+        probs = run_variant(model, docs, batches, variant)
+        row = dict(name=name, doc=variant.doc, **doc_diffs(probs, ref), seconds=round(time.time() - t0, 1))
+        log.info("%-40s mean %.2e  p90 %.2e  max %.2e  >1e-2 %.3f  argmax %.3f", name, row["mean_doc_max_diff"],
+                 row["p90"], row["max"], row["over_1e2_fraction"], row["argmax_agreement"])
+        rows.append(row)
+        if args.out:  # after every variant: a run cut short keeps what it measured
+            Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
         log.info("wrote %s", args.out)
     return 0
 

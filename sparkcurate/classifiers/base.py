@@ -58,7 +58,7 @@ class DistributedDataClassifier:
     (the probability vector, ordered like ``labels``), ``max_chars`` (character cut before tokenizing),
     ``max_tokens``, ``batch_size`` (documents per micro-batch at most), ``device`` (auto|cuda|cpu); and:
     ``revision`` (hub revision to pin), ``labels`` (for old configs without them), ``token_budget``,
-    ``precision`` (auto|fp32|bf16|fp16), ``packed`` (auto|on|off), ``allow_pickle``, ``trust_remote_code``,
+    ``precision`` (auto|fp32|bf16|fp16|fp16-split), ``packed`` (auto|on|off), ``allow_pickle``, ``trust_remote_code``,
     ``cache_dir``.
     """
 

@@ -321,16 +321,28 @@ def fused_qkv(query: nn.Linear, key: nn.Linear, value: nn.Linear) -> tuple[torch
     buffer, i.e. it mutates the modules; here they are the backbone's own and
     must stay as they are. A missing bias among present ones is stored as zeros
     (same result); all missing gives None.
+
+    With ``SplitLinear`` projections (``precision="fp16-split"``) the weight is a
+    :class:`.split_weights.SplitWeight` of the stacked pairs; project with :func:`.split_weights.linear`.
     """
     import torch
 
+    from sparkcurate.engine.split_weights import SplitWeight, weight_of
+
+    weights = [weight_of(m) for m in (query, key, value)]
     with torch.no_grad():
-        weight = torch.cat([query.weight.detach(), key.weight.detach(), value.weight.detach()], dim=0).contiguous()
+        if any(isinstance(w, SplitWeight) for w in weights):
+            if not all(isinstance(w, SplitWeight) for w in weights):
+                raise ValueError("Q/K/V projections mix split and plain weights: cannot stack them")
+            weight = SplitWeight.stack(weights)
+        else:
+            weight = torch.cat([w.detach() for w in weights], dim=0).contiguous()
         biases = [query.bias, key.bias, value.bias]
         if all(b is None for b in biases):
             return weight, None
-        rows = [query.weight.shape[0], key.weight.shape[0], value.weight.shape[0]]
-        parts = [b.detach() if b is not None else weight.new_zeros(n) for b, n in zip(biases, rows)]
+        rows = [w.shape[0] for w in weights]
+        present = next(b for b in biases if b is not None)
+        parts = [b.detach() if b is not None else present.new_zeros(n) for b, n in zip(biases, rows)]
         return weight, torch.cat(parts).contiguous()
 
 
@@ -346,8 +358,9 @@ def _wrapper_class() -> type:
     global _WRAPPER_CLASS
     if _WRAPPER_CLASS is not None:
         return _WRAPPER_CLASS
-    import torch.nn.functional as F
     from disentangled_flash.kernel import InferenceDisentangledSelfAttention
+
+    from sparkcurate.engine import split_weights
 
     class SharedWeightPackedAttention(InferenceDisentangledSelfAttention):
         """Packed inference attention whose projections alias the HF layer's."""
@@ -366,7 +379,7 @@ def _wrapper_class() -> type:
             # passes q/k/v strides to the kernel, so no copy there either.
             if self._cached_qkv_weight is None:
                 raise RuntimeError("fused QKV projection is not prepared; call prepare_for_inference() first")
-            projected = F.linear(hidden_states, self._cached_qkv_weight, self._cached_qkv_bias)
+            projected = split_weights.linear(hidden_states, self._cached_qkv_weight, self._cached_qkv_bias)
             return projected.split(self.all_head_size, dim=-1)
 
     _WRAPPER_CLASS = SharedWeightPackedAttention
@@ -838,7 +851,8 @@ def _last_layer_first_rows(
     length-sorted, so the padding is small) with padded keys masked out.
     """
     import torch
-    import torch.nn.functional as F
+
+    from sparkcurate.engine import split_weights
 
     attention = layer.attention.self
     heads, head_dim = attention.num_attention_heads, attention.attention_head_size
@@ -846,7 +860,8 @@ def _last_layer_first_rows(
     first = hidden.index_select(0, cu_dev[:-1].long())
     query = attention.query_proj(first).view(batch, heads, head_dim)
     if tables.kv_weight is not None:
-        key, value = F.linear(hidden, tables.kv_weight, tables.kv_bias).split(attention.all_head_size, dim=-1)
+        key, value = split_weights.linear(hidden, tables.kv_weight, tables.kv_bias).split(attention.all_head_size,
+                                                                                          dim=-1)
     else:
         key, value = attention.key_proj(hidden), attention.value_proj(hidden)
     key_pad, valid = _pad_rows(key, cu_dev, length)

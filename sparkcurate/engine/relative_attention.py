@@ -303,10 +303,10 @@ def packed_attention(
     ``programs_per_sm`` apply to the last two.
     """
     import torch
-    import torch.nn.functional as F
     import triton
 
     from sparkcurate.engine import relative_attention_smem as smem
+    from sparkcurate.engine import split_weights
 
     heads, head_dim = tables.heads, tables.head_dim
     if head_dim not in HEAD_DIMS:
@@ -317,7 +317,7 @@ def packed_attention(
     if shear == "smem":
         problem = smem.smem_problem(hidden.device, hidden.dtype, head_dim)
         if problem is None:
-            projected = F.linear(hidden, tables.qkv_weight, tables.qkv_bias)
+            projected = split_weights.linear(hidden, tables.qkv_weight, tables.qkv_bias)
             try:
                 return smem.smem_attention(tables, projected, cu_seqlens, max_seqlen, slots)
             except smem.SmemUnavailable as exc:  # once per process: later calls see it in smem_problem
@@ -333,7 +333,7 @@ def packed_attention(
     if half < max_seqlen + block_m + block_n:
         raise ValueError(f"distance table covers +-{half}, needs +-{max_seqlen + block_m + block_n}")
     width = heads * head_dim
-    projected = F.linear(hidden, tables.qkv_weight, tables.qkv_bias)
+    projected = split_weights.linear(hidden, tables.qkv_weight, tables.qkv_bias)
     query, key, value = projected.split(width, dim=-1)
     output = torch.empty((hidden.shape[0], width), dtype=hidden.dtype, device=hidden.device)
     position_table = tables.pos_key if tables.pos_key is not None else tables.pos_query
