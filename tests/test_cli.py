@@ -121,3 +121,14 @@ def test_parse_params():
 def test_unknown_param_is_a_usage_error(tmp_path):
     assert main(["classify", "--input", str(SAMPLES), "--output", str(tmp_path), "--classifier", "zero-shot",
                  "--param", "nonsense=1"]) == EXIT_USAGE
+
+
+def test_precision_choices_reach_the_classifier():
+    from sparkcurate.cli import build_parser, make_classifiers
+
+    args = build_parser().parse_args(["classify", "--input", "in", "--output", "out", "--classifier", "domain",
+                                      "--precision", "fp16-split"])
+    assert [c.precision for c in make_classifiers(args)] == ["fp16-split"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["classify", "--input", "in", "--output", "out", "--classifier", "domain",
+                                   "--precision", "fp8"])

@@ -148,3 +148,13 @@ def test_unknown_precision_names_the_choices():
 
     with pytest.raises(ValueError, match="fp16-split"):
         EngineConfig(precision="fp8").resolved_precision(torch.device("cpu"))
+
+
+def test_causal_lms_refuse_fp16_split():
+    """A causal LM is loaded straight in the engine's dtype (never through fp32): fp16-split cannot apply, and says so."""
+    from sparkcurate.engine.runner import EngineConfig
+    from sparkcurate.models.llm import precision_dtype
+
+    assert precision_dtype(EngineConfig(precision="fp16"), "cpu") == torch.float16
+    with pytest.raises(ValueError, match="encoder classifiers"):
+        precision_dtype(EngineConfig(precision="fp16-split"), "cpu")

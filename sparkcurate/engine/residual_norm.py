@@ -10,7 +10,8 @@ Precision: the sum, mean, variance and affine map run in fp32 and the result is
 rounded once. PyTorch's separate add rounds the sum to fp16/bf16 before the
 LayerNorm sees it; the kernel does not (``ROUND_SUM``): that rounding of the
 residual stream, twice a layer, costs nothing to remove (with the fp32 head, 4%
-closer to fp32 in benchmarks/NOTES.md's tenth-round emulation). ``ROUND_SUM = True``
+closer to fp32 in benchmarks/NOTES.md's tenth-round emulation; on the H100 the
+difference was within the noise, eleventh round). ``ROUND_SUM = True``
 gives PyTorch's arithmetic up to the fp32 summation order of the statistics
 (tests/test_residual_norm.py).
 """

@@ -80,7 +80,8 @@ def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
 
     Why: a classification head is a few thousand weights and one tiny GEMM a micro-batch, but in half precision its
     logits (spread over several units) are rounded to fp16's 2^-7 steps above 8, enough to move a probability by up to
-    ~2e-3 (benchmarks/NOTES.md, tenth round). Kept children are never converted, so they keep every fp32 bit of the
+    ~2e-3 (benchmarks/NOTES.md, tenth round; on the H100's benchmark the change was within the noise, eleventh
+    round, but it costs nothing). Kept children are never converted, so they keep every fp32 bit of the
     checkpoint; the model's forward casts their input.
     """
     model = model.to(device=device)

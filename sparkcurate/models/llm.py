@@ -43,7 +43,10 @@ _NON_WEIGHT_SUFFIXES = ("rotary_emb.inv_freq",)
 
 def precision_dtype(config: EngineConfig, device: str | torch.device) -> torch.dtype:
     """The dtype the engine will run in on ``device``, so the model is loaded in it from the start."""
-    return PRECISIONS[config.resolved_precision(torch.device(device))]
+    precision = config.resolved_precision(torch.device(device))
+    if precision == "fp16-split":  # it needs the fp32 weights in memory, which a 7B model must never pass through
+        raise ValueError("precision fp16-split is for the encoder classifiers; a causal LM runs in fp16, bf16 or fp32")
+    return PRECISIONS[precision]
 
 
 # --------------------------------------------------------------------------------------------------------------
