@@ -528,8 +528,6 @@ def bench_engine(args, docs: Docs, base_model, config, tokenizer, device, ref) -
     except ImportError as exc:
         log.warning("sparkcurate_gpu_stage skipped: %s", exc)
         return [skipped("sparkcurate_gpu_stage", docs, f"engine not importable: {exc}")]
-    import torch
-
     try:
         cfg = EngineConfig(max_tokens=docs.max_tokens, max_chars=docs.max_chars)
         engine = InferenceEngine(copy.deepcopy(base_model), tokenizer, cfg, device=device)
@@ -537,13 +535,8 @@ def bench_engine(args, docs: Docs, base_model, config, tokenizer, device, ref) -
         if not np.array_equal(tokens.lengths, docs.lengths):
             log.warning("engine tokenization differs from the benchmark's (%d vs %d tokens)",
                         tokens.total_tokens, int(docs.lengths.sum()))
-        engine.predict_tokenized(tokens)  # warm-up pass: kernel compilation, allocator
-        sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        probs, secs, passes = median_pass(lambda: engine.predict_tokenized(tokens), args.engine_passes, device)
-        peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-        notes = f"{engine.precision}, {'packed' if engine.packed else 'padded'}, budget {engine.budget}"
+        probs, secs, passes, peak = time_engine(engine, tokens, args.engine_passes, device)
+        notes = engine_notes(engine)
         out = [make_result("sparkcurate_gpu_stage", docs, probs, secs, peak, ref, config, notes=notes,
                            oom_retries=engine.oom_retries, pass_seconds=passes)]
         log_result(out[-1])
@@ -564,9 +557,28 @@ def bench_engine(args, docs: Docs, base_model, config, tokenizer, device, ref) -
         return [skipped("sparkcurate_gpu_stage", docs, f"failed: {type(exc).__name__}: {exc}")]
 
 
+def time_engine(engine, tokens, passes: int, device) -> tuple[np.ndarray, float, list[float], float | None]:
+    """A warm-up pass (kernel compilation, allocator), then :func:`median_pass` over ``passes`` timed passes:
+    probabilities, median seconds, every pass's seconds, and the peak GPU memory (GB) of the timed passes."""
+    import torch
+
+    engine.predict_tokenized(tokens)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    probs, secs, seconds = median_pass(lambda: engine.predict_tokenized(tokens), passes, device)
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return probs, secs, seconds, peak
+
+
+def engine_notes(engine) -> str:
+    return f"{engine.precision}, {'packed' if engine.packed else 'padded'}, budget {engine.budget}"
+
+
 def bench_fp16_split(args, docs: Docs, base_model, tokenizer, tokens, ref, config, device) -> Result:
     """The engine with ``precision="fp16-split"`` (sparkcurate/engine/split_weights.py): every linear layer's fp32
-    weight as an fp16 pair, two GEMMs, the exact GELU. What probabilities within 1e-2 of fp32 cost, same run."""
+    weight as an fp16 pair in one doubled-K GEMM, the exact GELU. What probabilities within 1e-2 of fp32 cost, same
+    run."""
     import torch
 
     from sparkcurate.engine.runner import EngineConfig, InferenceEngine
@@ -576,14 +588,8 @@ def bench_fp16_split(args, docs: Docs, base_model, tokenizer, tokens, ref, confi
         torch.cuda.empty_cache()
     cfg = EngineConfig(max_tokens=docs.max_tokens, max_chars=docs.max_chars, precision="fp16-split")
     engine = InferenceEngine(copy.deepcopy(base_model), tokenizer, cfg, device=device)
-    engine.predict_tokenized(tokens)  # warm-up
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    probs, secs, seconds = median_pass(lambda: engine.predict_tokenized(tokens), args.engine_passes, device)
-    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    result = make_result("sparkcurate_fp16_split", docs, probs, secs, peak, ref, config,
-                         notes=f"{engine.precision}, {'packed' if engine.packed else 'padded'}, budget {engine.budget}",
+    probs, secs, seconds, peak = time_engine(engine, tokens, args.engine_passes, device)
+    result = make_result("sparkcurate_fp16_split", docs, probs, secs, peak, ref, config, notes=engine_notes(engine),
                          oom_retries=engine.oom_retries, pass_seconds=seconds)
     log_result(result)
     return result

@@ -85,7 +85,7 @@ def test_split_linears_skips_named_children_and_other_classes(caplog):
     with caplog.at_level(logging.WARNING, logger="sparkcurate.engine.split_weights"):
         count = split_linears(model, torch.float16, skip=("fc",))
     assert count == 1
-    assert type(model.body[0]) is split_weights.split_linear_class()
+    assert type(model.body[0]) is split_weights.SplitLinear
     assert type(model.body[2]) is Scaled and type(model.fc) is nn.Linear
     assert "body.2" in caplog.text and "fc" not in caplog.text.split("weights:")[-1]
     assert split_linears(model, torch.float16, skip=("fc",)) == 0  # already split: nothing twice
@@ -123,7 +123,7 @@ def test_engine_fp16_split_on_cpu(deberta_dir, sample_texts):
     classifier.preflight()
     base = classifier.load_engine("cpu")
     exact = base.predict(sample_texts)
-    cls = split_weights.split_linear_class()
+    cls = split_weights.SplitLinear
 
     def engine(model, precision):
         return InferenceEngine(copy.deepcopy(model), base.tokenizer, EngineConfig(max_chars=2000, precision=precision))

@@ -2,7 +2,7 @@
 
 Why: ``precision="fp16-split"`` (sparkcurate/engine/split_weights.py) needs ``x @ (hi + lo).T`` rounded once, as an
 fp32-weight product would be. For each linear shape of DeBERTa-base (65,536 rows) this measures the share of outputs
-that equal the correctly rounded fp32-weight product (float64 reference) and the time of:
+that equal the correctly rounded fp32-weight product (float64 reference) and the time (median of 20 calls) of:
 
 - ``fp16``: plain fp16 weights (what the fp16 engine does);
 - ``two_gemm_beta_c``: ``addmm(x @ lo.T * 2**-11, x, hi.T)``, the second product added through cuBLAS's ``beta * C``;
@@ -26,24 +26,10 @@ SHAPES = {"attention (768 -> 768)": (768, 768), "intermediate (768 -> 3072)": (3
           "output (3072 -> 768)": (768, 3072)}
 
 
-def cuda_ms(fn, repeats: int = 20) -> float:
-    """Mean milliseconds of ``fn`` over ``repeats`` calls after one warm-up (CUDA events)."""
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from benchmarks.attention_kernel import time_call
     from sparkcurate.engine.split_weights import LO_SHIFT, linear, split
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -68,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for way, fn in ways.items():
             rows.append(dict(shape=name, way=way, correctly_rounded=round((fn() == want).float().mean().item(), 4),
-                             ms=round(cuda_ms(fn), 4)))
+                             ms=round(time_call(fn, 20), 4)))
             row = rows[-1]
             print(f"{name:28s} {way:18s} correctly rounded {row['correctly_rounded']:.4f}  {row['ms']:.3f} ms",
                   flush=True)

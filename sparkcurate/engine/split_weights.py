@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # heavy imports stay lazy at runtime
-    import torch
-    from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,12 @@ class SplitWeight:
 
     @staticmethod
     def stack(weights: list[SplitWeight]) -> SplitWeight:
-        import torch
-
         return SplitWeight(torch.cat([w.pair for w in weights]).contiguous())
 
 
 def split(weight: torch.Tensor, dtype: torch.dtype) -> SplitWeight:
     """``weight`` (fp32) as a :class:`SplitWeight` of ``dtype``. Refuses weights already in half precision: their lost
     bits cannot be split back, and a zero ``lo`` would make the mode a silent no-op."""
-    import torch
-
     if weight.dtype != torch.float32:
         raise ValueError(f"precision fp16-split needs the model's fp32 weights; got {weight.dtype} (load the model in "
                          "fp32, or use precision fp16)")
@@ -87,9 +83,6 @@ def split(weight: torch.Tensor, dtype: torch.dtype) -> SplitWeight:
 
 def linear(x: torch.Tensor, weight: torch.Tensor | SplitWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` that also takes a :class:`SplitWeight`: one GEMM over ``[x, x * 2**-LO_SHIFT]``."""
-    import torch
-    import torch.nn.functional as F
-
     if not isinstance(weight, SplitWeight):
         return F.linear(x, weight, bias)
     width = x.shape[-1]
@@ -99,66 +92,46 @@ def linear(x: torch.Tensor, weight: torch.Tensor | SplitWeight, bias: torch.Tens
     return F.linear(doubled, weight.pair, bias)
 
 
-def _linear_class() -> type:
-    from torch import nn
+class SplitLinear(nn.Linear):
+    """An ``nn.Linear`` whose product uses the ``weight_pair`` buffer (a :class:`SplitWeight`); ``.weight`` is its
+    ``hi`` half, so code that reads a linear layer's weight for its shape, dtype or device still works."""
 
-    class SplitLinear(nn.Linear):
-        """An ``nn.Linear`` whose product uses the ``weight_pair`` buffer (a :class:`SplitWeight`); ``.weight`` is its
-        ``hi`` half, so code that reads a linear layer's weight for its shape, dtype or device still works."""
+    def __init__(self, source: nn.Linear, dtype: torch.dtype):
+        with torch.device("meta"):
+            super().__init__(source.in_features, source.out_features, bias=source.bias is not None)
+        pair = split(source.weight.detach(), dtype)
+        self.register_buffer("weight_pair", pair.pair)
+        self.weight = nn.Parameter(pair.hi, requires_grad=False)  # a view of the pair's first half
+        if source.bias is not None:
+            self.bias = nn.Parameter(source.bias.detach().to(dtype), requires_grad=False)
 
-        def __init__(self, source: nn.Linear, dtype):
-            import torch
+    @property
+    def split_weight(self) -> SplitWeight:
+        return SplitWeight(self.weight_pair)
 
-            with torch.device("meta"):
-                super().__init__(source.in_features, source.out_features, bias=source.bias is not None)
-            pair = split(source.weight.detach(), dtype)
-            self.register_buffer("weight_pair", pair.pair)
-            self.weight = nn.Parameter(pair.hi, requires_grad=False)  # a view of the pair's first half
-            if source.bias is not None:
-                self.bias = nn.Parameter(source.bias.detach().to(dtype), requires_grad=False)
-
-        @property
-        def split_weight(self) -> SplitWeight:
-            return SplitWeight(self.weight_pair)
-
-        def forward(self, x):
-            return linear(x, self.split_weight, self.bias)
-
-    return SplitLinear
-
-
-_SPLIT_LINEAR: type | None = None
-
-
-def split_linear_class() -> type:
-    """The ``SplitLinear`` class (built on first use, so importing this module does not import torch)."""
-    global _SPLIT_LINEAR
-    if _SPLIT_LINEAR is None:
-        _SPLIT_LINEAR = _linear_class()
-    return _SPLIT_LINEAR
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.split_weight, self.bias)
 
 
 def weight_of(module: nn.Module) -> torch.Tensor | SplitWeight:
     """A linear module's weight as :func:`linear` takes it."""
-    return module.split_weight if isinstance(module, split_linear_class()) else module.weight
+    return module.split_weight if isinstance(module, SplitLinear) else module.weight
 
 
 def split_linears(model: nn.Module, dtype: torch.dtype, skip: tuple[str, ...] = ()) -> int:
     """Replace every plain ``nn.Linear`` in ``model`` (not under the top-level children named in ``skip``) by a
     ``SplitLinear`` of ``dtype``; returns how many. Subclasses of ``nn.Linear`` are left alone: their forward may
     do more than a product, and they then stay in the engine's plain dtype (logged)."""
-    from torch import nn
-
-    cls = split_linear_class()
     count, others = 0, []
     for name, parent in list(model.named_modules()):
         if name and name.split(".")[0] in skip:
             continue
         for child_name, child in list(parent.named_children()):
-            if parent is model and child_name in skip or not isinstance(child, nn.Linear) or isinstance(child, cls):
+            skipped = parent is model and child_name in skip
+            if skipped or not isinstance(child, nn.Linear) or isinstance(child, SplitLinear):
                 continue
             if type(child) is nn.Linear:
-                setattr(parent, child_name, cls(child, dtype))
+                setattr(parent, child_name, SplitLinear(child, dtype))
                 count += 1
             else:
                 others.append(f"{name}.{child_name}".lstrip("."))
