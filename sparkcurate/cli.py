@@ -58,7 +58,8 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "fp16-split"), default="auto",
                    help="auto: fp32 on CPU, fp16 on GPUs; fp16-split: fp16 with fp32-exact weights (closer to fp32, "
                         "slower)")
-    p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...'")
+    p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...' "
+                                    "(a value with ';' or '=' is inline, never a file name)")
     p.add_argument("--param", action="append", metavar="[NAME:]KEY=VALUE",
                    help="a classifier option by name, e.g. aegis:adapter=permissive or zero-shot:temperature=0.1 "
                         "(values parsed as JSON when they can be); repeatable")
