@@ -201,7 +201,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
         compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
-        waves=args.waves,
+        waves=args.waves, report=not args.no_report,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:
@@ -212,13 +212,6 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ModelArtifactError as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
-    if not args.no_report:
-        from sparkcurate.report import build_report
-
-        try:
-            log.info("report: %s", build_report(args.output))
-        except Exception as exc:  # the data is written; a report problem must not fail the job
-            log.warning("could not build the report: %s", exc)
     log.info("%d input records: %d written, %d filtered out, %d rejected %s; summary in %s/_summary.json",
              summary["input_records"], summary["output_records"], summary["filtered_records"],
              summary["rejected_records"], summary["rejected_by_reason"] or "", args.output)

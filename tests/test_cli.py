@@ -76,7 +76,13 @@ def test_parse_filters():
         parse_filters([","], ["domain"])
 
 
-def test_classify_through_main(spark, deberta_dir, tmp_path):
+def test_classify_through_main(spark, deberta_dir, tmp_path, monkeypatch):
+    import sparkcurate.report
+
+    built = []
+    build_report = sparkcurate.report.build_report
+    monkeypatch.setattr(sparkcurate.report, "build_report",
+                        lambda out_dir: built.append(out_dir) or build_report(out_dir))
     out = tmp_path / "out"
     code = main(["classify", "--input", str(SAMPLES), "--output", str(out), "--classifier", "domain",
                  "--model", str(deberta_dir), "--device", "cpu", "--prob-column", "domain_prob",
@@ -85,7 +91,7 @@ def test_classify_through_main(spark, deberta_dir, tmp_path):
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["input_records"] == 31 and summary["rejected_records"] == 3
     assert summary["output_records"] + summary["filtered_records"] == 28
-    assert (out / "_report" / "index.html").exists()
+    assert (out / "_report" / "index.html").exists() and len(built) == 1  # by the job, not again by the command
     rows = spark.read.json(str(out)).collect()
     assert len(rows) == summary["output_records"] and all(len(r["domain_prob"]) == 5 for r in rows)
     assert main(["report", str(out)]) == EXIT_OK
