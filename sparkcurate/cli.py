@@ -176,6 +176,26 @@ def make_classifiers(args: argparse.Namespace) -> list[Any]:
     return out
 
 
+def check_output_path(output: str) -> None:
+    """A ValueError when ``--output`` (or a folder above it) is an existing file: found before Spark starts, in
+    a line, where Spark would fail after its start with a long Py4J traceback.
+
+    Only local paths (and ``file:`` URIs) are checked: an object store or HDFS output (``s3a://``, ``hdfs://``)
+    can only be reached through Spark's Hadoop client, so such a mistake there is still Spark's to report.
+    """
+    from sparkcurate.io.fs import local_path
+
+    path = local_path(output)
+    if path is None:
+        return
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is" if candidate == path else f"is under {candidate}, which is"
+                raise ValueError(f"--output {output} {where} an existing file, not a directory")
+            return
+
+
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.read import InputError
     from sparkcurate.models.loading import ModelArtifactError
@@ -185,6 +205,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
+        check_output_path(args.output)
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
     except ValueError as exc:

@@ -172,3 +172,23 @@ def test_labels_from_files(tmp_path):
     long_path = str(tmp_path / ("x" * 300 + ".json"))  # probing it raises OSError: an error of its own, not that
     with pytest.raises(ValueError, match="not found"):
         _zero_shot_labels(long_path)
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_output_that_is_a_file_is_a_usage_error_before_spark(tmp_path, monkeypatch, caplog, under):
+    """--output naming an existing file (or a path under one): exit 2 with one line, before Spark starts (it once
+    failed with exit 1 and a Py4J traceback after Spark's start), and nothing written."""
+    import sparkcurate.spark.session
+
+    def no_spark(*_args, **_kwargs):
+        raise AssertionError("Spark must not start")
+
+    monkeypatch.setattr(sparkcurate.spark.session, "get_session", no_spark)
+    existing = tmp_path / "results.jsonl"
+    existing.write_text("keep me\n", encoding="utf-8")
+    output = existing / "out" if under else existing
+    code = main(["classify", "--input", str(SAMPLES), "--output", str(output), "--classifier", "zero-shot"])
+    assert code == EXIT_USAGE
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "existing file" in errors[0] and "\n" not in errors[0]
+    assert existing.read_text(encoding="utf-8") == "keep me\n" and sorted(tmp_path.iterdir()) == [existing]
