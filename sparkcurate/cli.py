@@ -54,7 +54,9 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, help="token limit")
     p.add_argument("--batch-size", type=int, default=256, help="documents per micro-batch at most")
     p.add_argument("--token-budget", type=int, help="tokens per micro-batch (default 65536 on GPU, 8192 on CPU)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="where each task runs the model: auto (default) takes the GPU Spark gave the task, else a "
+                        "local GPU, else the CPU; cuda fails where a task has no GPU; cpu never uses one")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "fp16-split"), default="auto",
                    help="auto: fp32 on CPU, fp16 on GPUs; fp16-split: fp16 with fp32-exact weights (closer to fp32, "
                         "slower)")
@@ -69,9 +71,12 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark setting; repeatable")
     p.add_argument("--layout", choices=("partitioned", "mirror"), default="partitioned",
                    help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
-    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none")
+    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none",
+                   help="compression of the output JSONL files (default: none)")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
-    p.add_argument("--file-name-column", default="file_name")
+    p.add_argument("--file-name-column", default="file_name",
+                   help="column naming each record's input file; partitioned output is split by it "
+                        "(default: file_name)")
     p.add_argument("--waves", type=int, default=DEFAULT_WAVES, metavar="N",
                    help=f"classify tasks per GPU (task slot): the input is cut so every slot gets N equal tasks, "
                         f"more when a split would pass spark.sql.files.maxPartitionBytes (default {DEFAULT_WAVES}; "
