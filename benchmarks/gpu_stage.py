@@ -1,6 +1,6 @@
 """GPU-stage benchmark: DeBERTa-v3-base-shaped classifier over synthetic documents, without Spark.
 
-Why: the numbers to beat in reference/performance.md are for the GPU stage alone; this script
+Why: the numbers to beat (the anchors in benchmarks/NOTES.md) are for the GPU stage alone; this script
 reproduces them (arrival-order fp32, sorted bf16, packed bf16) and times sparkcurate's own engine
 on the same documents, so every change can be compared on one card in one run.
 
@@ -20,8 +20,8 @@ Model: random weights, DeBERTa-v3-base shape (12 layers, hidden 768, 12 heads, 2
 buckets, vocab 128,100) with a 26-label head. Random backbones give near-identical [CLS] states, so
 the head is *calibrated* (bias centres the fp32 [CLS] states of 256 documents, weights scaled to a
 logit spread of ~4): predictions are decisive and spread over classes, like a trained model's, and
-argmax agreement measures precision effects rather than near-ties (performance.md, "Measuring
-agreement"). Agreement is also reported on documents whose fp32 top-two margin is >= 0.1.
+argmax agreement measures precision effects rather than near-ties (the anchors in benchmarks/NOTES.md,
+"Measuring agreement"). Agreement is also reported on documents whose fp32 top-two margin is >= 0.1.
 
 Tokenizer: the real DeBERTa-v3 tokenizer cannot be downloaded; benchmarks/synthetic.py builds a
 WordPiece tokenizer whose token counts follow the length mix exactly (see its docstring).

@@ -3,10 +3,10 @@
 
 Runs sparkcurate's real job (``sparkcurate.pipeline.run``: rejects, persisted rows, summary, model load included)
 in local-cluster mode with GPU-scheduled tasks (the discovery script in conf/), on synthetic documents of the
-performance.md length mix, with a DeBERTa-v3-base-shaped classifier (random weights, 26 labels) written in the
-published checkpoint layout.
+anchors' length mix (benchmarks/NOTES.md), with a DeBERTa-v3-base-shaped classifier (random weights, 26 labels)
+written in the published checkpoint layout.
 
-    python3 -m benchmarks.spark_e2e --docs 100000 --tasks-per-gpu 4        # on the GPU machine (Spark from the kit)
+    python3 -m benchmarks.spark_e2e --docs 100000 --tasks-per-gpu 4        # on a GPU machine with Spark installed
     python3 -m benchmarks.spark_e2e --smoke                                  # CPU, tiny model, seconds (CI)
     python3 -m benchmarks.spark_e2e --docs 200000 --files 64 --layouts 1x1,2x1,1x4,2x4 --warm-up-docs 2000
                                                             # GPU scaling: one Spark application per layout

@@ -1,4 +1,4 @@
-"""Deterministic synthetic documents with the length mixes of reference/performance.md.
+"""Deterministic synthetic documents with the length mixes of the anchors (benchmarks/NOTES.md).
 
 Why synthetic: benchmarks must run without network or datasets, and must reproduce the *length mix*
 that decides how much padding a batch carries (the thing packing removes).
@@ -7,7 +7,7 @@ Mixes (token counts, [CLS]/[SEP] included):
 
 * ``DOMAIN`` -- NeMo's domain classifier after its 2000-character cut: 55% of documents 440-512
   tokens, the rest log-normal kept below 440 (parameters: median 222, sigma 0.6, chosen so the
-  overall mean is ~358 tokens against performance.md's 361; the tail's median ends up ~200).
+  overall mean is ~358 tokens against the anchors' 361; the tail's median ends up ~200).
 * ``QUALITY`` -- the quality classifier's shape (cut at 6000 characters / 1024 tokens): 60% of
   documents 900-1024 tokens, the rest log-normal kept below 900 (median 388); mean ~737.
 

@@ -54,11 +54,14 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, help="token limit")
     p.add_argument("--batch-size", type=int, default=256, help="documents per micro-batch at most")
     p.add_argument("--token-budget", type=int, help="tokens per micro-batch (default 65536 on GPU, 8192 on CPU)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="where each task runs the model: auto (default) takes the GPU Spark gave the task, else a "
+                        "local GPU, else the CPU; cuda fails where a task has no GPU; cpu never uses one")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "fp16-split"), default="auto",
                    help="auto: fp32 on CPU, fp16 on GPUs; fp16-split: fp16 with fp32-exact weights (closer to fp32, "
                         "slower)")
-    p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...'")
+    p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...' "
+                                    "(a value with ';' or '=' is inline, never a file name)")
     p.add_argument("--param", action="append", metavar="[NAME:]KEY=VALUE",
                    help="a classifier option by name, e.g. aegis:adapter=permissive or zero-shot:temperature=0.1 "
                         "(values parsed as JSON when they can be); repeatable")
@@ -68,9 +71,12 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark setting; repeatable")
     p.add_argument("--layout", choices=("partitioned", "mirror"), default="partitioned",
                    help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
-    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none")
+    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none",
+                   help="compression of the output JSONL files (default: none)")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
-    p.add_argument("--file-name-column", default="file_name")
+    p.add_argument("--file-name-column", default="file_name",
+                   help="column naming each record's input file; partitioned output is split by it "
+                        "(default: file_name)")
     p.add_argument("--waves", type=int, default=DEFAULT_WAVES, metavar="N",
                    help=f"classify tasks per GPU (task slot): the input is cut so every slot gets N equal tasks, "
                         f"more when a split would pass spark.sql.files.maxPartitionBytes (default {DEFAULT_WAVES}; "
@@ -175,6 +181,26 @@ def make_classifiers(args: argparse.Namespace) -> list[Any]:
     return out
 
 
+def check_output_path(output: str) -> None:
+    """A ValueError when ``--output`` (or a folder above it) is an existing file: found before Spark starts, in
+    a line, where Spark would fail after its start with a long Py4J traceback.
+
+    Only local paths (and ``file:`` URIs) are checked: an object store or HDFS output (``s3a://``, ``hdfs://``)
+    can only be reached through Spark's Hadoop client, so such a mistake there is still Spark's to report.
+    """
+    from sparkcurate.io.fs import local_path
+
+    path = local_path(output)
+    if path is None:
+        return
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is" if candidate == path else f"is under {candidate}, which is"
+                raise ValueError(f"--output {output} {where} an existing file, not a directory")
+            return
+
+
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.read import InputError
     from sparkcurate.models.loading import ModelArtifactError
@@ -184,6 +210,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
+        check_output_path(args.output)
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
     except ValueError as exc:
@@ -200,7 +227,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
         compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
-        waves=args.waves,
+        waves=args.waves, report=not args.no_report,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:
@@ -211,13 +238,6 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ModelArtifactError as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
-    if not args.no_report:
-        from sparkcurate.report import build_report
-
-        try:
-            log.info("report: %s", build_report(args.output))
-        except Exception as exc:  # the data is written; a report problem must not fail the job
-            log.warning("could not build the report: %s", exc)
     log.info("%d input records: %d written, %d filtered out, %d rejected %s; summary in %s/_summary.json",
              summary["input_records"], summary["output_records"], summary["filtered_records"],
              summary["rejected_records"], summary["rejected_by_reason"] or "", args.output)

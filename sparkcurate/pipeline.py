@@ -54,6 +54,8 @@ class JobOptions:
     # (sparkcurate.spark.planning); 0 keeps Spark's own splitting.
     waves: int = DEFAULT_WAVES
     command: str | None = None
+    # Build OUT/_report/index.html after the summary (the command's --no-report turns it off).
+    report: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,7 +142,28 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     summary["input_splits"] = plan.as_dict() if plan is not None else None
     fs.write_json(SUMMARY_FILE, summary)
     fs.delete(RUNNING_MARKER)
+    if opts.report:
+        write_report(opts.output)
     return summary
+
+
+def write_report(output: str) -> None:
+    """``OUT/_report/index.html`` from the summary just written, so the Python call and the command give the same
+    outputs. The report is written with local file operations: an output on another file system (S3, HDFS, ...)
+    gets none (``sparkcurate report`` on a local copy builds it). The data is written by then: a report problem is
+    a warning, never a failed job."""
+    from sparkcurate.io.fs import local_path
+    from sparkcurate.report import build_report
+
+    local = local_path(output)
+    if local is None:
+        log.info("no report for %s: the report is built on local outputs only (`sparkcurate report` on a local "
+                 "copy of the output builds it)", output)
+        return
+    try:
+        log.info("report: %s", build_report(local))
+    except Exception as exc:
+        log.warning("could not build the report: %s", exc)
 
 
 def _restore_marker(fs, previous: dict | None) -> None:

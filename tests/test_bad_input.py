@@ -258,6 +258,22 @@ def test_files_not_read_are_reported(messy_run):
     assert "all_rejected.jsonl" in summary["by_file"] and summary["by_file"]["all_rejected.jsonl"]["output"] == 0
 
 
+def test_python_run_writes_the_report(messy_run):
+    """``run`` itself writes OUT/_report/index.html (the README's "rejects, summary and report"), not only the CLI."""
+    out, summary = messy_run
+    page = (out / "_report" / "index.html").read_text(encoding="utf-8")
+    assert "all_rejected.jsonl" in page and f"{summary['input_records']:,}" in page
+
+
+def test_python_run_without_report(spark, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"text": "one"}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    run(spark, JobOptions(input=str(tmp_path / "in"), output=str(out), classifiers=[LengthClassifier()],
+                          report=False))
+    assert (out / "_summary.json").is_file() and not (out / "_report").exists()
+
+
 def test_read_jsonl_leaves_out_only_rejects(spark, messy):
     from sparkcurate.io.read import read_jsonl
 

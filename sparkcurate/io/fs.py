@@ -84,3 +84,22 @@ class HadoopFS:
     def read_json(self, rel: str) -> Any | None:
         text = self.read_text(rel)
         return json.loads(text) if text else None
+
+
+def local_path(uri: str) -> "Path | None":
+    """The local path that a Spark path names (a plain path or ``file:`` URI), or None for another file system
+    (``s3a://``, ``hdfs://``, ``gs://``, ...), which only Spark's Hadoop client can reach.
+
+    Why: checks that must run before Spark starts (an ``--output`` that is a file) and the HTML report (written with
+    plain Python file operations) can only work on local paths; they skip the others instead of misreading
+    ``s3a://bucket/x`` as the relative path ``s3a:/bucket/x``.
+    """
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if not parsed.scheme:
+        return Path(uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(parsed.path)
+    return None

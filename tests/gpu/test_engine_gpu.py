@@ -63,7 +63,11 @@ def test_auto_precision_on_gpu_is_fp16(classifier):
 
 def test_next_batch_is_queued_without_waiting_for_the_previous(classifier, texts_and_reference):
     """``submit`` of a second batch while the first is in flight makes no host sync (the GPU keeps both queued),
-    and ``predict_batches`` (one batch ahead) gives the same results as one ``predict`` per batch."""
+    and ``predict_batches`` (one batch ahead) gives the same results as one ``predict`` per batch.
+
+    Each result is compared with ``predict`` of the very same batch: in fp16 a document's row may change in the last
+    bits with the micro-batch it shares (the GEMM kernel is chosen by shape), so batches of other compositions are
+    not expected to agree to 1e-6."""
     texts, _ = texts_and_reference
     engine = classifier.load_engine("cuda")
     half = len(texts) // 2
@@ -76,11 +80,14 @@ def test_next_batch_is_queued_without_waiting_for_the_previous(classifier, texts
     assert not syncs, syncs
     second = submitted[0]
     got = np.concatenate([engine.collect(first), engine.collect(second)])
-    np.testing.assert_allclose(got, engine.predict(texts), atol=1e-6)
+    np.testing.assert_allclose(got, np.concatenate([engine.predict(texts[:half]), engine.predict(texts[half:])]),
+                               atol=1e-6)
     batches = [texts[:3], [], texts[3:half], texts[half:]]
     streamed = list(engine.predict_batches(batches))
     assert [len(b) for b in streamed] == [len(b) for b in batches]
-    np.testing.assert_allclose(np.concatenate([b for b in streamed if len(b)]), got, atol=1e-6)
+    for batch, result in zip(batches, streamed):
+        if batch:
+            np.testing.assert_allclose(result, engine.predict(batch), atol=1e-6)
 
 
 @pytest.mark.parametrize("packed", ["off", "auto"])
