@@ -43,7 +43,10 @@ def sample_summary(n_files: int = 3) -> dict:
         "prob_histograms": {"domain": {"column": "domain_prob_max", "edges": edges,
                                        "counts": [0] * 5 + [3, 7, 12, 20, 31, 40, 52, 60, 75, 90, 100, 110,
                                                             120, 130, 200]}},
-        "docs_per_s": 81.3, "devices": ["cpu"],
+        "docs_per_s": 81.3, "classify_s": 8.25, "classify_docs_per_s": 119.0, "devices": ["cpu"],
+        "input_splits": {"slots": 2, "waves_asked": 4, "waves": 1, "tasks": 2, "input_bytes": 7749,
+                         "task_bytes": 3874, "split_bytes": 3358543, "min_partitions": 2,
+                         "waves_reason": "the input (7.6 KB) is too small for 4 tasks per slot"},
         "models": [{"classifier": "domain", "model": "nvidia/domain-classifier", "revision": None,
                     "sha256": "ab" * 32}],
         "versions": {"sparkcurate": "0.1.0", "pyspark": "4.3.0", "torch": "2.13.0", "transformers": "4.57.0"},
@@ -65,7 +68,8 @@ def test_report_shows_numbers_and_escapes_hostile_names(tmp_path):
     equation = re.search(r'<div class="eq" id="equation">(.*?)</div>', page).group(1)
     assert re.sub(r"<[^>]+>", "", equation) == "1,000 input = 600 output + 380 filtered + 20 rejected"
     assert "does not add up" not in page
-    for text in ("81.3", "12.3s", "nvidia/domain-classifier", "(not pinned)", "ab" * 32, "4.3.0",
+    for text in ("81.3", "12.3s", "8.2s", "119", "classify_docs_per_s", "7,749", "3,874",
+                 "1 planned, 4 asked: the input (7.6 KB) is too small", "nvidia/domain-classifier", "(not pinned)", "ab" * 32, "4.3.0",
                  "malformed_json", "text_empty", "domain_prob_max", "News", "300"):
         assert text in page, text
     # Hostile strings appear only escaped.

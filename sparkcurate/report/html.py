@@ -247,7 +247,7 @@ def _headline(s: Mapping[str, Any]) -> str:
     devices = s.get("devices")
     dev_text = ", ".join(str(d) for d in devices) if isinstance(devices, list) and devices else "—"
     cards = [
-        _card("documents / s", _n(s.get("docs_per_s"))),
+        _card("documents / s (whole run)", _n(s.get("docs_per_s"))),
         _card("elapsed", _duration(s.get("elapsed_s"))),
         _card("devices", dev_text),
         _card("kept", _pct(nums[1], nums[0]) if nums[1] is not None else "—"),
@@ -256,15 +256,33 @@ def _headline(s: Mapping[str, Any]) -> str:
 
 
 def _throughput(s: Mapping[str, Any]) -> str:
+    """The summary's figures as they are (the README defines each): whole run, classify phase, input splits."""
     rate = _float(s.get("docs_per_s"))
     elapsed = _float(s.get("elapsed_s"))
     devices = s.get("devices") if isinstance(s.get("devices"), list) else []
-    rows: list[tuple[str, str]] = [("documents per second (whole run)", _n(rate)),
-                                   ("elapsed", _duration(elapsed)),
+    rows: list[tuple[str, str]] = [("documents per second, whole run (docs_per_s)", _n(rate)),
+                                   ("elapsed, whole run (elapsed_s)", _duration(elapsed)),
+                                   ("documents per second, classify phase (classify_docs_per_s)",
+                                    _n(s.get("classify_docs_per_s"))),
+                                   ("classify phase (classify_s)", _duration(s.get("classify_s"))),
                                    ("devices", str(len(devices)) if devices else "—")]
     if rate is not None and len(devices) > 1:
-        rows.append(("documents per second per device", f"{rate / len(devices):,.1f}"))
-    return "<h2>Throughput</h2>" + _table(["measure", "value"], rows, numeric=[1])
+        rows.append(("documents per second per device, whole run", f"{rate / len(devices):,.1f}"))
+    return "<h2>Throughput</h2>" + _table(["measure", "value"], rows, numeric=[1]) + _splits(s)
+
+
+def _splits(s: Mapping[str, Any]) -> str:
+    """How the input was cut (``input_splits``): tasks, data per task, waves asked and planned and why."""
+    plan = _dict(s.get("input_splits"))
+    if not plan:
+        return ""
+    waves = f"{_n(plan.get('waves'))} planned, {_n(plan.get('waves_asked'))} asked"
+    if plan.get("waves_reason"):
+        waves += f": {plan['waves_reason']}"
+    rows = [("task slots", _n(plan.get("slots"))), ("tasks", _n(plan.get("tasks"))),
+            ("data per task, bytes (average)", _n(plan.get("task_bytes"))),
+            ("input data, bytes", _n(plan.get("input_bytes"))), ("waves (tasks per slot)", waves)]
+    return "<h3>Input splits</h3>" + _table(["measure", "value"], rows)
 
 
 def _models(s: Mapping[str, Any]) -> str:
