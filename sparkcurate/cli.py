@@ -238,10 +238,20 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ModelArtifactError as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
-    log.info("%d input records: %d written, %d filtered out, %d rejected %s; summary in %s/_summary.json",
+    log.info("%d input records: %d written, %d filtered out, %d rejected %s; %s; summary in %s/_summary.json",
              summary["input_records"], summary["output_records"], summary["filtered_records"],
-             summary["rejected_records"], summary["rejected_by_reason"] or "", args.output)
+             summary["rejected_records"], summary["rejected_by_reason"] or "", whole_run_text(summary),
+             args.output)
     return EXIT_OK
+
+
+def whole_run_text(summary: dict) -> str:
+    """The whole run's figures as ``_summary.json`` holds them (``elapsed_s``, ``docs_per_s``), for the closing
+    line: the classify phase's own rate is on the line before it (``classify_docs_per_s``)."""
+    from sparkcurate.report.progress import format_duration, rate_text
+
+    rate = summary.get("docs_per_s")
+    return f"whole run {format_duration(summary['elapsed_s'])}" + (f", {rate_text(rate)}" if rate else "")
 
 
 def run_list(as_json: bool) -> int:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from sparkcurate.io.read import CORRUPT_COLUMN, REASON_COLUMN, list_input_files, read_jsonl_checked
 from sparkcurate.io.write import COMPRESSED_SUFFIXES, write_jsonl
+from sparkcurate.report.progress import docs_per_s
 from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits, splittable
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
 
@@ -108,8 +109,10 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         try:
             from sparkcurate.report.progress import ProgressReporter
 
-            with ProgressReporter(spark.sparkContext, counter, None, opts.progress_interval_s, opts.quiet, log):
+            with ProgressReporter(spark.sparkContext, counter, None, opts.progress_interval_s, opts.quiet,
+                                  log) as progress:
                 counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
+                progress.set_done(classified_count(counts))
             lap("read_classify_count")
             check_no_vanished_files(spark, listing, counts)
             touched = True
@@ -140,6 +143,9 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     summary["timings_s"] = timings
     summary["task_stats"] = task_stats_summary(task_stats.value)
     summary["input_splits"] = plan.as_dict() if plan is not None else None
+    # The classify phase as its closing console line reported it (README: "The summary's figures").
+    summary["classify_s"] = round(progress.final_elapsed_s, 3)
+    summary["classify_docs_per_s"] = progress.final_rate
     fs.write_json(SUMMARY_FILE, summary)
     fs.delete(RUNNING_MARKER)
     if opts.report:
@@ -441,6 +447,11 @@ def _counts_from_sets(result, gid_of: dict[int, tuple[str, str | None]], classif
     return Counts(by_status, labels, hists)
 
 
+def classified_count(counts: Counts) -> int:
+    """Records the model classified (kept + filtered; rejects never reach it)."""
+    return sum(n for _fname, status, _reason, n in counts.by_status_file if status != "rejected")
+
+
 def build_summary(spark, opts: JobOptions, counts: Counts, models: list[dict], listing, started: float,
                   elapsed: float, task_devices: dict[str, int] | None = None) -> dict[str, Any]:
     totals = {"kept": 0, "filtered": 0, "rejected": 0}
@@ -492,7 +503,7 @@ def build_summary(spark, opts: JobOptions, counts: Counts, models: list[dict], l
                    "edges": [round(i / HISTOGRAM_BINS, 4) for i in range(HISTOGRAM_BINS + 1)], "counts": hist}
             for name, hist in counts.histograms.items()
         },
-        "docs_per_s": round(classified / elapsed, 2) if elapsed > 0 else None,
+        "docs_per_s": docs_per_s(classified, elapsed),  # whole run; classify_docs_per_s: the classify phase
         "devices": sorted(task_devices or {}),
         "task_devices": dict(sorted((task_devices or {}).items())),
         "spark": _spark_facts(spark),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 import time
@@ -95,6 +97,45 @@ def test_classify_through_main(spark, deberta_dir, tmp_path, monkeypatch):
     rows = spark.read.json(str(out)).collect()
     assert len(rows) == summary["output_records"] and all(len(r["domain_prob"]) == 5 for r in rows)
     assert main(["report", str(out)]) == EXIT_OK
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_console_and_summary_show_the_same_figures(spark, deberta_dir, tmp_path, caplog):
+    """The README's samples (2 files, 7,749 bytes; the test session is local[2]): the classify phase's closing
+    console line shows the summary's ``classify_docs_per_s``, the job's closing line its ``docs_per_s``;
+    ``input_splits`` counts data bytes (not Spark's 4 MB open cost per file) and says the waves asked, planned
+    and why they differ."""
+    from sparkcurate.spark.planning import human_bytes
+
+    caplog.set_level(logging.INFO, logger="sparkcurate")
+    out = tmp_path / "out"
+    code = main(["classify", "--input", str(SAMPLES), "--output", str(out), "--classifier", "domain",
+                 "--model", str(deberta_dir), "--device", "cpu", "--no-report"])
+    assert code == EXIT_OK
+    summary = json.loads((out / "_summary.json").read_text())
+    lines = [r.getMessage() for r in caplog.records]
+    classified = summary["output_records"] + summary["filtered_records"]
+
+    phase = re.search(r"classify: finished, ([\d,]+) docs in \S+, ([\d,.]+) docs/s",
+                      next(ln for ln in lines if ln.startswith("classify: finished")))
+    assert int(_number(phase[1])) == classified == 28
+    assert _number(phase[2]) == summary["classify_docs_per_s"]
+    assert summary["classify_docs_per_s"] == pytest.approx(classified / summary["classify_s"], abs=0.51)
+    closing = re.search(r"whole run \S+, ([\d,.]+) docs/s", next(ln for ln in lines if "input records:" in ln))
+    assert _number(closing[1]) == summary["docs_per_s"]
+    assert summary["docs_per_s"] == pytest.approx(classified / summary["elapsed_s"], abs=0.51)
+
+    splits = summary["input_splits"]
+    assert splits["input_bytes"] == summary["input_bytes"] == 7_749
+    assert splits["task_bytes"] * splits["tasks"] == pytest.approx(7_749, abs=splits["tasks"])
+    assert (splits["slots"], splits["waves_asked"], splits["waves"]) == (2, 4, 1)
+    assert "too small" in splits["waves_reason"]
+    split_line = next(ln for ln in lines if ln.startswith("input split"))
+    assert f"about {human_bytes(splits['task_bytes'])} of data each" in split_line
+    assert "wave(s) of the 4 asked: the input (7.6 KB) is too small" in split_line
 
 
 @pytest.mark.slow

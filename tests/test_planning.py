@@ -120,6 +120,29 @@ def test_small_input_one_task_per_slot_and_big_input_capped():
     assert plan_splits([], slots=2, waves=4) is None and plan_splits([(0, True)], 2, 4) is None
 
 
+def test_tiny_files_report_their_data_not_the_open_cost():
+    """The README's samples: two files of a few KB. Spark packs each with a 4 MB open cost, which sizes the
+    split, but the plan reports the data (7,749 bytes, ~3.8 KB a task) and why it gives one wave of the 4 asked."""
+    plan = plan_splits([(4_182, True), (3_567, True)], slots=2, waves=4)
+    assert plan.tasks == 2 and plan.input_bytes == 7_749 and plan.task_bytes == round(7_749 / 2)
+    assert (plan.waves_asked, plan.waves) == (4, 1)
+    assert plan.waves_reason.startswith("the input (7.6 KB) is too small for 4 tasks per slot of at least 16.0 MB")
+    packed = 7_749 + 2 * 4 * MB  # what Spark divides by minPartitionNum: the split must stay under it
+    assert plan.min_partitions * plan.split_bytes <= packed
+    assert plan.as_dict()["input_bytes"] == 7_749
+
+
+def test_waves_reason_only_when_the_plan_differs_from_the_ask():
+    even = plan_splits([(8 * MB, True)] * 32, slots=2, waves=4)
+    assert even.waves == even.waves_asked == 4 and even.waves_reason is None
+    big = plan_splits([(10 * 2**30, True)], slots=2, waves=4, max_split=128 * MB)
+    assert big.waves > big.waves_asked == 4 and "maxPartitionBytes (128.0 MB)" in big.waves_reason
+    assert big.input_bytes == 10 * 2**30
+    whole = plan_splits([(40 * MB, False)] * 3, slots=2, waves=4)  # three gzip files: three tasks at most
+    assert whole.tasks == 3 and whole.waves == 1
+    assert "3 of which cannot be cut" in whole.waves_reason
+
+
 def test_splittable_by_codec():
     assert splittable("a.jsonl") and splittable("a.json.bz2")
     assert not splittable("a.jsonl.gz") and not splittable("A.JSONL.GZ") and not splittable("a.jsonl.zst")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -43,12 +44,42 @@ def sample_summary(n_files: int = 3) -> dict:
         "prob_histograms": {"domain": {"column": "domain_prob_max", "edges": edges,
                                        "counts": [0] * 5 + [3, 7, 12, 20, 31, 40, 52, 60, 75, 90, 100, 110,
                                                             120, 130, 200]}},
-        "docs_per_s": 81.3, "devices": ["cpu"],
+        "docs_per_s": 81.3, "classify_s": 8.25, "classify_docs_per_s": 119.0, "devices": ["cpu"],
+        "input_splits": {"slots": 2, "waves_asked": 4, "waves": 1, "tasks": 2, "input_bytes": 7749,
+                         "task_bytes": 3874, "split_bytes": 3358543, "min_partitions": 2,
+                         "waves_reason": "the input (7.6 KB) is too small for 4 tasks per slot"},
         "models": [{"classifier": "domain", "model": "nvidia/domain-classifier", "revision": None,
                     "sha256": "ab" * 32}],
         "versions": {"sparkcurate": "0.1.0", "pyspark": "4.3.0", "torch": "2.13.0", "transformers": "4.57.0"},
         "rapids": {"enabled": False},
     }
+
+
+WIDE_LABELS = ["Food_and_Drink", "Computers_and_Electronics", "Finance", "Science", "Sports",
+               "Travel_and_Transportation", "Arts_and_Entertainment", "Autos_and_Vehicles", "Beauty_and_Fitness",
+               "Books_and_Literature", "Business_and_Industrial", "Law_and_Government"]
+
+
+def wide_summary() -> dict:
+    """The README run's shape: a dozen labels in two files (a per-file table wider than the page, a ten-entry
+    legend), a long path, the input splits' reason and the RAPIDS check's settings and warnings."""
+    summary = sample_summary()
+    files = {"crawl-a/part-000.jsonl": 0, "s3a://crawl-bucket/2026/11/shard-00042/part-000.jsonl": 1}
+    for name, shift in files.items():
+        labels = {label: 1 + (i + shift) % 3 for i, label in enumerate(WIDE_LABELS)}
+        summary["by_file"][name] = {"input": 30, "output": 25, "filtered": 0, "rejected": 5,
+                                    "labels": {"domain": labels}}
+        for label, n in labels.items():
+            summary["by_label"]["domain"][label] = summary["by_label"]["domain"].get(label, 0) + n
+    summary["input_splits"]["waves_reason"] = (
+        "the input (7.6 KB) is too small for 4 tasks per slot of at least 16.0 MB each: 2 task(s) for 2 slot(s)")
+    summary["rapids"] = {"enabled": False, "configured": True, "class_loadable": "unknown",
+                         "settings": {"spark.plugins": "com.nvidia.spark.SQLPlugin",
+                                      "spark.rapids.sql.concurrentGpuTasks": "2",
+                                      "spark.rapids.memory.gpu.allocFraction": None},
+                         "warnings": ["spark.rapids.memory.gpu.allocFraction is not set: RAPIDS takes most of "
+                                      "the GPU's memory and leaves PyTorch little"]}
+    return summary
 
 
 def write_summary(out: Path, summary: dict) -> Path:
@@ -65,7 +96,8 @@ def test_report_shows_numbers_and_escapes_hostile_names(tmp_path):
     equation = re.search(r'<div class="eq" id="equation">(.*?)</div>', page).group(1)
     assert re.sub(r"<[^>]+>", "", equation) == "1,000 input = 600 output + 380 filtered + 20 rejected"
     assert "does not add up" not in page
-    for text in ("81.3", "12.3s", "nvidia/domain-classifier", "(not pinned)", "ab" * 32, "4.3.0",
+    for text in ("81.3", "12.3s", "8.2s", "119", "classify_docs_per_s", "7,749", "3,874",
+                 "1 planned, 4 asked: the input (7.6 KB) is too small", "nvidia/domain-classifier", "(not pinned)", "ab" * 32, "4.3.0",
                  "malformed_json", "text_empty", "domain_prob_max", "News", "300"):
         assert text in page, text
     # Hostile strings appear only escaped.
@@ -116,6 +148,30 @@ def test_svg_fallback_without_matplotlib(tmp_path, monkeypatch):
     assert page.count('<svg class="chart"') == 3  # labels, histogram, rejects (stacked -> table only)
     assert not list((out / "_report").glob("*.png"))
     assert "<script>alert" not in page and "&lt;img src=x" in page
+
+
+def test_rapids_settings_are_a_table_not_json(tmp_path):
+    page = build_report(write_summary(tmp_path / "out", wide_summary())).read_text(encoding="utf-8")
+    rapids = page[page.index("RAPIDS Accelerator"):]
+    assert re.search(r"<td[^>]*>configured</td><td[^>]*>yes</td>", rapids)
+    assert re.search(r"<td[^>]*>class_loadable</td><td[^>]*>unknown</td>", rapids)
+    assert re.search(r"<td[^>]*>spark\.plugins</td><td[^>]*>com\.nvidia\.spark\.SQLPlugin</td>", rapids)
+    assert re.search(r"<td[^>]*>spark\.rapids\.memory\.gpu\.allocFraction</td><td[^>]*>\(not set\)</td>", rapids)
+    assert "<li>spark.rapids.memory.gpu.allocFraction is not set" in rapids
+    assert "{&quot;" not in page and "[&quot;" not in page  # no raw JSON anywhere
+
+
+def test_charts_keep_their_text_inside_and_apart(tmp_path):
+    """No chart text cut off by the image's edge or drawn over other text or a legend key (the stacked
+    chart's "100" lay under its legend at ten entries)."""
+    pytest.importorskip("matplotlib")
+    from sparkcurate.report.html import render_html
+
+    for summary in (sample_summary(), wide_summary()):
+        charts = charts_mod.ChartWriter(tmp_path)
+        render_html(summary, charts)
+        assert len(charts.files) == 4
+        assert charts.layout_problems == []
 
 
 def test_missing_optional_keys_and_unbalanced_counts(tmp_path):
@@ -187,6 +243,90 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = proc.stdout
     assert len(re.findall(r'<img class="chart" src="chart-\d+-\w+\.png"', dom)) == 4
     assert "1,000" in dom and "<script>alert" not in dom
+
+
+# Injected into a copy of the page (the report itself runs no script; its CSP forbids one): for every
+# rendered table cell, the words (whitespace-separated, up to the page's LONG_WORD) that are wider than the
+# cell or drawn across two lines; for every inline SVG chart, text outside the SVG's box; and whether the page
+# is wider than the window.
+MEASURE_JS = r"""
+<script>
+(function () {
+  const ctx = document.createElement('canvas').getContext('2d');
+  const problems = [];
+  for (const cell of document.querySelectorAll('td, th')) {
+    if (!cell.getClientRects().length) continue;  // not rendered (a closed <details>)
+    const style = getComputedStyle(cell);
+    const width = cell.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      ctx.font = getComputedStyle(node.parentElement).font;
+      const re = /\S+/g;
+      let m;
+      while ((m = re.exec(node.data)) !== null) {
+        const word = m[0];
+        if (word.length > %(long)d) continue;
+        const px = ctx.measureText(word).width;
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + word.length);
+        const tops = new Set(Array.from(range.getClientRects()).map(r => Math.round(r.top)));
+        if (px > width + 1) problems.push('cell narrower than its word ' + JSON.stringify(word) + ': ' +
+                                          Math.round(width) + ' < ' + Math.round(px) + ' px');
+        else if (tops.size > 1) problems.push('word broken across lines: ' + JSON.stringify(word));
+      }
+    }
+  }
+  for (const svg of document.querySelectorAll('svg')) {
+    const w = svg.width.baseVal.value, h = svg.height.baseVal.value;
+    for (const t of svg.querySelectorAll('text')) {
+      const b = t.getBBox();
+      if (b.x < -1 || b.y < -1 || b.x + b.width > w + 1 || b.y + b.height > h + 1)
+        problems.push('chart text cut off: ' + JSON.stringify(t.textContent.slice(0, 60)));
+    }
+  }
+  if (document.documentElement.scrollWidth > window.innerWidth)
+    problems.push('page wider than the window: ' + document.documentElement.scrollWidth + ' px');
+  const out = document.createElement('pre');
+  out.id = 'layout-problems';
+  out.textContent = JSON.stringify(problems);
+  document.body.appendChild(out);
+})();
+</script>
+"""
+
+
+def _layout_problems(index: Path, profile: Path, width: int = 1280) -> list[str]:
+    """What MEASURE_JS finds in the report at ``index`` rendered by headless chromium ``width`` px wide."""
+    from sparkcurate.report.html import LONG_WORD
+
+    page = index.read_text(encoding="utf-8")
+    page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page)
+    probe = index.with_name("measure.html")
+    probe.write_text(page.replace("</body>", (MEASURE_JS % {"long": LONG_WORD}) + "</body>"), encoding="utf-8")
+    proc = _chromium(["--dump-dom", f"--window-size={width},2000", probe.resolve().as_uri()], profile)
+    found = re.search(r'<pre id="layout-problems">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"the measuring script did not run; rc={proc.returncode} stderr={proc.stderr[-2000:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("charts", ["png", "svg"])
+def test_report_layout_at_1280px_in_chromium(tmp_path, monkeypatch, charts):
+    """At 1280 px: no table cell narrower than its longest word or breaking a word (file names squeezed to 3
+    characters a line, the command wrapped mid-word), no SVG chart text cut off, nothing wider than the page."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    if charts == "png":
+        pytest.importorskip("matplotlib")
+    else:
+        monkeypatch.setattr(charts_mod, "matplotlib_available", lambda: False)
+    summary = wide_summary()
+    summary["command"] = ("sparkcurate classify --input s3a://crawl-bucket/2026/11/ --output "
+                          "s3a://curated-bucket/2026/11/domain/ --classifier zero-shot --master 'local[2]' "
+                          "--conf spark.sql.shuffle.partitions=64 --conf spark.executor.memory=8g")
+    index = build_report(write_summary(tmp_path / "out", summary))
+    assert _layout_problems(index, tmp_path / "profile") == []
 
 
 def test_awkward_labels_do_not_break_charts(tmp_path):

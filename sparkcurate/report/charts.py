@@ -61,6 +61,7 @@ class ChartWriter:
             self.use_matplotlib = matplotlib_available()
         self._count = 0
         self.files: list[Path] = []
+        self.layout_problems: list[str] = []  # text cut off or drawn over (layout_problems), per chart
 
     def _next_name(self, kind: str) -> str:
         self._count += 1
@@ -98,12 +99,13 @@ class ChartWriter:
 
     # ---- matplotlib ---------------------------------------------------------------------
 
-    def _figure(self, height_in: float, width_in: float = 9.0):
-        """A standalone Figure on an Agg canvas: no pyplot, no global backend switch."""
+    def _figure(self, height_in: float, width_in: float = 9.0, layout: str | None = None):
+        """A standalone Figure on an Agg canvas: no pyplot, no global backend switch. ``layout="constrained"``
+        for a figure with a legend outside its axes (tight_layout would let the axes' labels run under it)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(width_in, max(2.2, height_in)), dpi=100)
+        fig = Figure(figsize=(width_in, max(2.2, height_in)), dpi=100, layout=layout)
         FigureCanvasAgg(fig)
         return fig
 
@@ -113,8 +115,13 @@ class ChartWriter:
         name = self._next_name(kind)
         path = self.report_dir / name
         with matplotlib.rc_context({"text.parse_math": False}):
-            fig.tight_layout()
+            if fig.get_layout_engine() is None:
+                fig.tight_layout()
+            problems = layout_problems(fig)
             fig.savefig(path, format="png")
+        if problems:  # the chart is still written: its table beside it has the numbers
+            logger.warning("chart %s (%s): %s", name, title, "; ".join(problems))
+            self.layout_problems += [f"{name}: {p}" for p in problems]
         self.files.append(path)
         alt = html.escape(title, quote=True)
         return f'<img class="chart" src="{name}" alt="{alt}" loading="lazy">'
@@ -155,7 +162,7 @@ class ChartWriter:
         import matplotlib
 
         with matplotlib.rc_context({"text.parse_math": False}):
-            fig = self._figure(1.2 + 0.3 * len(rows), width_in=11.0)
+            fig = self._figure(1.2 + 0.3 * max(len(rows), 0.6 * len(series)), width_in=11.0, layout="constrained")
             ax = fig.add_subplot(1, 1, 1)
             ys = list(range(len(rows)))
             left = [0.0] * len(rows)
@@ -171,11 +178,49 @@ class ChartWriter:
             ax.set_xlim(0, 100)
             ax.set_xlabel("% of the file's classified documents")
             ax.set_title(shorten(title, 80))
-            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+            # Beside the axes, in space of its own: anchored on the axes' edge it covered the "100" under it.
+            fig.legend(loc="outside right center", fontsize=8, frameon=False)
             return self._save(fig, "stacked", title)
 
 
 OTHER = "(other)"
+
+
+def layout_problems(fig) -> list[str]:
+    """Text of ``fig`` that is cut off by the figure's edge or drawn over other text or a legend key, as
+    readable descriptions (empty: the chart is legible). The report logs them; the tests require none."""
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    page = Bbox.from_bounds(0, 0, fig.bbox.width, fig.bbox.height)
+    texts, keys = [], []
+    for ax in fig.axes:
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = min(lo, hi), max(lo, hi)
+            texts += [t.label1 for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi]
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+    for legend in [*(ax.get_legend() for ax in fig.axes), *fig.legends]:
+        if legend is not None:
+            texts += legend.get_texts()
+            keys += [h for h in legend.legend_handles if h is not None]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text().strip()]
+    problems = []
+    for name, box in boxes:
+        if box.x0 < page.x0 - 1 or box.y0 < page.y0 - 1 or box.x1 > page.x1 + 1 or box.y1 > page.y1 + 1:
+            problems.append(f"{name!r} is cut off by the chart's edge")
+    for i, (name, box) in enumerate(boxes):
+        for other, obox in boxes[i + 1:]:
+            if _overlap(box, obox):
+                problems.append(f"{name!r} overlaps {other!r}")
+        for key in keys:
+            if _overlap(box, key.get_window_extent(renderer)):
+                problems.append(f"{name!r} is under a legend key")
+    return problems
+
+
+def _overlap(a, b, tolerance: float = 1.0) -> bool:
+    return (min(a.x1, b.x1) - max(a.x0, b.x0) > tolerance) and (min(a.y1, b.y1) - max(a.y0, b.y0) > tolerance)
 
 
 def svg_bars(labels: Sequence[str], values: Sequence[float], title: str) -> str:

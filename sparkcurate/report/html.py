@@ -16,6 +16,7 @@ import html
 import json
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -28,6 +29,9 @@ REPORT_DIR_NAME = "_report"
 DEFAULT_MAX_FILES = 30
 DEFAULT_MAX_LABELS = 40
 STACK_LABELS = 9  # labels shown per file in stacked charts; the rest become "(other)"
+# Table cells never break inside a word (a file name squeezed to 3 characters a line is unreadable), except a
+# word longer than this (a 400-character file name), which may break anywhere in a cell of at least 24em.
+LONG_WORD = 80
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:24px auto;
@@ -41,8 +45,10 @@ padding:10px 16px;min-width:150px;background:#f8fafc}.card .v{font-size:1.5em;fo
 border-radius:8px}.eq b{font-size:1.15em}.warn{background:#fff4e5;border-left:4px solid #f59e0b;padding:8px 12px}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:.9em}th,td{border:1px solid #e3e7ee;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f1f4f9}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-.wrap{overflow-x:auto}td.name{word-break:break-all;max-width:520px}code{background:#f1f4f9;padding:1px 4px;
-border-radius:4px;word-break:break-all}img.chart,svg.chart{max-width:100%;height:auto;display:block;margin:8px 0}
+.wrap{overflow-x:auto}td.name{white-space:nowrap}td.prose{white-space:normal}
+td.long{word-break:break-all;min-width:24em}.arg{white-space:nowrap}code{background:#f1f4f9;padding:1px 4px;
+border-radius:4px}ul.warn{margin:4px 0;padding-left:28px}
+img.chart,svg.chart{max-width:100%;height:auto;display:block;margin:8px 0}
 footer{margin-top:40px;font-size:.8em;color:#667085}
 """
 
@@ -204,9 +210,33 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Itera
                 shown = cell if isinstance(cell, str) else _n(cell)
                 cells.append(f'<td class="num">{_e(shown)}</td>')
             else:
-                cells.append(f'<td class="name">{_e(_text(cell))}</td>')
+                cells.append(_text_cell(_text(cell)))
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _cell_class(text: str) -> str:
+    """``name``: one word (file name, label, column), kept on one line; ``prose``: wraps between words only;
+    ``long``: holds a word over LONG_WORD characters, which may break anywhere."""
+    words = text.split()
+    if any(len(word) > LONG_WORD for word in words):
+        return "long"
+    return "prose" if len(words) > 1 else "name"
+
+
+def _text_cell(text: str, inner: str | None = None) -> str:
+    """A table cell for ``text`` (``inner``: its HTML when not just the escaped text) that never breaks inside
+    a word (:func:`_cell_class`)."""
+    return f'<td class="{_cell_class(text)}">{_e(text) if inner is None else inner}</td>'
+
+
+def _command_html(command: str) -> str:
+    """The command line with each argument kept whole: it wraps between arguments, never inside one."""
+    try:
+        args = shlex.split(command, posix=False)  # posix=False keeps the quotes, so the line reads as typed
+    except ValueError:
+        args = command.split()
+    return "<code>" + " ".join(f'<span class="arg">{_e(a)}</span>' for a in args) + "</code>"
 
 
 def _card(key: str, value: str) -> str:
@@ -224,8 +254,9 @@ def _header(s: Mapping[str, Any]) -> str:
     error = s.get("error")
     if error:
         rows.append(("error", error))
-    items = "".join(f"<tr><th>{_e(k)}</th><td class=\"name\"><code>{_e(_text(v))}</code></td></tr>"
-                    for k, v in rows)
+    items = "".join(f"<tr><th>{_e(k)}</th>" + (
+        _text_cell(_text(v), _command_html(v)) if k == "command" and v else
+        _text_cell(_text(v), f"<code>{_e(_text(v))}</code>")) + "</tr>" for k, v in rows)
     return (f'<h1>sparkcurate run report <span class="badge {badge}">{_e(status)}</span></h1>'
             f'<div class="wrap"><table>{items}</table></div>')
 
@@ -247,7 +278,7 @@ def _headline(s: Mapping[str, Any]) -> str:
     devices = s.get("devices")
     dev_text = ", ".join(str(d) for d in devices) if isinstance(devices, list) and devices else "—"
     cards = [
-        _card("documents / s", _n(s.get("docs_per_s"))),
+        _card("documents / s (whole run)", _n(s.get("docs_per_s"))),
         _card("elapsed", _duration(s.get("elapsed_s"))),
         _card("devices", dev_text),
         _card("kept", _pct(nums[1], nums[0]) if nums[1] is not None else "—"),
@@ -256,15 +287,33 @@ def _headline(s: Mapping[str, Any]) -> str:
 
 
 def _throughput(s: Mapping[str, Any]) -> str:
+    """The summary's figures as they are (the README defines each): whole run, classify phase, input splits."""
     rate = _float(s.get("docs_per_s"))
     elapsed = _float(s.get("elapsed_s"))
     devices = s.get("devices") if isinstance(s.get("devices"), list) else []
-    rows: list[tuple[str, str]] = [("documents per second (whole run)", _n(rate)),
-                                   ("elapsed", _duration(elapsed)),
+    rows: list[tuple[str, str]] = [("documents per second, whole run (docs_per_s)", _n(rate)),
+                                   ("elapsed, whole run (elapsed_s)", _duration(elapsed)),
+                                   ("documents per second, classify phase (classify_docs_per_s)",
+                                    _n(s.get("classify_docs_per_s"))),
+                                   ("classify phase (classify_s)", _duration(s.get("classify_s"))),
                                    ("devices", str(len(devices)) if devices else "—")]
     if rate is not None and len(devices) > 1:
-        rows.append(("documents per second per device", f"{rate / len(devices):,.1f}"))
-    return "<h2>Throughput</h2>" + _table(["measure", "value"], rows, numeric=[1])
+        rows.append(("documents per second per device, whole run", f"{rate / len(devices):,.1f}"))
+    return "<h2>Throughput</h2>" + _table(["measure", "value"], rows, numeric=[1]) + _splits(s)
+
+
+def _splits(s: Mapping[str, Any]) -> str:
+    """How the input was cut (``input_splits``): tasks, data per task, waves asked and planned and why."""
+    plan = _dict(s.get("input_splits"))
+    if not plan:
+        return ""
+    waves = f"{_n(plan.get('waves'))} planned, {_n(plan.get('waves_asked'))} asked"
+    if plan.get("waves_reason"):
+        waves += f": {plan['waves_reason']}"
+    rows = [("task slots", _n(plan.get("slots"))), ("tasks", _n(plan.get("tasks"))),
+            ("data per task, bytes (average)", _n(plan.get("task_bytes"))),
+            ("input data, bytes", _n(plan.get("input_bytes"))), ("waves (tasks per slot)", waves)]
+    return "<h3>Input splits</h3>" + _table(["measure", "value"], rows)
 
 
 def _models(s: Mapping[str, Any]) -> str:
@@ -397,6 +446,37 @@ def _environment(s: Mapping[str, Any]) -> str:
         parts.append(_table(["package", "version"], sorted((str(k), _text(v)) for k, v in versions.items())))
     rapids = _dict(s.get("rapids"))
     if rapids:
-        rows = sorted((str(k), json.dumps(v) if not isinstance(v, str) else v) for k, v in rapids.items())
-        parts.append("<h3>RAPIDS Accelerator</h3>" + _table(["setting", "value"], rows))
+        parts.append(_rapids(rapids))
     return "".join(parts) if len(parts) > 1 else ""
+
+
+def _setting(value: Any) -> str:
+    """A configuration value as a reader wants it: yes/no, "(not set)", the string itself."""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+_RAPIDS_TITLES = {"settings": "Settings the check read", "warnings": "Warnings"}
+
+
+def _rapids(rapids: Mapping[str, Any]) -> str:
+    """The RAPIDS check as tables: its findings, then each group of settings as setting/value rows, then its
+    warnings as a list (never a raw JSON dict)."""
+    parts = ["<h3>RAPIDS Accelerator</h3>"]
+    found = [(str(k), _setting(v)) for k, v in rapids.items() if not isinstance(v, (dict, list))]
+    if found:
+        parts.append(_table(["check", "result"], found))
+    for key, value in rapids.items():
+        title = _e(_RAPIDS_TITLES.get(key, key))
+        if isinstance(value, dict):
+            rows = sorted((str(k), _setting(v)) for k, v in value.items())
+            parts.append(f"<h4>{title}</h4>" + (_table(["setting", "value"], rows) if rows else
+                                                '<p class="muted">none</p>'))
+        elif isinstance(value, list):
+            items = "".join(f"<li>{_e(_setting(v))}</li>" for v in value)
+            parts.append(f"<h4>{title}</h4>" + (f'<ul class="warn">{items}</ul>' if items else
+                                                '<p class="muted">none</p>'))
+    return "".join(parts)

@@ -39,7 +39,18 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def _rate_text(rate: float) -> str:
+def docs_per_s(done: int, seconds: float) -> float | None:
+    """Documents per second, rounded the one way every figure shows it: to 0.1 below 10 docs/s, to a whole
+    number above. The console lines, ``_summary.json`` and the report all show this value, so a run's numbers
+    agree wherever they are read. None when nothing was done or no time passed."""
+    if done <= 0 or seconds <= 0:
+        return None
+    rate = done / seconds
+    return round(rate, 1) if rate < 10 else float(round(rate))
+
+
+def rate_text(rate: float) -> str:
+    """``rate`` (from :func:`docs_per_s`) as the console shows it: ``2.1 docs/s``, ``1,234 docs/s``."""
     return f"{rate:,.1f} docs/s" if rate < 10 else f"{rate:,.0f} docs/s"
 
 
@@ -69,18 +80,19 @@ def format_progress(
     if done == 0 or elapsed_s <= 0:
         parts.append("waiting for the first tasks to finish")
         return ", ".join(parts)
-    rate = done / elapsed_s
-    parts.append(_rate_text(rate))
+    parts.append(rate_text(docs_per_s(done, elapsed_s)))
     if total is not None and total > 0:
-        left = max(0, total - done) / rate
+        left = max(0, total - done) * elapsed_s / done
         parts.append(f"~{format_duration(left)} left" if left > 0 else "finishing")
     return ", ".join(parts)
 
 
 def format_final(done: int, elapsed_s: float, *, name: str = "classify", failed: bool = False) -> str:
-    """The closing line, logged when the ``with`` block ends."""
+    """The closing line, logged when the ``with`` block ends; its rate is :func:`docs_per_s` of the same
+    numbers (``classify_docs_per_s`` in ``_summary.json``)."""
     verb = "stopped" if failed else "finished"
-    rate = f", {_rate_text(done / elapsed_s)}" if elapsed_s > 0 and done > 0 else ""
+    rate_value = docs_per_s(done, elapsed_s)
+    rate = f", {rate_text(rate_value)}" if rate_value is not None else ""
     return f"{name}: {verb}, {max(0, int(done)):,} docs in {format_duration(elapsed_s)}{rate}"
 
 
@@ -135,6 +147,11 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_line: str | None = None
+        self._exact_done: int | None = None
+        # What the closing line reported (set when the block ends): documents, seconds, docs/s.
+        self.final_done: int | None = None
+        self.final_elapsed_s: float | None = None
+        self.final_rate: float | None = None
 
     # ---- reading the job's state ---------------------------------------------------------
 
@@ -150,6 +167,11 @@ class ProgressReporter:
         except Exception:  # the context may be stopping; progress must never break the job
             self.log.debug("could not read Spark task progress", exc_info=True)
             return None
+
+    def set_done(self, done: int) -> None:
+        """The exact number of documents done, for the closing line, once the caller has counted them: the
+        counter is a live estimate (a retried task adds its documents again)."""
+        self._exact_done = int(done)
 
     def elapsed_s(self) -> float:
         return 0.0 if self._start is None else max(0.0, self._clock() - self._start)
@@ -191,11 +213,15 @@ class ProgressReporter:
         if self._thread is not None:
             self._thread.join(timeout=max(1.0, self.interval_s))
             self._thread = None
-        try:
-            done = self._done()
-        except Exception:
-            self.log.debug("could not read the progress counter", exc_info=True)
-            done = 0
-        text = format_final(done, self.elapsed_s(), name=self.name, failed=exc_type is not None)
+        done = self._exact_done
+        if done is None:
+            try:
+                done = self._done()
+            except Exception:
+                self.log.debug("could not read the progress counter", exc_info=True)
+                done = 0
+        elapsed = self.elapsed_s()
+        self.final_done, self.final_elapsed_s, self.final_rate = done, elapsed, docs_per_s(done, elapsed)
+        text = format_final(done, elapsed, name=self.name, failed=exc_type is not None)
         self.last_line = text
         self.log.log(logging.DEBUG if self.quiet else logging.INFO, "%s", text)

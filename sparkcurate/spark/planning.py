@@ -41,15 +41,21 @@ _SIMULATED_FILES = 20_000
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """The task layout chosen for the classify stage (recorded in the run summary)."""
+    """The task layout chosen for the classify stage (``input_splits`` in the run summary; the README's table
+    of the summary's figures says what each means). Byte figures are data only: Spark's per-file open cost
+    (``spark.sql.files.openCostInBytes``) is a packing weight, not data, and is in none of them."""
 
     slots: int  # classify tasks the cluster runs at once
-    waves: int  # tasks per slot
+    waves_asked: int  # tasks per slot asked for (--waves)
+    waves: int  # tasks per slot planned: tasks // slots, at least 1
+    waves_reason: str | None  # why waves differs from waves_asked (None when equal)
     tasks: int  # the number of splits Spark is expected to make (about slots x waves)
-    split_bytes: int  # spark.sql.files.maxPartitionBytes for the run
-    input_bytes: int  # file sizes plus Spark's per-file open cost, as Spark counts them
+    input_bytes: int  # data: the input files' sizes summed (the summary's top-level input_bytes)
+    task_bytes: int  # data per task on average (input_bytes / tasks)
+    split_bytes: int  # spark.sql.files.maxPartitionBytes for the run: where Spark may cut, not a task's data
+    min_partitions: int  # spark.sql.files.minPartitionNum for the run (keeps Spark from cutting smaller)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | str | None]:
         return asdict(self)
 
 
@@ -101,10 +107,13 @@ def plan_splits(files: list[tuple[int, bool]], slots: int, waves: int, max_split
     files = [(size, splittable) for size, splittable in files if size > 0]
     if not files or slots < 1 or waves < 1:
         return None
-    total = sum(size for size, _ in files) + open_cost * len(files)
+    asked = waves
+    data = sum(size for size, _ in files)
+    total = data + open_cost * len(files)  # what Spark packs: each file weighs its size plus the open cost
     waves = max(waves, math.ceil(total / (slots * max_split)))
     ideal = math.ceil(total / (slots * waves))
-    if ideal < min_split:
+    small = ideal < min_split
+    if small:
         ideal = min(min_split, math.ceil(total / slots))  # one wave, every slot busy
     factors = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3)
     candidates = {min(max_split, max(1, round(ideal * f))) for f in factors}
@@ -119,7 +128,38 @@ def plan_splits(files: list[tuple[int, bool]], slots: int, waves: int, max_split
         if best is None or score < best[0]:
             best = (score, split, len(parts))
     _, split, tasks = best
-    return SplitPlan(slots=slots, waves=max(1, tasks // slots), tasks=tasks, split_bytes=split, input_bytes=total)
+    planned = max(1, tasks // slots)
+    why = _waves_reason(asked, planned, tasks, slots, data, files, raised=waves > asked, small=small,
+                        max_split=max_split, min_split=min_split)
+    return SplitPlan(slots=slots, waves_asked=asked, waves=planned, waves_reason=why, tasks=tasks,
+                     input_bytes=data, task_bytes=round(data / tasks), split_bytes=split,
+                     min_partitions=max(1, total // split))
+
+
+def human_bytes(n: float) -> str:
+    """``7.6 KB``, ``3.2 MB``, ``1.5 GB`` (powers of 1024, as Spark's size settings count)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _waves_reason(asked: int, planned: int, tasks: int, slots: int, data: int, files: list[tuple[int, bool]], *,
+                  raised: bool, small: bool, max_split: int, min_split: int) -> str | None:
+    """Why the plan gives each slot ``planned`` tasks where ``asked`` were asked for (None when it does not)."""
+    if planned == asked:
+        return None
+    if planned > asked and raised:
+        return (f"with {asked} task(s) per slot a task would hold more than spark.sql.files.maxPartitionBytes "
+                f"({human_bytes(max_split)}), the most Spark puts in one")
+    if planned < asked and small:
+        return (f"the input ({human_bytes(data)}) is too small for {asked} tasks per slot of at least "
+                f"{human_bytes(min_split)} each (smaller tasks cost more in fixed per-task time than they gain in "
+                f"balance): {tasks} task(s) for {slots} slot(s)")
+    whole = sum(1 for _, cut in files if not cut)
+    uncut = f", {whole} of which cannot be cut (compressed streams)" if whole else ""
+    return f"Spark's packing of these {len(files)} file(s){uncut} gives {tasks} task(s) for {slots} slot(s)"
 
 
 def _is_local_master(master: str) -> bool:
@@ -255,7 +295,7 @@ def plan_for_session(spark: "SparkSession", files: list[tuple[int, bool]], waves
 def split_settings(plan: SplitPlan) -> dict[str, str]:
     """The SQL settings that make Spark cut at ``plan.split_bytes``: Spark uses min(maxPartitionBytes,
     max(openCost, total / minPartitionNum)), so minPartitionNum must leave total / minPartitionNum >= split."""
-    return {MAX_SPLIT_KEY: str(plan.split_bytes), MIN_PARTITIONS_KEY: str(max(1, plan.input_bytes // plan.split_bytes))}
+    return {MAX_SPLIT_KEY: str(plan.split_bytes), MIN_PARTITIONS_KEY: str(plan.min_partitions)}
 
 
 @contextmanager
@@ -268,8 +308,11 @@ def planned_splits(spark: "SparkSession", plan: SplitPlan | None) -> Iterator[Sp
     before = {key: spark.conf.get(key, None) for key in wanted}
     for key, value in wanted.items():
         spark.conf.set(key, value)
-    log.info("input split for %d task slot(s): %d tasks of about %.1f MB", plan.slots, plan.tasks,
-             plan.split_bytes / 2**20)
+    log.info("input split for %d task slot(s): %d task(s) of about %s of data each (%s in all, cut at %s)%s",
+             plan.slots, plan.tasks, human_bytes(plan.task_bytes), human_bytes(plan.input_bytes),
+             human_bytes(plan.split_bytes),
+             f"; {plan.waves} wave(s) of the {plan.waves_asked} asked: {plan.waves_reason}" if plan.waves_reason
+             else "")
     try:
         yield plan
     finally:
