@@ -25,8 +25,10 @@ from sparkcurate.models.loading import ModelArtifactError
 
 try:
     from tests.fixtures import tiny_models as tm
+    from tests.fixtures.no_spark import classify_texts
 except ModuleNotFoundError:  # pragma: no cover - depends on how pytest was started
     from fixtures import tiny_models as tm  # type: ignore[no-redef]
+    from fixtures.no_spark import classify_texts  # type: ignore[no-redef]
 
 TEXTS = [tm.SAMPLE_TEXTS[0], tm.SAMPLE_TEXTS[8], tm.SAMPLE_TEXTS[4] + " " + tm.SAMPLE_TEXTS[6]]
 NEW_TOKENS = 12  # enough to compare generations; the default (100) is checked on the declaration
@@ -275,7 +277,7 @@ def test_guard_scores_equal_nemo_reference(llm, reference_lm):
     tok, model = reference_lm
     texts = [t for t in tm.SAMPLE_TEXTS if t] + list(tm.topic_texts().values())
     clf = InstructionDataGuardClassifier(model=str(base), adapter=str(adapter), guard_model=str(head), batch_size=4)
-    out = clf.classify_texts(texts)
+    out = classify_texts(clf, texts)
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=4096)
     with torch.no_grad():
@@ -310,7 +312,7 @@ def test_aegis_through_spark(llm, spark):
     base, adapter, _ = llm
     clf = AegisClassifier(model=str(base), adapter=str(adapter), max_tokens=256, max_new_tokens=4,
                           keep_raw_pred=True)
-    expected = clf.classify_texts(TEXTS[:2])
+    expected = classify_texts(clf, TEXTS[:2])
     df = spark.createDataFrame([(i, t) for i, t in enumerate(TEXTS[:2])] + [(2, None)], "id int, text string")
     rows = sorted(clf(df).collect(), key=lambda r: r["id"])
     assert [r["aegis_pred"] for r in rows] == expected["aegis_pred"] + [None]
