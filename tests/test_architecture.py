@@ -57,16 +57,16 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(path: Path, type_checking: bool = False) -> set[str]:
     """The package's modules that ``path`` imports, at module level or inside functions; imports under
-    ``if TYPE_CHECKING:`` are left out (they never run)."""
+    ``if TYPE_CHECKING:`` only with ``type_checking`` (they never run, but they are a dependency of the code)."""
     me = module_name(path)
     is_package = path.name == "__init__.py"
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
+            if isinstance(child, ast.If) and _is_type_checking(child) and not type_checking:
                 for other in child.orelse:
                     visit(other)
                 continue
@@ -91,8 +91,8 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {module_name(p): imports_of(p) for p in sorted(PACKAGE.rglob("*.py"))}
+def import_graph(type_checking: bool = False) -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p, type_checking) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def layer_of(module: str) -> str:
@@ -149,6 +149,7 @@ def test_the_parser_sees_function_level_and_relative_imports(tmp_path):
     assert "sparkcurate.spark.stage" in graph["sparkcurate.classifiers.base"]  # inside __call__
     assert "sparkcurate.engine.runner" in graph["sparkcurate.spark.stage"]  # inside the partition function
     assert "sparkcurate.classifiers.base" not in graph["sparkcurate.pipeline"]  # under TYPE_CHECKING only
+    assert "sparkcurate.classifiers.base" in import_graph(type_checking=True)["sparkcurate.pipeline"]
 
 
 def test_cycle_finder_finds_a_cycle():
@@ -161,8 +162,9 @@ def test_import_graph_has_no_cycle():
 
 
 def test_no_import_from_a_lower_layer_to_a_higher_one():
+    """Type-only imports count too: a lower layer does not even name a higher one's classes."""
     wrong = []
-    for module, targets in import_graph().items():
+    for module, targets in import_graph(type_checking=True).items():
         source = layer_of(module)
         for target in sorted(targets):
             dest = layer_of(target)
@@ -175,12 +177,16 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
     assert wrong == []
 
 
-def test_the_spark_stage_knows_no_classifier_class():
-    """Not even for type hints (under TYPE_CHECKING): the stage works on the ``StageClassifier`` shape."""
-    tree = ast.parse((PACKAGE / "spark" / "stage.py").read_text(encoding="utf-8"))
-    sources = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    sources |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert not [s for s in sources if s.startswith("sparkcurate.classifiers")]
+def test_classifier_families_override_hooks_not_the_templates():
+    """Pre-flight, loading and the DataFrame API keep one order for every classifier: families change the steps
+    (``check_weights``, ``load_model``, ``make_engine``...), never the whole method."""
+    from sparkcurate.classifiers import registry
+    from sparkcurate.classifiers.base import DistributedDataClassifier as Base
+
+    templates = ("preflight", "ensure_preflight", "load_engine", "__call__")
+    overridden = sorted(f"{cls.__name__}.{name}" for cls in registry.REGISTRY.values() for name in templates
+                        if getattr(cls, name) is not getattr(Base, name))
+    assert overridden == []
 
 
 def test_every_registered_classifier_and_the_job_api_are_exported():

@@ -317,3 +317,30 @@ def test_aegis_through_spark(llm, spark):
     rows = sorted(clf(df).collect(), key=lambda r: r["id"])
     assert [r["aegis_pred"] for r in rows] == expected["aegis_pred"] + [None]
     assert [r["_aegis_raw_pred"] for r in rows] == expected["_aegis_raw_pred"] + [None]
+
+
+@pytest.mark.parametrize("kind", ["aegis", "instruction-data-guard"])
+def test_pipeline_does_not_repeat_the_preflight(llm, spark, tmp_path, kind):
+    """The command pre-flights every classifier before Spark starts; ``pipeline.run`` then finds
+    ``preflight_info`` set and does not check the 7B artifacts a second time."""
+    from sparkcurate.io.read import InputError
+    from sparkcurate.pipeline import JobOptions, run
+
+    base, adapter, head = llm
+    if kind == "aegis":
+        clf = AegisClassifier(model=str(base), adapter=str(adapter))
+    else:
+        clf = InstructionDataGuardClassifier(model=str(base), adapter=str(adapter), guard_model=str(head))
+    calls = []
+    checks = clf.preflight
+
+    def counted():
+        calls.append(1)
+        return checks()
+
+    clf.preflight = counted
+    info = clf.preflight()  # as the command does
+    assert clf.preflight_info == info and info["adapter"] == str(adapter) and info["fingerprint"]
+    with pytest.raises(InputError):  # the run stops at listing the (missing) input, after its pre-flight step
+        run(spark, JobOptions(input=str(tmp_path / "missing"), output=str(tmp_path / "out"), classifiers=[clf]))
+    assert len(calls) == 1
