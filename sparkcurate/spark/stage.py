@@ -204,7 +204,8 @@ class TaskClock:
 
 def make_partition_function(classifiers: list["StageClassifier"], counter=None,
                             skip_column: str | None = None, device_log=None, task_stats=None,
-                            confidence: bool = True) -> Callable[[Iterator["pa.RecordBatch"]], Iterator["pa.RecordBatch"]]:
+                            confidence: bool = True
+                            ) -> Callable[[Iterator["pa.RecordBatch"]], Iterator["pa.RecordBatch"]]:
     """The function Spark runs per partition. It closes over plain values only."""
 
     def classify_partition(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
