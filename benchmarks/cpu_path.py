@@ -119,7 +119,7 @@ def plain_loop(ckpt: Path) -> Callable[[Sequence[str]], np.ndarray]:
 
 
 def engine_predict(ckpt: Path):
-    """The classifier's default CPU engine (what ``classify_texts`` and the Spark stage use on a CPU)."""
+    """The classifier's default CPU engine (what the Spark stage uses on a CPU)."""
     from sparkcurate.classifiers import DomainClassifier
 
     clf = DomainClassifier(model=str(ckpt), device="cpu")

@@ -21,9 +21,11 @@ from sparkcurate.models.loading import ModelArtifactError
 try:
     from tests.fixtures import reference_math as rm
     from tests.fixtures import tiny_models as tm
+    from tests.fixtures.no_spark import classify_texts
 except ModuleNotFoundError:  # pragma: no cover - depends on how pytest was started
     from fixtures import reference_math as rm  # type: ignore[no-redef]
     from fixtures import tiny_models as tm  # type: ignore[no-redef]
+    from fixtures.no_spark import classify_texts  # type: ignore[no-redef]
 
 TEXTS = [t for t in tm.SAMPLE_TEXTS if t] + list(tm.topic_texts().values()) + tm.corpus_sentences(3, seed=5)
 
@@ -59,7 +61,7 @@ def test_scores_equal_reference(fineweb_dir):
     clf = FineWebEduClassifier(model=str(fineweb_dir), batch_size=4)
     info = clf.preflight()
     assert info["labels"] == ["high_quality", "low_quality"]
-    out = clf.classify_texts(TEXTS)
+    out = classify_texts(clf, TEXTS)
     ref = rm.reference_fineweb_scores(fineweb_dir, TEXTS, max_tokens=512)
     assert ref.min() < 2.5 < ref.max(), "the tiny model should give both labels"
     floats, ints, labels = _expected(ref)
@@ -74,7 +76,7 @@ def test_scores_equal_reference(fineweb_dir):
 def test_max_chars_cut_is_applied(fineweb_dir):
     long_text = TEXTS[0] + " " + TEXTS[5]
     clf = FineWebEduClassifier(model=str(fineweb_dir), max_chars=20)
-    out = clf.classify_texts([long_text])
+    out = classify_texts(clf, [long_text])
     ref = rm.reference_fineweb_scores(fineweb_dir, [long_text], max_chars=20)
     np.testing.assert_allclose(out["fineweb-edu-score-float"], np.clip(ref, 0, 5), atol=1e-4)
 

@@ -20,9 +20,11 @@ from sparkcurate.models.loading import ModelArtifactError
 try:
     from tests.fixtures import reference_math as rm
     from tests.fixtures import tiny_models as tm
+    from tests.fixtures.no_spark import classify_texts
 except ModuleNotFoundError:  # pragma: no cover - depends on how pytest was started
     from fixtures import reference_math as rm  # type: ignore[no-redef]
     from fixtures import tiny_models as tm  # type: ignore[no-redef]
+    from fixtures.no_spark import classify_texts  # type: ignore[no-redef]
 
 TEXTS = [t for t in tm.SAMPLE_TEXTS if t] + list(tm.topic_texts().values())
 
@@ -61,7 +63,7 @@ def test_module_keys_are_the_published_ones(prompt_dir, loaded):
 
 
 def test_outputs_equal_reference(prompt_dir, loaded):
-    out = loaded.classify_texts(TEXTS)
+    out = classify_texts(loaded, TEXTS)
     probs = rm.reference_prompt_complexity(prompt_dir, TEXTS, max_tokens=512)
     ref = rm.prompt_complexity_scores(prompt_dir, probs)
     assert out["task_type_1"] == ref["task_type_1"]
@@ -78,8 +80,8 @@ def test_outputs_equal_reference(prompt_dir, loaded):
 def test_padding_does_not_change_results(prompt_dir, loaded):
     """Mean pooling must ignore padding: a text alone and inside a batch with a long text agree."""
     short, long_ = TEXTS[8], "A much longer document. " * 30
-    alone = loaded.classify_texts([short])
-    mixed = loaded.classify_texts([long_, short])
+    alone = classify_texts(loaded, [short])
+    mixed = classify_texts(loaded, [long_, short])
     assert mixed["task_type_1"][1] == alone["task_type_1"][0]
     assert mixed["prompt_complexity_score"][1] == pytest.approx(alone["prompt_complexity_score"][0], abs=1e-4)
 

@@ -25,8 +25,10 @@ from sparkcurate.models.loading import ModelArtifactError
 
 try:
     from tests.fixtures import tiny_models as tm
+    from tests.fixtures.no_spark import classify_texts
 except ModuleNotFoundError:  # pragma: no cover - depends on how pytest was started
     from fixtures import tiny_models as tm  # type: ignore[no-redef]
+    from fixtures.no_spark import classify_texts  # type: ignore[no-redef]
 
 TEXTS = [tm.SAMPLE_TEXTS[0], tm.SAMPLE_TEXTS[8], tm.SAMPLE_TEXTS[4] + " " + tm.SAMPLE_TEXTS[6]]
 NEW_TOKENS = 12  # enough to compare generations; the default (100) is checked on the declaration
@@ -275,7 +277,7 @@ def test_guard_scores_equal_nemo_reference(llm, reference_lm):
     tok, model = reference_lm
     texts = [t for t in tm.SAMPLE_TEXTS if t] + list(tm.topic_texts().values())
     clf = InstructionDataGuardClassifier(model=str(base), adapter=str(adapter), guard_model=str(head), batch_size=4)
-    out = clf.classify_texts(texts)
+    out = classify_texts(clf, texts)
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=4096)
     with torch.no_grad():
@@ -310,8 +312,35 @@ def test_aegis_through_spark(llm, spark):
     base, adapter, _ = llm
     clf = AegisClassifier(model=str(base), adapter=str(adapter), max_tokens=256, max_new_tokens=4,
                           keep_raw_pred=True)
-    expected = clf.classify_texts(TEXTS[:2])
+    expected = classify_texts(clf, TEXTS[:2])
     df = spark.createDataFrame([(i, t) for i, t in enumerate(TEXTS[:2])] + [(2, None)], "id int, text string")
     rows = sorted(clf(df).collect(), key=lambda r: r["id"])
     assert [r["aegis_pred"] for r in rows] == expected["aegis_pred"] + [None]
     assert [r["_aegis_raw_pred"] for r in rows] == expected["_aegis_raw_pred"] + [None]
+
+
+@pytest.mark.parametrize("kind", ["aegis", "instruction-data-guard"])
+def test_pipeline_does_not_repeat_the_preflight(llm, spark, tmp_path, kind):
+    """The command pre-flights every classifier before Spark starts; ``pipeline.run`` then finds
+    ``preflight_info`` set and does not check the 7B artifacts a second time."""
+    from sparkcurate.io.read import InputError
+    from sparkcurate.pipeline import JobOptions, run
+
+    base, adapter, head = llm
+    if kind == "aegis":
+        clf = AegisClassifier(model=str(base), adapter=str(adapter))
+    else:
+        clf = InstructionDataGuardClassifier(model=str(base), adapter=str(adapter), guard_model=str(head))
+    calls = []
+    checks = clf.preflight
+
+    def counted():
+        calls.append(1)
+        return checks()
+
+    clf.preflight = counted
+    info = clf.preflight()  # as the command does
+    assert clf.preflight_info == info and info["adapter"] == str(adapter) and info["fingerprint"]
+    with pytest.raises(InputError):  # the run stops at listing the (missing) input, after its pre-flight step
+        run(spark, JobOptions(input=str(tmp_path / "missing"), output=str(tmp_path / "out"), classifiers=[clf]))
+    assert len(calls) == 1

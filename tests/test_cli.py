@@ -170,6 +170,27 @@ def test_unknown_param_is_a_usage_error(tmp_path):
                  "--param", "nonsense=1"]) == EXIT_USAGE
 
 
+INTERNAL_STATE = {"model_fingerprint": '"abc"', "preflight_info": '{"labels": ["x"]}',
+                  "target_sizes": '{"task_type": 2}', "task_type_map": '{"0": "a"}'}
+
+
+@pytest.mark.parametrize("key", sorted(INTERNAL_STATE))
+def test_internal_state_is_no_param(key):
+    """What the pre-flight sets (fingerprint, its report, the prompt model's maps) is state, not an option: a
+    ``--param`` naming it is refused with the list of real options, and the Python API refuses it too."""
+    from sparkcurate.classifiers import registry
+    from sparkcurate.cli import build_parser, make_classifiers
+
+    for name, cls in registry.REGISTRY.items():
+        args = build_parser().parse_args(["classify", "--input", "in", "--output", "out", "--classifier", name,
+                                          "--param", f"{key}={INTERNAL_STATE[key]}"])
+        with pytest.raises(ValueError, match=rf"{name} has no option \['{key}'\]; options: ") as err:
+            make_classifiers(args)
+        assert not set(INTERNAL_STATE) & set(str(err.value).split("options: ")[1].split(", ")), name
+        with pytest.raises(TypeError, match=key):
+            cls(**{key: None})
+
+
 def test_precision_choices_reach_the_classifier():
     from sparkcurate.cli import build_parser, make_classifiers
 

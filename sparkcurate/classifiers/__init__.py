@@ -11,7 +11,8 @@ from sparkcurate.classifiers.fineweb import (
 )
 from sparkcurate.classifiers.instruction_guard import InstructionDataGuardClassifier
 from sparkcurate.classifiers.prompt_complexity import PromptTaskComplexityClassifier
-from sparkcurate.classifiers.quality import QUALITY_LABELS, ContentTypeClassifier, QualityClassifier
+from sparkcurate.classifiers.content_type import ContentTypeClassifier
+from sparkcurate.classifiers.quality import QUALITY_LABELS, QualityClassifier
 from sparkcurate.classifiers.zero_shot import ZeroShotClassifier
 
 __all__ = [

@@ -18,7 +18,6 @@ not reproduce the prompt exactly). The parsed prediction is the same, since both
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from sparkcurate.classifiers.base import DistributedDataClassifier, OutputColumn, fingerprint
+from sparkcurate.classifiers.base import DistributedDataClassifier, OutputColumn
 from sparkcurate.models.loading import ModelArtifactError, resolve_model_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -239,78 +238,56 @@ class LlamaGuardClassifier(DistributedDataClassifier):
         return path
 
     def extra_dirs(self) -> list[Path]:
-        """Artifacts besides the base model, in a fixed order (they enter the fingerprint)."""
+        """The adapter (subclasses add their other artifacts after it)."""
         return [self.resolve_adapter_dir()]
 
-    def combined_fingerprint(self, model_dir: Path, extra: list[Path]) -> str:
-        h = hashlib.sha256(fingerprint(model_dir).encode())
-        for path in extra:
-            h.update(fingerprint(path).encode())
-        return h.hexdigest()[:16]
-
     def build_module(self, model_dir: Path, config: dict[str, Any]):
-        raise NotImplementedError(f"{self.name} loads its model with load_engine (a decoder + adapter)")
+        raise NotImplementedError(f"{self.name} loads its model with load_model (a decoder + adapter)")
 
     def load_tokenizer(self, model_dir: Path):
         from sparkcurate.models.llm import load_decoder_tokenizer
 
         return load_decoder_tokenizer(model_dir, self.load_options)
 
-    # -- driver: pre-flight -------------------------------------------------------------------------------------
+    # -- driver: the pre-flight's hooks ------------------------------------------------------------------------
 
-    def preflight(self) -> dict[str, Any]:
-        """Base weights (names and shapes from the safetensors headers, on the meta device), adapter fit,
-        tokenizer and any extra head, in seconds, before any data is read."""
+    def check_weights(self, model_dir: Path, config: dict[str, Any], extra: list[Path]) -> None:
+        """Base weights (names and shapes from the safetensors headers, on the meta device), the adapter's fit
+        and any extra head (``check_extra``)."""
         from sparkcurate.models.llm import check_adapter, check_causal_lm
 
-        model_dir = self.resolve_dir()
-        config = self.read_config(model_dir)
-        self.labels = self.resolve_labels(config)
-        base_shapes = check_causal_lm(model_dir, config, self.load_options)
-        extra = self.extra_dirs()
-        check_adapter(extra[0], base_shapes, self.load_options)
+        check_adapter(extra[0], check_causal_lm(model_dir, config, self.load_options), self.load_options)
         self.check_extra(config, extra)
-        self.load_tokenizer(model_dir)
-        self.check_filter()
-        self.model_fingerprint = self.combined_fingerprint(model_dir, extra)
-        return {"classifier": self.name, "model": self.model, "revision": self.revision, "adapter": self.adapter_id,
-                "model_dir": str(model_dir), "fingerprint": self.model_fingerprint, "labels": self.label_values()}
 
     def check_extra(self, config: dict[str, Any], extra: list[Path]) -> None:
         """Subclasses check their other artifacts here."""
 
-    def check_filter(self) -> None:
-        values = self.label_values()
-        unknown = [v for v in (self.filter_by or []) if values is not None and v not in values]
-        if unknown:
-            raise ValueError(f"{self.name}: filter_by has unknown labels {unknown}; labels are {values}")
+    def preflight_details(self) -> dict[str, Any]:
+        return {"adapter": self.adapter_id}
 
-    # -- executor: loading ----------------------------------------------------------------------------------
+    # -- executor: the loading's hooks ----------------------------------------------------------------------
 
-    def load_engine(self, device: str) -> "InferenceEngine":
-        """LlamaGuard in the engine's precision + adapter + this classifier's module, on ``device``."""
+    def load_model(self, model_dir: Path, extra: list[Path], device: str):
+        """LlamaGuard in the engine's precision + adapter + this classifier's module, and the tokenizer."""
         from sparkcurate.models.llm import (
-            PromptInferenceEngine, attach_adapter, check_adapter, check_causal_lm, load_causal_lm, precision_dtype,
+            attach_adapter, check_adapter, check_causal_lm, load_causal_lm, precision_dtype,
         )
 
-        model_dir = self.resolve_dir()
-        extra = self.extra_dirs()
-        if self.model_fingerprint and self.combined_fingerprint(model_dir, extra) != self.model_fingerprint:
-            raise ModelArtifactError(
-                f"the model at {self.model} (or its adapter) on this executor differs from the one checked on the "
-                "driver: every node must see the same checkpoint"
-            )
         config = self.read_config(model_dir)
         if self.labels is None:
             self.labels = self.resolve_labels(config)
         check_adapter(extra[0], check_causal_lm(model_dir, config, self.load_options), self.load_options)
-        engine_config = self.engine_config()
-        lm = load_causal_lm(model_dir, self.load_options, precision_dtype(engine_config, device))
+        lm = load_causal_lm(model_dir, self.load_options, precision_dtype(self.engine_config(), device))
         lm = attach_adapter(lm, extra[0])
         tokenizer = self.load_tokenizer(model_dir)
         self._remember_tokenizer(tokenizer)
-        module = self.wrap_module(lm, tokenizer, config, extra)
-        return PromptInferenceEngine(module, tokenizer, engine_config, device, prompt=self.prompt())
+        return self.wrap_module(lm, tokenizer, config, extra), tokenizer
+
+    def make_engine(self, module, tokenizer, device: str) -> "InferenceEngine":
+        """The engine tokenizing ``prompt(document)`` instead of the document."""
+        from sparkcurate.engine.prompt import PromptInferenceEngine
+
+        return PromptInferenceEngine(module, tokenizer, self.engine_config(), device, prompt=self.prompt())
 
     def wrap_module(self, lm, tokenizer, config: dict[str, Any], extra: list[Path]):
         raise NotImplementedError

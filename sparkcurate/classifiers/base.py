@@ -3,6 +3,11 @@
 A classifier instance holds plain values only, so it can be pickled to executors; the model is loaded there, once
 per Python worker and device (``load_engine``), never shipped. Subclasses are small declarations: class-level
 defaults plus, where the format differs, ``build_module`` / ``postprocess``.
+
+``preflight`` and ``load_engine`` are templates: they fix the order of the steps (artifacts found, config read,
+labels resolved, weights checked, tokenizer loaded, ``filter_by`` checked, fingerprint taken; on the executor:
+the same artifacts, model and tokenizer loaded, engine built) and call small hooks that a family overrides where
+its format differs: ``extra_dirs``, ``check_weights``, ``preflight_details``, ``load_model``, ``make_engine``.
 """
 
 from __future__ import annotations
@@ -79,9 +84,10 @@ class DistributedDataClassifier:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     cache_dir: str | None = None
-    # Set by ``preflight`` on the driver, so executors check they load the very same artifacts.
-    model_fingerprint: str | None = field(default=None, repr=False)
-    preflight_info: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # Internal state, set by ``preflight`` on the driver (not arguments: ``--param`` cannot set them). It travels
+    # with the instance so executors check they load the very same artifacts.
+    model_fingerprint: str | None = field(default=None, init=False, repr=False)
+    preflight_info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- the declaration: subclasses override these ---
     name: ClassVar[str] = "custom"
@@ -192,70 +198,96 @@ class DistributedDataClassifier:
         return outputs.max(axis=1) if outputs.size else outputs.reshape(0)
 
     # ----------------------------------------------------------------------------------------------------
-    # Driver side: pre-flight
+    # Driver side: pre-flight (a template; the hooks follow it)
     # ----------------------------------------------------------------------------------------------------
 
     def preflight(self) -> dict[str, Any]:
-        """Check the artifacts in seconds, before any data is read: config, labels, remote code, tokenizer,
-        and every weight name and shape (from the safetensors header, with truncation detected).
+        """Check the artifacts in seconds, before any data is read: config, labels, remote code, every weight name
+        and shape (from the safetensors headers, with truncation detected), tokenizer and ``filter_by``.
 
-        Fills in ``labels`` and ``model_fingerprint``; raises ``ModelArtifactError`` with a clear reason.
+        Fills in ``labels``, ``model_fingerprint`` and ``preflight_info`` (so a caller that finds
+        ``preflight_info`` set does not check again); raises ``ModelArtifactError`` with a clear reason.
         """
         model_dir = self.resolve_dir()
         config = self.read_config(model_dir)
-        self.labels = self.resolve_labels_for_preflight(config)
-        expected = expected_shapes(lambda: self.build_module(model_dir, config))
-        found = checkpoint_shapes(model_dir, self.load_options)
-        compare_keys(expected, found, str(model_dir))
+        self.labels = self.resolve_labels(config)
+        extra = self.extra_dirs()
+        self.check_weights(model_dir, config, extra)
         self.load_tokenizer(model_dir)
-        if self.filter_by:
-            values = self.label_values()
-            unknown = [v for v in self.filter_by if values is not None and v not in values]
-            if unknown:
-                raise ValueError(f"{self.name}: filter_by has unknown labels {unknown}; labels are {values}")
-        self.model_fingerprint = fingerprint(model_dir)
+        self.check_filter()
+        self.model_fingerprint = artifacts_fingerprint(model_dir, extra)
         self.preflight_info = {"classifier": self.name, "model": self.model, "revision": self.revision,
-                               "model_dir": str(model_dir), "fingerprint": self.model_fingerprint,
-                               "labels": self.label_values()}
+                               **self.preflight_details(), "model_dir": str(model_dir),
+                               "fingerprint": self.model_fingerprint, "labels": self.label_values()}
         return self.preflight_info
 
-    def resolve_labels_for_preflight(self, config: dict[str, Any]) -> list[str] | None:
-        return self.resolve_labels(config)
+    def ensure_preflight(self) -> dict[str, Any]:
+        """``preflight_info``, running the pre-flight only if it has not run on this instance."""
+        if self.preflight_info is None:
+            self.preflight()
+        return self.preflight_info
+
+    def extra_dirs(self) -> list[Path]:
+        """Hook: artifact directories besides the model (an adapter, a head), in a fixed order; they enter the
+        fingerprint. Default: none."""
+        return []
+
+    def check_weights(self, model_dir: Path, config: dict[str, Any], extra: list[Path]) -> None:
+        """Hook: every weight the module needs is in the checkpoint with its shape, and nothing else is.
+        Default: ``build_module`` on the meta device against the safetensors headers."""
+        expected = expected_shapes(lambda: self.build_module(model_dir, config))
+        compare_keys(expected, checkpoint_shapes(model_dir, self.load_options), str(model_dir))
+
+    def preflight_details(self) -> dict[str, Any]:
+        """Hook: what else identifies the checked artifacts in ``preflight_info`` (e.g. the adapter)."""
+        return {}
+
+    def check_filter(self) -> None:
+        """``filter_by`` names only values the prediction column can take."""
+        values = self.label_values()
+        unknown = [v for v in (self.filter_by or []) if values is not None and v not in values]
+        if unknown:
+            raise ValueError(f"{self.name}: filter_by has unknown labels {unknown}; labels are {values}")
 
     def load_tokenizer(self, model_dir: Path):
         return load_tokenizer(model_dir, self.load_options)
 
     # ----------------------------------------------------------------------------------------------------
-    # Executor side: loading
+    # Executor side: loading (a template; the hooks follow it)
     # ----------------------------------------------------------------------------------------------------
 
+    def load_engine(self, device: str) -> "InferenceEngine":
+        """Model + tokenizer + engine on ``device``. Called once per worker process and device."""
+        model_dir = self.resolve_dir()
+        extra = self.extra_dirs()
+        if self.model_fingerprint and artifacts_fingerprint(model_dir, extra) != self.model_fingerprint:
+            beside = " (or an artifact beside it: adapter, head)" if extra else ""
+            raise ModelArtifactError(
+                f"the model at {self.model}{beside} on this executor differs from the one checked on the driver: "
+                "every node must see the same checkpoint"
+            )
+        module, tokenizer = self.load_model(model_dir, extra, device)
+        return self.make_engine(module, tokenizer, device)
+
+    def load_model(self, model_dir: Path, extra: list[Path], device: str):
+        """Hook: (module with its weights, tokenizer). Default: ``load_module`` and the model's tokenizer."""
+        return self.load_module(model_dir), self.load_tokenizer(model_dir)
+
     def load_module(self, model_dir: Path):
+        """``build_module`` with the checkpoint's weights, loaded strictly."""
         config = self.read_config(model_dir)
         if self.labels is None:
-            self.labels = self.resolve_labels_for_preflight(config)
+            self.labels = self.resolve_labels(config)
         with skipped_weight_init():  # every weight is overwritten by the strict load just below
             module = self.build_module(model_dir, config)
         load_strict(module, model_dir, self.load_options)
         return module
 
-    def load_engine(self, device: str) -> "InferenceEngine":
-        """Model + tokenizer + engine on ``device``. Called once per worker process and device."""
+    def make_engine(self, module, tokenizer, device: str) -> "InferenceEngine":
+        """Hook: the engine that runs ``module``. Default: the plain ``InferenceEngine``."""
         from sparkcurate.engine.runner import InferenceEngine
 
-        model_dir = self.resolve_dir()
-        if self.model_fingerprint and fingerprint(model_dir) != self.model_fingerprint:
-            raise ModelArtifactError(
-                f"the model at {self.model} on this executor differs from the one checked on the driver: every "
-                "node must see the same checkpoint"
-            )
-        module = self.load_module(model_dir)
-        return InferenceEngine(module, self.load_tokenizer(model_dir), self.engine_config(), device)
-
-    def classify_texts(self, texts: Sequence[str], device: str = "cpu") -> dict[str, Any]:
-        """Classify a list of texts with no Spark (handy in tests and notebooks)."""
-        if self.labels is None or self.model_fingerprint is None:
-            self.preflight()
-        return self.postprocess(self.load_engine(device).predict(texts))
+        return InferenceEngine(module, tokenizer, self.engine_config(), device)
 
     # ----------------------------------------------------------------------------------------------------
     # DataFrame API
@@ -264,14 +296,14 @@ class DistributedDataClassifier:
     def __call__(self, df: "DataFrame") -> "DataFrame":
         """Add this classifier's columns to ``df`` and keep the ``filter_by`` labels, as NeMo Curator does.
 
-        Rows whose text is null get null predictions (and are dropped by ``filter_by``); the command and
-        ``sparkcurate.pipeline`` route such rows to ``_rejects`` with a reason before classifying.
+        The result has the input's columns plus ``output_columns()``, nothing else. Rows whose text is null get
+        null predictions (and are dropped by ``filter_by``); the command and ``sparkcurate.pipeline`` route such
+        rows to ``_rejects`` with a reason before classifying.
         """
         from sparkcurate.spark.stage import classify_dataframe, filter_expression
 
-        if self.labels is None or self.model_fingerprint is None:
-            self.preflight()
-        out = classify_dataframe(df, [self])
+        self.ensure_preflight()
+        out = classify_dataframe(df, [self], confidence=False)
         cond = filter_expression([self])
         return out.filter(cond) if cond is not None else out
 
@@ -303,4 +335,14 @@ def fingerprint(model_dir: Path) -> str:
         h.update(str(path.stat().st_size).encode())
         with open(path, "rb") as fh:
             h.update(fh.read(65536))
+    return h.hexdigest()[:16]
+
+
+def artifacts_fingerprint(model_dir: Path, extra: Sequence[Path] = ()) -> str:
+    """The fingerprint of a model and the artifacts beside it (adapter, head), in their order."""
+    if not extra:
+        return fingerprint(model_dir)
+    h = hashlib.sha256(fingerprint(model_dir).encode())
+    for path in extra:
+        h.update(fingerprint(path).encode())
     return h.hexdigest()[:16]

@@ -11,7 +11,7 @@ prompt_complexity_score (5 places).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,13 +82,14 @@ def _require(config: dict[str, Any], key: str) -> Any:
 class PromptTaskComplexityClassifier(DistributedDataClassifier):
     """Task type (11 kinds) and six complexity dimensions of English prompts. No ``filter_by`` (as in NeMo).
 
-    The config's maps are read on the driver in ``preflight`` and travel with the classifier as plain values.
+    The config's maps are read on the driver in ``preflight`` and travel with the classifier as plain values
+    (internal state, not arguments: the model's config is their only source).
     """
 
-    target_sizes: dict[str, int] | None = None
-    task_type_map: dict[str, str] | None = None
-    weights_map: dict[str, list[float]] | None = None
-    divisor_map: dict[str, float] | None = None
+    target_sizes: dict[str, int] | None = field(default=None, init=False)
+    task_type_map: dict[str, str] | None = field(default=None, init=False)
+    weights_map: dict[str, list[float]] | None = field(default=None, init=False)
+    divisor_map: dict[str, float] | None = field(default=None, init=False)
 
     name: ClassVar[str] = "prompt-task-complexity"
     description: ClassVar[str] = "prompt task type and complexity scores (DeBERTa-v3-base, mean pooling)"

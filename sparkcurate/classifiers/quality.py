@@ -1,4 +1,4 @@
-"""NeMo Curator's quality and content-type classifiers (DeBERTa-v3 + CLS head, 1024 tokens)."""
+"""NeMo Curator's quality classifier (DeBERTa-v3 + CLS head, 1024 tokens, High/Medium/Low)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,5 @@ class QualityClassifier(DistributedDataClassifier):
     default_model: ClassVar[str] = "nvidia/quality-classifier-deberta"
     default_pred_column: ClassVar[str] = "quality_pred"
     default_prob_column: ClassVar[str | None] = "quality_prob"
-    default_max_chars: ClassVar[int] = 6000
-    default_max_tokens: ClassVar[int] = 1024
-
-
-@dataclass
-class ContentTypeClassifier(DistributedDataClassifier):
-    name: ClassVar[str] = "content-type"
-    description: ClassVar[str] = "speech/content type, 11 labels (DeBERTa-v3-base)"
-    default_model: ClassVar[str] = "nvidia/content-type-classifier-deberta"
-    default_pred_column: ClassVar[str] = "content_pred"
     default_max_chars: ClassVar[int] = 6000
     default_max_tokens: ClassVar[int] = 1024

@@ -16,7 +16,8 @@ from sparkcurate.classifiers.fineweb import (
 )
 from sparkcurate.classifiers.instruction_guard import InstructionDataGuardClassifier
 from sparkcurate.classifiers.prompt_complexity import PromptTaskComplexityClassifier
-from sparkcurate.classifiers.quality import ContentTypeClassifier, QualityClassifier
+from sparkcurate.classifiers.content_type import ContentTypeClassifier
+from sparkcurate.classifiers.quality import QualityClassifier
 from sparkcurate.classifiers.zero_shot import ZeroShotClassifier
 
 log = logging.getLogger(__name__)

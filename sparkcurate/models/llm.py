@@ -4,8 +4,8 @@ Why a module of its own: these models differ from the encoder heads in every ste
 causal LM loaded in the engine's precision directly (a 7B model must never pass through fp32 on the host), the
 adapter is a separate directory whose keys peft would load leniently (so they are checked here first), Aegis
 *generates* text (the engine's forward must return fixed-width token ids) and both models expect a prompt built
-around the document before tokenizing. The engine itself stays unchanged: ``PromptInferenceEngine`` only changes
-what is tokenized, and the modules take the engine's right-padded batches.
+around the document before tokenizing. The engine itself stays unchanged: ``engine.prompt.PromptInferenceEngine``
+only changes what is tokenized, and the modules here take the engine's right-padded batches.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from sparkcurate.engine.runner import EngineConfig, InferenceEngine, PRECISIONS
-from sparkcurate.engine.tokenize import Tokenized, cut, tokenize
+from sparkcurate.engine.runner import EngineConfig, PRECISIONS
 from sparkcurate.models.loading import (
     LoadOptions,
     ModelArtifactError,
@@ -252,29 +251,6 @@ class LastTokenScoreModule(nn.Module):
         x = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
         head_dtype = next(self.head.parameters()).dtype
         return self.head(x.to(head_dtype)).float().reshape(-1, 1)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The engine with a prompt
-# --------------------------------------------------------------------------------------------------------------
-
-class PromptInferenceEngine(InferenceEngine):
-    """The inference engine, tokenizing ``prompt(text[:max_chars])`` instead of the text (Aegis wraps the
-    document's first 6000 characters in its safety prompt, then tokenizes up to 4096 tokens)."""
-
-    def __init__(self, model: nn.Module, tokenizer, config: EngineConfig, device: str | torch.device,
-                 prompt: Callable[[str], str] | None = None):
-        super().__init__(model, tokenizer, config, device)
-        self.prompt = prompt
-        # The prompt is part of what is tokenized: engines with different prompts never share tokens.
-        marker = prompt("\x00") if prompt is not None else None
-        self.tokenize_key = (*self.tokenize_key, marker)
-
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        pieces = cut(texts, self.config.max_chars)
-        if self.prompt is not None:
-            pieces = [self.prompt(t) for t in pieces]
-        return tokenize(self.tokenizer, pieces, self.config.max_tokens, None)
 
 
 def with_revision(options: LoadOptions, revision: str | None) -> LoadOptions:

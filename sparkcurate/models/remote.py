@@ -97,11 +97,6 @@ def uri_scheme(uri: str) -> str | None:
     return None
 
 
-def is_remote_uri(uri: str) -> bool:
-    """True for anything :func:`resolve_model_uri` copies or maps (i.e. has a URI scheme)."""
-    return uri_scheme(uri) is not None
-
-
 def cache_root(cache_dir: str | None = None) -> Path:
     """The node-local model cache: argument, else $SPARKCURATE_CACHE, else ~/.cache/sparkcurate/models.
 

@@ -3,6 +3,9 @@
 Only plain values cross to executors (the classifier declarations); each worker loads its models once into a
 module-level cache keyed by the classifier's identity and device, and Spark's worker reuse keeps that cache
 across tasks. Everything model-related lives in the engine; this module only moves Arrow batches.
+
+A classifier is anything with the ``StageClassifier`` shape (``sparkcurate.classifiers`` provides them): this
+module imports nothing from the classifiers, which sit above it and call it from their DataFrame API.
 """
 
 from __future__ import annotations
@@ -10,24 +13,51 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from pyspark.accumulators import AccumulatorParam
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pyarrow as pa
     from pyspark.sql import Column, DataFrame
 
-    from sparkcurate.classifiers.base import DistributedDataClassifier
-
 log = logging.getLogger(__name__)
+
+
+class StageColumn(Protocol):
+    """A column a classifier adds: its name and kind (string, float, double, int, bool, float_list, string_list)."""
+
+    name: str
+    kind: str
+
+
+class StageClassifier(Protocol):
+    """What the stage needs of a classifier: plain values that pickle to executors, and how to load and read it."""
+
+    name: str
+    model: str | None
+    text_field: str
+    device: str
+    pred_column: str
+    filter_by: Sequence[Any] | None
+
+    def output_columns(self) -> Sequence[StageColumn]: ...
+
+    def cache_key(self) -> str: ...
+
+    def load_engine(self, device: str) -> Any: ...
+
+    def postprocess(self, outputs: "np.ndarray") -> dict[str, Any]: ...
+
+    def confidence(self, outputs: "np.ndarray") -> "np.ndarray | None": ...
 
 CONFIDENCE_PREFIX = "__sparkcurate_conf_"
 _ENGINES: dict[tuple[str, str], Any] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def confidence_column(classifier: "DistributedDataClassifier") -> str:
+def confidence_column(classifier: "StageClassifier") -> str:
     """A hidden per-row number (top probability) kept for the run report, dropped before writing."""
     return CONFIDENCE_PREFIX + classifier.name.replace("-", "_")
 
@@ -54,11 +84,14 @@ def arrow_type(kind: str) -> "pa.DataType":
     return to_arrow_type(spark_type(kind))
 
 
-def output_fields(classifiers: Sequence["DistributedDataClassifier"]) -> list[tuple[str, str]]:
+def output_fields(classifiers: Sequence["StageClassifier"], confidence: bool = True) -> list[tuple[str, str]]:
+    """(name, kind) of the columns the stage adds: each classifier's outputs, and with ``confidence`` its hidden
+    confidence column."""
     fields: list[tuple[str, str]] = []
     for c in classifiers:
         fields.extend((col.name, col.kind) for col in c.output_columns())
-        fields.append((confidence_column(c), "float"))
+        if confidence:
+            fields.append((confidence_column(c), "float"))
     names = [n for n, _ in fields]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -66,22 +99,25 @@ def output_fields(classifiers: Sequence["DistributedDataClassifier"]) -> list[tu
     return fields
 
 
-def classify_dataframe(df: "DataFrame", classifiers: Sequence["DistributedDataClassifier"],
+def classify_dataframe(df: "DataFrame", classifiers: Sequence["StageClassifier"],
                        counter=None, skip_column: str | None = None, device_log=None,
-                       task_stats=None) -> "DataFrame":
-    """``df`` with every classifier's columns added (plus hidden confidence columns), rows unchanged.
+                       task_stats=None, confidence: bool = True) -> "DataFrame":
+    """``df`` with every classifier's columns added, rows unchanged.
 
     ``counter``: an optional Spark accumulator that tasks add their document counts to, for progress display.
     ``skip_column``: rows where this column is not null (e.g. a reject reason) are passed through unclassified.
     ``device_log``: an optional ``device_accumulator`` that records where each task ran.
     ``task_stats``: an optional ``stats_accumulator`` that sums where the tasks' time went (model loads, waiting
     for input, classifying).
+    ``confidence``: also add each classifier's hidden confidence column (``confidence_column``), which the
+    pipeline counts for the report and drops before writing; the DataFrame API asks for none, so a user's frame
+    holds the input's columns and the classifiers' declared outputs only.
     """
     from pyspark.sql import types as T
 
     if not classifiers:
         raise ValueError("no classifier given")
-    fields = output_fields(classifiers)
+    fields = output_fields(classifiers, confidence)
     existing = set(df.columns)
     clash = [n for n, _ in fields if n in existing]
     if clash:
@@ -90,7 +126,7 @@ def classify_dataframe(df: "DataFrame", classifiers: Sequence["DistributedDataCl
         if c.text_field not in existing:
             raise ValueError(f"{c.name}: text field {c.text_field!r} is not a column (columns: {sorted(existing)})")
     schema = T.StructType(list(df.schema.fields) + [T.StructField(n, spark_type(k), True) for n, k in fields])
-    fn = make_partition_function(list(classifiers), counter, skip_column, device_log, task_stats)
+    fn = make_partition_function(list(classifiers), counter, skip_column, device_log, task_stats, confidence)
     return df.mapInArrow(fn, schema)
 
 
@@ -166,8 +202,9 @@ class TaskClock:
                    "task_s_max": round(task_s, 3)})
 
 
-def make_partition_function(classifiers: list["DistributedDataClassifier"], counter=None,
-                            skip_column: str | None = None, device_log=None, task_stats=None
+def make_partition_function(classifiers: list["StageClassifier"], counter=None,
+                            skip_column: str | None = None, device_log=None, task_stats=None,
+                            confidence: bool = True
                             ) -> Callable[[Iterator["pa.RecordBatch"]], Iterator["pa.RecordBatch"]]:
     """The function Spark runs per partition. It closes over plain values only."""
 
@@ -208,7 +245,7 @@ def make_partition_function(classifiers: list["DistributedDataClassifier"], coun
         def collect(item):
             batch, prepared, submitted = item
             t0 = time.perf_counter()
-            out = finish_batch(batch, engines, prepared, submitted)
+            out = finish_batch(batch, engines, prepared, submitted, confidence)
             clock.classify_s += time.perf_counter() - t0
             clock.docs += batch.num_rows
             return out, len(prepared[0][1])
@@ -225,7 +262,7 @@ def make_partition_function(classifiers: list["DistributedDataClassifier"], coun
     return classify_partition
 
 
-def worker_engine(classifier: "DistributedDataClassifier", device: str):
+def worker_engine(classifier: "StageClassifier", device: str):
     """The engine for this classifier and device, loaded once per Python worker and reused across tasks."""
     key = (classifier.cache_key(), device)
     with _ENGINES_LOCK:
@@ -259,19 +296,15 @@ def valid_texts(batch: "pa.RecordBatch", text_field: str, skip_column: str | Non
     return mask, pc.filter(column, mask).to_pylist()
 
 
-def tokenize_valid(batch: "pa.RecordBatch", classifier: "DistributedDataClassifier", engine,
-                   skip_column: str | None = None):
-    mask, texts = valid_texts(batch, classifier.text_field, skip_column)
-    return mask, engine.tokenize(texts)
-
-
 def submit_batch(engines, prepared) -> list:
     """Queue every classifier's forward passes for one batch (``InferenceEngine.submit``)."""
     return [engine.submit(tokens) for (_, engine), (_, tokens) in zip(engines, prepared)]
 
 
-def finish_batch(batch: "pa.RecordBatch", engines, prepared, submitted: list) -> "pa.RecordBatch":
-    """Wait for a submitted batch's results and append the classifiers' output columns."""
+def finish_batch(batch: "pa.RecordBatch", engines, prepared, submitted: list, confidence: bool = True
+                 ) -> "pa.RecordBatch":
+    """Wait for a submitted batch's results and append the classifiers' output columns (and, with
+    ``confidence``, their confidence columns: the order ``output_fields`` gives)."""
     import numpy as np
     import pyarrow as pa
 
@@ -284,9 +317,10 @@ def finish_batch(batch: "pa.RecordBatch", engines, prepared, submitted: list) ->
         for col in classifier.output_columns():
             arrays.append(scatter(values.get(col.name, []), valid, col.kind))
             names.append(col.name)
-        conf = classifier.confidence(outputs) if len(tokens) else None
-        arrays.append(scatter(conf if conf is not None else [], valid, "float"))
-        names.append(confidence_column(classifier))
+        if confidence:
+            conf = classifier.confidence(outputs) if len(tokens) else None
+            arrays.append(scatter(conf if conf is not None else [], valid, "float"))
+            names.append(confidence_column(classifier))
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
@@ -322,7 +356,7 @@ def _as_list(values, kind: str) -> list:
     return list(values)
 
 
-def filter_expression(classifiers: Sequence["DistributedDataClassifier"]) -> "Column | None":
+def filter_expression(classifiers: Sequence["StageClassifier"]) -> "Column | None":
     """Rows kept: for each classifier with ``filter_by``, its prediction is one of the listed labels (AND)."""
     from pyspark.sql import functions as F
 
