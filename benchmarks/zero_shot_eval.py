@@ -57,10 +57,10 @@ def make_classifier(variant: str):
 
 def embed_documents(texts: Sequence[str]) -> np.ndarray:
     """Document embeddings from the embedded model, through the engine (same cut and batching as a run)."""
-    from sparkcurate.classifiers.zero_shot import embedded_model_dir
+    from sparkcurate.classifiers.zero_shot import ZeroShotClassifier, embedded_model_dir
     from sparkcurate.engine.runner import InferenceEngine
 
-    clf = make_classifier("default")
+    clf = ZeroShotClassifier(label_descriptions={"a": "a", "b": "b"})  # the embedder only: no descriptions needed
     model_dir = embedded_model_dir()
     module = clf.load_module(model_dir)
     engine = InferenceEngine(module.embedder, clf.load_tokenizer(model_dir), clf.engine_config(), "cpu")
@@ -81,7 +81,8 @@ def predict(variant: str, embeddings: np.ndarray) -> list[str]:
 
 
 def scores(docs: Sequence[Doc], preds: Sequence[str]) -> dict:
-    """Top-1 overall, the mean of the per-label top-1 (macro), and per label: n, top-1, commonest mistakes."""
+    """Top-1 overall, the mean of the per-label top-1 (macro), per source, and per label: n, top-1, commonest
+    mistakes."""
     by_label: dict[str, list[str]] = {}
     for doc, pred in zip(docs, preds):
         by_label.setdefault(doc.label, []).append(pred)
@@ -91,9 +92,13 @@ def scores(docs: Sequence[Doc], preds: Sequence[str]) -> dict:
         wrong = Counter(p for p in got if p != label).most_common(3)
         per_label[label] = {"n": len(got), "top1": round(sum(p == label for p in got) / len(got), 4),
                             "mistaken_for": dict(wrong)}
+    per_source: dict[str, list[bool]] = {}
+    for doc, pred in zip(docs, preds):
+        per_source.setdefault(doc.source, []).append(doc.label == pred)
     right = sum(d.label == p for d, p in zip(docs, preds))
     return {"n": len(docs), "top1": round(right / len(docs), 4) if docs else None,
             "macro_top1": round(float(np.mean([v["top1"] for v in per_label.values()])), 4) if docs else None,
+            "per_source": {s: {"n": len(v), "top1": round(sum(v) / len(v), 4)} for s, v in sorted(per_source.items())},
             "per_label": per_label}
 
 

@@ -41,6 +41,7 @@ def _label_scores(descriptions: dict, texts: list[str]) -> np.ndarray:
         return module.label_scores(module.embedder.eval()(ids, mask)).numpy()
 
 
+@pytest.mark.slow  # three model loads: ~10 s here
 def test_a_label_scores_its_best_matching_description():
     """With two descriptions, a label's score is the higher of the scores each description alone gives it;
     the other labels' scores do not move."""
@@ -84,6 +85,7 @@ def _tiny_corpus() -> list[Doc]:
     return [Doc(f"t:{i}", "tiny", split, label, text) for i, (split, label, text) in enumerate(rows)]
 
 
+@pytest.mark.slow  # four model loads: ~15 s here
 def test_eval_measures_what_the_classifier_predicts(tmp_path):
     """The evaluation's predictions are the shipped classifier's (engine path), and its scores add up."""
     docs = _tiny_corpus()
@@ -93,8 +95,8 @@ def test_eval_measures_what_the_classifier_predicts(tmp_path):
     embeddings = zero_shot_eval.embed_documents([d.text for d in docs])
     assert zero_shot_eval.predict("default", embeddings) == \
         ZeroShotClassifier().classify_texts([d.text for d in docs])["zero_shot_pred"]
-    res = zero_shot_eval.evaluate(docs, ["default", str(names)], embeddings)
-    assert set(res) == {"default", str(names)} and set(res["default"]) == {"tuning", "held-out", "all"}
+    res = zero_shot_eval.evaluate(docs, [str(names), "label-names"], embeddings)
+    assert set(res) == {str(names), "label-names"} and set(res[str(names)]) == {"tuning", "held-out", "all"}
     for variant in res.values():
         assert variant["tuning"]["n"] == 2 and variant["held-out"]["n"] == 2 and variant["all"]["n"] == 4
         per = variant["all"]["per_label"]
