@@ -5,9 +5,10 @@ WordNet topic domain, a computing dictionary), never from reading it. The maps f
 labels follow Google's content categories, which the labels come from (e.g. religion -> People_and_Society,
 card games -> Games); topics that fit two labels (ships, zoology, psychology, networking) are left out.
 
-Sources are split, whole, into a **tuning** split (fortunes' topic files and GCIDE without its WordNet-derived entries: the
-label descriptions and calibration may be chosen by looking at them) and a **held-out** split (WordNet's topic
-domains, FOLDOC, the Jargon File, the elements dictionary, Debian hints and the Debian Reference: only measured).
+Sources are split, whole, into a **tuning** split (fortunes' topic files and GCIDE without its WordNet-derived
+entries: the label descriptions and calibration may be chosen by looking at them) and a **held-out** split
+(WordNet's topic domains, FOLDOC, the Jargon File, the elements dictionary, Debian hints and the Debian Reference:
+only measured).
 
 Selection is deterministic: within each (source, label) the candidates are ordered by a hash of their id and the
 first ``cap`` kept, so the same package versions give the same corpus; ``benchmarks/zero_shot/manifest.json``

