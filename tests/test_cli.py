@@ -202,7 +202,8 @@ def test_precision_choices_reach_the_classifier():
                                    "--precision", "fp8"])
 
 
-def _zero_shot_labels(labels: str) -> dict[str, str]:
+def _zero_shot_labels(labels: str) -> dict[str, list[str]]:
+    """The classifier's labels and their descriptions (each label's a list: one or several descriptions)."""
     from sparkcurate.cli import build_parser, make_classifiers
 
     args = build_parser().parse_args(["classify", "--input", "in", "--output", "out", "--classifier", "zero-shot",
@@ -216,7 +217,7 @@ def test_long_inline_labels_are_not_probed_as_a_path():
     want = {f"Label_{i:02d}": f"documents about topic number {i} and its neighbours" for i in range(26)}
     inline = ";".join(f"{k}={v}" for k, v in want.items())
     assert len(inline) > 1000
-    assert _zero_shot_labels(inline) == want
+    assert _zero_shot_labels(inline) == {k: [v] for k, v in want.items()}
     # Without '=' (descriptions from the names) the inline form still needs ';', and is still long.
     names = ";".join(f"a_rather_long_label_name_number_{i}" for i in range(12))
     assert len(names) > 255 and len(_zero_shot_labels(names)) == 12
@@ -225,10 +226,10 @@ def test_long_inline_labels_are_not_probed_as_a_path():
 def test_labels_from_files(tmp_path):
     json_file = tmp_path / "labels.json"
     json_file.write_text(json.dumps({"News": "news reports", "Sports": "matches and athletes"}), encoding="utf-8")
-    assert _zero_shot_labels(str(json_file)) == {"News": "news reports", "Sports": "matches and athletes"}
+    assert _zero_shot_labels(str(json_file)) == {"News": ["news reports"], "Sports": ["matches and athletes"]}
     text_file = tmp_path / "labels.txt"
     text_file.write_text("# comment\nNews: news reports\nSports_Talk\n", encoding="utf-8")
-    assert _zero_shot_labels(str(text_file)) == {"News": "news reports", "Sports_Talk": "Sports Talk"}
+    assert _zero_shot_labels(str(text_file)) == {"News": ["news reports"], "Sports_Talk": ["Sports Talk"]}
     with pytest.raises(ValueError, match="not found"):
         _zero_shot_labels(str(tmp_path / "missing.json"))
     long_path = str(tmp_path / ("x" * 300 + ".json"))  # probing it raises OSError: an error of its own, not that
