@@ -93,9 +93,9 @@ def rel_err(got, want) -> float:
 def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
     import torch
 
-    from sparkcurate.engine import packed
-    from sparkcurate.engine import relative_attention, relative_attention_smem
-    from sparkcurate.engine.relative_attention import packed_attention
+    from sparkcurate.engine import deberta_packed as packed
+    from sparkcurate.engine.kernels import relative_attention, relative_attention_smem
+    from sparkcurate.engine.kernels.relative_attention import packed_attention
 
     default_pads = relative_attention_smem.SHEAR_PADS
     lengths = micro_batch_lengths(mix, args.budget, args.seed)

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sparkcurate.engine import packed  # noqa: E402
+from sparkcurate.engine import deberta_packed as packed  # noqa: E402
 
 
 def tiny_backbone(seed: int = 0, **overrides):

@@ -1,4 +1,4 @@
-"""The tile attention kernel (sparkcurate/engine/relative_attention.py) on the CPU, through Triton's interpreter.
+"""The tile attention kernel (sparkcurate/engine/kernels/relative_attention.py) on the CPU, through Triton's interpreter.
 
 Why: the compiled kernel needs a GPU (tests/gpu/test_packed_gpu.py), but the interpreter runs the same kernel
 source with numpy, so every index and mask of the tile algorithm (distance windows, the c2p band, the
@@ -19,7 +19,8 @@ from tests.conftest import triton_interpreter_problem  # noqa: E402
 if triton_interpreter_problem():
     pytest.skip(triton_interpreter_problem(), allow_module_level=True)
 
-from sparkcurate.engine import packed, relative_attention  # noqa: E402
+from sparkcurate.engine import deberta_packed as packed  # noqa: E402
+from sparkcurate.engine.kernels import relative_attention  # noqa: E402
 from tests.test_packed import FIRST_ROW_CONFIGS, pack, padded_last_hidden, random_batch, tiny_backbone  # noqa: E402
 
 
@@ -131,7 +132,7 @@ def test_smem_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
     exactly; the kernel is not tried again in the process, and asking for it by name raises the reason."""
     import logging
 
-    from sparkcurate.engine import relative_attention_smem as smem
+    from sparkcurate.engine.kernels import relative_attention_smem as smem
 
     class Uncompilable:
         launches = 0
@@ -208,7 +209,7 @@ def test_shear_layouts_read_entry_r_plus_c_without_bank_conflicts():
     of the 32 four-byte banks, that the default pads cut the 8-way conflicts of unpadded rows (the eighth round's
     layout) to at most 2 for the kernel's stores and sheared loads (what the ninth round measured: 2.44 -> 1.39
     ms a layer on an H100)."""
-    from sparkcurate.engine import relative_attention_smem as smem
+    from sparkcurate.engine.kernels import relative_attention_smem as smem
 
     if smem.gluon_problem():
         pytest.skip(smem.gluon_problem())

@@ -31,7 +31,7 @@ from sparkcurate.engine.tokenize import Tokenized, enable_tokenizer_threads, tok
 log = logging.getLogger(__name__)
 
 #: name -> the activations' dtype. "fp16-split": fp16 activations, each linear layer's fp32 weight kept as two fp16
-#: matrices (:mod:`.split_weights`): probabilities within 1e-2 of fp32 on the benchmark, for a second GEMM per layer.
+#: matrices (:mod:`.kernels.split_weights`): probabilities within 1e-2 of fp32 on the benchmark, for a second GEMM per layer.
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp16-split": torch.float16}
 
 
@@ -91,7 +91,7 @@ def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     if missing:
         raise ValueError(f"{type(model).__name__}.fp32_children names {missing}, which are not children of the model")
     if split:
-        from sparkcurate.engine.split_weights import split_linears
+        from sparkcurate.engine.kernels.split_weights import split_linears
 
         log.info("%d linear layers keep their fp32 weights as fp16 pairs", split_linears(model, dtype, skip=keep))
     if not keep:

@@ -349,8 +349,8 @@ def smem_attention(
 ) -> torch.Tensor:
     """Attention context ``[T, heads * head_dim]`` from the fused Q/K/V projection ``projected [T, 3 * width]``.
 
-    ``tables`` is the layer's :class:`~sparkcurate.engine.relative_attention.LayerTables`;
-    ``slots`` is :func:`~sparkcurate.engine.relative_attention.distance_slots` for a
+    ``tables`` is the layer's :class:`~sparkcurate.engine.kernels.relative_attention.LayerTables`;
+    ``slots`` is :func:`~sparkcurate.engine.kernels.relative_attention.distance_slots` for a
     half-width of at least ``max_seqlen + 2 * BLOCK``. The caller checks
     :func:`smem_problem` first.
     """

@@ -27,7 +27,7 @@ Entry points:
   backbone on a device, with a human-readable reason when it cannot.
 * :func:`packed_last_hidden` returns the last hidden state ``[T, H]``.
   ``attention_impl="kernel"`` uses a GPU kernel: ``"triton"``, this package's
-  tile kernel (:mod:`.relative_attention`, the default) or ``"dflash"``,
+  tile kernel (:mod:`.kernels.relative_attention`, the default) or ``"dflash"``,
   disentangled-flash's (``SPARKCURATE_ATTENTION_KERNEL`` picks; both CUDA only),
   ``"torch"`` disentangled-flash's PyTorch backend (loops over sequences; runs on
   CPU) and ``"reference"`` loops over sequences through transformers' own
@@ -175,7 +175,7 @@ def packed_support(backbone: nn.Module, device: Any) -> tuple[bool, str]:
 def gpu_kernel() -> str:
     """The GPU kernel behind ``attention_impl="kernel"``: ``SPARKCURATE_ATTENTION_KERNEL``, default ``triton``.
 
-    Why a switch: the tile kernel (:mod:`.relative_attention`) needs only Triton
+    Why a switch: the tile kernel (:mod:`.kernels.relative_attention`) needs only Triton
     and was faster on the H100 (benchmarks/NOTES.md, fifth round); disentangled-flash
     stays selectable to compare and as a second opinion.
     """
@@ -189,7 +189,7 @@ def _kernel_problem(kernel: str) -> str | None:
     """Why a GPU kernel cannot run here (None: it can)."""
     if kernel == "dflash":
         return _dflash_problem()
-    from sparkcurate.engine.relative_attention import triton_problem
+    from sparkcurate.engine.kernels.relative_attention import triton_problem
 
     return triton_problem()
 
@@ -327,7 +327,7 @@ def fused_qkv(query: nn.Linear, key: nn.Linear, value: nn.Linear) -> tuple[torch
     """
     import torch
 
-    from sparkcurate.engine.split_weights import SplitWeight, weight_of
+    from sparkcurate.engine.kernels.split_weights import SplitWeight, weight_of
 
     weights = [weight_of(m) for m in (query, key, value)]
     with torch.no_grad():
@@ -360,7 +360,7 @@ def _wrapper_class() -> type:
         return _WRAPPER_CLASS
     from disentangled_flash.kernel import InferenceDisentangledSelfAttention
 
-    from sparkcurate.engine import split_weights
+    from sparkcurate.engine.kernels import split_weights
 
     class SharedWeightPackedAttention(InferenceDisentangledSelfAttention):
         """Packed inference attention whose projections alias the HF layer's."""
@@ -450,7 +450,7 @@ def _slot_capacity(count: int) -> int:
 
 
 def _interpreting() -> bool:
-    from sparkcurate.engine.relative_attention import _interpreting as interpreting
+    from sparkcurate.engine.kernels.relative_attention import _interpreting as interpreting
 
     return interpreting()
 
@@ -461,7 +461,7 @@ def _tile_tables_for(backbone: nn.Module, max_seqlen: int) -> tuple[list, torch.
     Rebuilt when an attention weight changes (same key as the disentangled-flash
     wrappers); the slot table grows in steps of ``_SLOT_STEP`` distances.
     """
-    from sparkcurate.engine.relative_attention import distance_slots
+    from sparkcurate.engine.kernels.relative_attention import distance_slots
 
     key = _state_key(backbone, "triton", "-")
     state = _STATES.get(backbone)
@@ -481,7 +481,7 @@ def layer_tables(attention: nn.Module, rel_embeddings: torch.Tensor | None) -> A
     """The tile kernel's :class:`LayerTables` for one HF ``DisentangledSelfAttention``."""
     import torch
 
-    from sparkcurate.engine.relative_attention import LayerTables
+    from sparkcurate.engine.kernels.relative_attention import LayerTables
 
     weight, bias = fused_qkv(attention.query_proj, attention.key_proj, attention.value_proj)
     with torch.no_grad():
@@ -630,8 +630,8 @@ def _encode_tiles(
     layers: list, tables: list, slots: torch.Tensor, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo,
     fused: TailFusion,
 ) -> torch.Tensor:
-    """Encoder layers with this package's tile kernel (:mod:`.relative_attention`)."""
-    from sparkcurate.engine.relative_attention import packed_attention
+    """Encoder layers with this package's tile kernel (:mod:`.kernels.relative_attention`)."""
+    from sparkcurate.engine.kernels.relative_attention import packed_attention
 
     for layer, layer_tables in zip(layers, tables):
         context = packed_attention(layer_tables, hidden, cu_dev, info.max_seqlen, slots)
@@ -646,7 +646,7 @@ class TailFusion:
 
     #: each block's ``LayerNorm(dense(h) + input)`` as the dense layer plus one residual + LayerNorm kernel
     norm: bool = False
-    #: the intermediate block's GELU in its GEMM's epilogue (:mod:`.gelu_epilogue`)
+    #: the intermediate block's GELU in its GEMM's epilogue (:mod:`.kernels.gelu_epilogue`)
     gelu: bool = False
 
     def __bool__(self) -> bool:
@@ -659,11 +659,11 @@ def _layer_tail(
     """Attention output, intermediate and output blocks of one HF layer (per token).
 
     ``fused`` (see :func:`_fused_tails`) replaces the blocks' own forwards with the same arithmetic in fewer
-    kernels: residual + LayerNorm in one (:mod:`.residual_norm`; the blocks' dropouts are identities at
-    inference), GELU in the intermediate GEMM (:mod:`.gelu_epilogue`).
+    kernels: residual + LayerNorm in one (:mod:`.kernels.residual_norm`; the blocks' dropouts are identities at
+    inference), GELU in the intermediate GEMM (:mod:`.kernels.gelu_epilogue`).
     """
-    from sparkcurate.engine.gelu_epilogue import intermediate_gelu
-    from sparkcurate.engine.residual_norm import add_layer_norm
+    from sparkcurate.engine.kernels.gelu_epilogue import intermediate_gelu
+    from sparkcurate.engine.kernels.residual_norm import add_layer_norm
 
     if fused.norm:
         block = layer.attention.output
@@ -691,8 +691,8 @@ def _fused_tails(layers: list, hidden: torch.Tensor) -> TailFusion:
         DebertaV2SelfOutput,
     )
 
-    from sparkcurate.engine import gelu_epilogue
-    from sparkcurate.engine.residual_norm import usable
+    from sparkcurate.engine.kernels import gelu_epilogue
+    from sparkcurate.engine.kernels.residual_norm import usable
 
     norm = bool(layers) and all(
         type(layer.attention.output) is DebertaV2SelfOutput and type(layer.output) is DebertaV2Output
@@ -852,7 +852,7 @@ def _last_layer_first_rows(
     """
     import torch
 
-    from sparkcurate.engine import split_weights
+    from sparkcurate.engine.kernels import split_weights
 
     attention = layer.attention.self
     heads, head_dim = attention.num_attention_heads, attention.attention_head_size

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sparkcurate.engine.switches import env_mode
+from sparkcurate.engine.kernels.switches import env_mode
 
 if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch
@@ -68,7 +68,7 @@ def usable(norm: nn.Module, sample: torch.Tensor) -> bool:
 
 def _kernel() -> Any:
     """The jitted kernel, built once per interpreter mode (see relative_attention._kernel for why lazily)."""
-    from sparkcurate.engine.relative_attention import _interpreting
+    from sparkcurate.engine.kernels.relative_attention import _interpreting
 
     interpret = _interpreting()
     if interpret in _KERNELS:

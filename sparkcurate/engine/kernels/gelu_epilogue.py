@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sparkcurate.engine.switches import env_mode
+from sparkcurate.engine.kernels.switches import env_mode
 
 if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch

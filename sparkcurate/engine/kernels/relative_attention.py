@@ -305,8 +305,8 @@ def packed_attention(
     import torch
     import triton
 
-    from sparkcurate.engine import relative_attention_smem as smem
-    from sparkcurate.engine import split_weights
+    from sparkcurate.engine.kernels import relative_attention_smem as smem
+    from sparkcurate.engine.kernels import split_weights
 
     heads, head_dim = tables.heads, tables.head_dim
     if head_dim not in HEAD_DIMS:
