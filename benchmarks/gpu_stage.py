@@ -473,7 +473,7 @@ def bench_mix(args, docs: Docs, base_model, config, tokenizer, device) -> list[R
 
 def tuning_mode_name() -> str:
     """disentangled-flash's tuning mode in force for the packed variants (SPARKCURATE_DFLASH_TUNING)."""
-    from sparkcurate.engine.deberta_packed import tuning_mode
+    from sparkcurate.engine.kernels.dflash_attention import tuning_mode
 
     return tuning_mode()
 
@@ -485,7 +485,7 @@ def bench_packed_autotune(model, docs: Docs, batches, device, impl, ref, config,
     benchmarking every candidate config on this card would gain. The warm-up pass does the tuning (every
     workload family the timed pass meets), so the timed pass measures the tuned configs only.
     """
-    from sparkcurate.engine.deberta_packed import set_tuning_mode
+    from sparkcurate.engine.kernels.dflash_attention import set_tuning_mode
 
     previous = set_tuning_mode("autotune")
     try:

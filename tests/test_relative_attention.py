@@ -24,6 +24,10 @@ from sparkcurate.engine.kernels import relative_attention  # noqa: E402
 from tests.test_packed import FIRST_ROW_CONFIGS, pack, padded_last_hidden, random_batch, tiny_backbone  # noqa: E402
 
 
+#: The shears of the Triton kernel (runnable here through Triton's interpreter; "smem" is the Gluon kernel's).
+TRITON_SHEARS = ("scratch", "gather")
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     monkeypatch.delenv(relative_attention.CONFIG_ENV, raising=False)
@@ -51,7 +55,7 @@ def test_triton_matches_padded_hf(name):
     assert_rows_match(model, seqs)
 
 
-@pytest.mark.parametrize("shear", relative_attention.TRITON_SHEARS)
+@pytest.mark.parametrize("shear", TRITON_SHEARS)
 @pytest.mark.parametrize("config", ["64,64,4,3", "32,32,4,2", "16,16,2,2"])
 def test_tile_sizes_and_shears(monkeypatch, shear, config):
     """Every tile size and both ways of reading the diagonal give the same, exact result."""
@@ -104,7 +108,7 @@ def test_bad_launch_settings_rejected(monkeypatch):
         with pytest.raises(ValueError, match=relative_attention.CONFIG_ENV):
             packed.packed_last_hidden(model, ids, cu, longest, attention_impl="triton")
     monkeypatch.delenv(relative_attention.CONFIG_ENV)
-    tables, slots = packed._tile_tables_for(model, longest)
+    tables, slots = relative_attention.tile_tables_for(model, longest)
     with pytest.raises(ValueError, match="shear"):
         relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots,
                                             shear="diagonal")
@@ -120,7 +124,7 @@ def test_smem_shear_falls_back_or_says_why(monkeypatch):
     model = tiny_backbone(seed=43)
     assert_rows_match(model, random_batch(3, seed=44, max_len=80))  # default shear on the CPU: scratch
     ids, cu, longest = pack(random_batch(2, seed=45, max_len=20))
-    tables, slots = packed._tile_tables_for(model, longest)
+    tables, slots = relative_attention.tile_tables_for(model, longest)
     with pytest.raises(ValueError, match="shear='smem' cannot run here: needs a CUDA device"):
         relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots,
                                             shear="smem")
@@ -154,7 +158,7 @@ def test_smem_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
     assert "did not compile with this Triton (RuntimeError: error: cannot reinterpret" in caplog.text
     assert "using the Triton kernel's scratch shear" in caplog.text
     ids, cu, longest = pack(random_batch(2, seed=48, max_len=20))
-    tables, slots = packed._tile_tables_for(model, longest)
+    tables, slots = relative_attention.tile_tables_for(model, longest)
     for first_launch in (False, True):  # known broken / failing at this very launch: the same error
         if first_launch:
             monkeypatch.setattr(smem, "_BROKEN", {})

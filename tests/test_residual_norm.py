@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from torch import nn  # noqa: E402
 
 from sparkcurate.engine import deberta_packed as packed  # noqa: E402
-from sparkcurate.engine.kernels import residual_norm  # noqa: E402
+from sparkcurate.engine.kernels import backends, residual_norm  # noqa: E402
 from tests.conftest import triton_interpreter_problem  # noqa: E402
 from tests.test_packed import pack, random_batch, tiny_backbone  # noqa: E402
 
@@ -189,4 +189,4 @@ def test_first_row_slots_cached_and_sliced():
         assert torch.equal(c2p, want_c2p) and torch.equal(p2c, want_p2c)
     assert len(packed._FIRST_ROW_SLOTS) == 1
     (built, _), = packed._FIRST_ROW_SLOTS.values()
-    assert built.numel() == 2 * packed._SLOT_STEP
+    assert built.numel() == 2 * backends.SLOT_STEP

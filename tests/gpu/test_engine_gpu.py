@@ -86,7 +86,7 @@ def test_next_batch_is_queued_without_waiting_for_the_previous(classifier, texts
 @pytest.mark.parametrize("packed", ["off", "auto"])
 def test_fp16_split_within_1e2_of_cpu_fp32(classifier, texts_and_reference, packed):
     """precision="fp16-split" on the GPU: every backbone projection split (the packed path's fused Q/K/V too)."""
-    from sparkcurate.engine import deberta_packed as packed_module
+    from sparkcurate.engine.kernels import backends
     from sparkcurate.engine.kernels.split_weights import SplitWeight
 
     texts, cpu = texts_and_reference
@@ -94,7 +94,7 @@ def test_fp16_split_within_1e2_of_cpu_fp32(classifier, texts_and_reference, pack
     got = engine.predict(texts)
     assert np.abs(got - cpu).max() < 1e-2
     if engine.packed:
-        state = packed_module._STATES[engine.model.model]
+        state = backends._STATES[engine.model.model]
         assert all(isinstance(getattr(a, "qkv_weight", None) or a._cached_qkv_weight, SplitWeight)
                    for a in state.attentions)
 

@@ -174,14 +174,16 @@ _SMEM_CASES: dict = {}
 def _smem_case(dtype):
     """One layer's tables in fp32 and ``dtype``, its packed batch and fp32 input (built once per dtype: the
     base-shaped models take seconds each)."""
+    from sparkcurate.engine.kernels import relative_attention
+
     if dtype not in _SMEM_CASES:
         lengths = LENGTHS + [1024, 777, 129]
         _, cu, longest, _, _ = make_batch(lengths, seed=6, device="cuda")
         hidden32 = torch.randn(int(cu[-1]), 768, generator=torch.Generator().manual_seed(6)).cuda()
         model32, model = base_backbone().to("cuda", torch.float32), base_backbone().to("cuda", dtype)
         with torch.no_grad():
-            tables32, slots32 = packed._tile_tables_for(model32, longest)
-            tables, slots = packed._tile_tables_for(model, longest)
+            tables32, slots32 = relative_attention.tile_tables_for(model32, longest)
+            tables, slots = relative_attention.tile_tables_for(model, longest)
         _SMEM_CASES[dtype] = (lengths, cu.cuda(), longest, hidden32, tables32[3], slots32, tables[3], slots)
     return _SMEM_CASES[dtype]
 
