@@ -93,9 +93,9 @@ def rel_err(got, want) -> float:
 def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
     import torch
 
-    from sparkcurate.engine import packed
-    from sparkcurate.engine import relative_attention, relative_attention_smem
-    from sparkcurate.engine.relative_attention import packed_attention
+    from sparkcurate.engine.kernels import dflash_attention, relative_attention, relative_attention_smem
+    from sparkcurate.engine.kernels.backends import PackedInfo
+    from sparkcurate.engine.kernels.relative_attention import packed_attention
 
     default_pads = relative_attention_smem.SHEAR_PADS
     lengths = micro_batch_lengths(mix, args.budget, args.seed)
@@ -103,7 +103,7 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
     cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
     cu_dev = cu.to(device)
-    info = packed.PackedInfo(tuple(cu.tolist()), tuple(lengths), longest)
+    info = PackedInfo(tuple(cu.tolist()), tuple(lengths), longest)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     width = model_half.config.hidden_size
     hidden32 = torch.randn(total, width, generator=gen).to(device)
@@ -111,9 +111,9 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
     flops = sum(4 * n * n * width + 4 * n * 512 * width for n in lengths) + 2 * total * width * 3 * width
     rows = []
     with torch.inference_mode():
-        tables32, slots32 = packed._tile_tables_for(model_fp32, longest)
+        tables32, slots32 = relative_attention.tile_tables_for(model_fp32, longest)
         want = packed_attention(tables32[0], hidden32, cu_dev, longest, slots32)
-        tables, slots = packed._tile_tables_for(model_half, longest)
+        tables, slots = relative_attention.tile_tables_for(model_half, longest)
         variants = [(c, shear, pps, fp32, "both") for c in args.configs for shear in args.shears
                     for pps in args.programs_per_sm for fp32 in args.scratch_fp32
                     if shear == "scratch" or (shear == "gather" and not fp32 and pps == args.programs_per_sm[0])]
@@ -149,11 +149,11 @@ def bench_mix(name, mix, args, model_half, model_fp32, device) -> list[dict]:
                          "rel_err_vs_fp32": rel_err(got, want) if terms == "both" else None})
             log.info("%s triton %s %s pps=%s fp32=%s terms=%s: %.3f ms, %.1f TFLOP/s, rel err %s", name, config,
                      shear, pps, fp32, terms, ms, rows[-1]["tflops"], rows[-1]["rel_err_vs_fp32"])
-        if device.type == "cuda" and packed._dflash_problem() is None:
+        if device.type == "cuda" and dflash_attention.dflash_problem() is None:
             from disentangled_flash.packed import PackedSequenceInfo
 
             dinfo = PackedSequenceInfo(info.offsets, info.lengths, info.max_seqlen)
-            wrapper = packed._attentions_for(model_half, "triton")[0]
+            wrapper = dflash_attention.attentions_for(model_half, "triton")[0]
 
             def dflash():
                 return wrapper.forward_packed(hidden, cu_dev, longest, packed_info=dinfo)[0]

@@ -285,7 +285,7 @@ def run_packed(model, docs: Docs, batches, device, impl: str, rows: str = "first
     """
     import torch
 
-    from sparkcurate.engine.packed import packed_last_hidden
+    from sparkcurate.engine.deberta_packed import packed_last_hidden
 
     def forward(ids, cu_cpu, longest):
         if rows == "first":
@@ -473,7 +473,7 @@ def bench_mix(args, docs: Docs, base_model, config, tokenizer, device) -> list[R
 
 def tuning_mode_name() -> str:
     """disentangled-flash's tuning mode in force for the packed variants (SPARKCURATE_DFLASH_TUNING)."""
-    from sparkcurate.engine.packed import tuning_mode
+    from sparkcurate.engine.kernels.dflash_attention import tuning_mode
 
     return tuning_mode()
 
@@ -485,7 +485,7 @@ def bench_packed_autotune(model, docs: Docs, batches, device, impl, ref, config,
     benchmarking every candidate config on this card would gain. The warm-up pass does the tuning (every
     workload family the timed pass meets), so the timed pass measures the tuned configs only.
     """
-    from sparkcurate.engine.packed import set_tuning_mode
+    from sparkcurate.engine.kernels.dflash_attention import set_tuning_mode
 
     previous = set_tuning_mode("autotune")
     try:
@@ -576,7 +576,7 @@ def engine_notes(engine) -> str:
 
 
 def bench_fp16_split(args, docs: Docs, base_model, tokenizer, tokens, ref, config, device) -> Result:
-    """The engine with ``precision="fp16-split"`` (sparkcurate/engine/split_weights.py): every linear layer's fp32
+    """The engine with ``precision="fp16-split"`` (sparkcurate/engine/kernels/split_weights.py): every linear layer's fp32
     weight as an fp16 pair in one doubled-K GEMM, the exact GELU. What probabilities within 1e-2 of fp32 cost, same
     run."""
     import torch
@@ -597,9 +597,9 @@ def bench_fp16_split(args, docs: Docs, base_model, tokenizer, tokens, ref, confi
 
 def bench_exact_gelu(engine, tokens, docs: Docs, ref, config, notes: str, passes: int, device) -> Result:
     """The engine with the exact (erf) GELU as its own kernel instead of cuBLASLt's tanh GELU in the GEMM's
-    epilogue (sparkcurate/engine/gelu_epilogue.py): what the epilogue costs in agreement and gains in speed,
+    epilogue (sparkcurate/engine/kernels/gelu_epilogue.py): what the epilogue costs in agreement and gains in speed,
     measured in the same run."""
-    from sparkcurate.engine.gelu_epilogue import EPILOGUE_ENV
+    from sparkcurate.engine.kernels.gelu_epilogue import EPILOGUE_ENV
 
     previous = os.environ.get(EPILOGUE_ENV)
     os.environ[EPILOGUE_ENV] = "off"

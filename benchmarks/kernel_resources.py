@@ -87,7 +87,7 @@ def compile_report(fn, types: dict[str, str], constexprs: dict, aligned: set[str
 
 
 def attention(config: tuple[int, int, int, int], c2p: bool, p2c: bool, arch: int) -> dict:
-    from sparkcurate.engine import relative_attention
+    from sparkcurate.engine.kernels import relative_attention
 
     block_m, block_n, warps, stages = config
     half = "*fp16"
@@ -101,7 +101,7 @@ def attention(config: tuple[int, int, int, int], c2p: bool, p2c: bool, arch: int
 
 def attention_smem(c2p: bool, p2c: bool, arch: int) -> dict:
     """The shared-memory (Gluon, Hopper) attention kernel: one launch config, fp16."""
-    from sparkcurate.engine import relative_attention_smem as smem
+    from sparkcurate.engine.kernels import relative_attention_smem as smem
 
     types = {n: "*fp16" for n in ("query", "key", "value", "pos_key", "pos_query", "output")}
     types.update(slots="*i32", cu_seqlens="*i32", score_scale="fp32")
@@ -116,7 +116,7 @@ def attention_smem(c2p: bool, p2c: bool, arch: int) -> dict:
 
 
 def residual_norm(arch: int) -> dict:
-    from sparkcurate.engine import residual_norm as module
+    from sparkcurate.engine.kernels import residual_norm as module
 
     types = {n: "*fp16" for n in ("x", "residual", "weight", "bias", "out")}
     types["eps"] = "fp32"
@@ -139,14 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(residual_norm(args.arch)))
         return 0
     if args.kernel == "attention_smem":
-        from sparkcurate.engine.relative_attention_smem import gluon_problem
+        from sparkcurate.engine.kernels.relative_attention_smem import gluon_problem
 
         if gluon_problem():
             print(gluon_problem(), file=sys.stderr)
             return 2
         print(json.dumps(attention_smem(not args.no_c2p, not args.no_p2c, args.arch)))
         return 0
-    from sparkcurate.engine.relative_attention import LAUNCH_CONFIGS
+    from sparkcurate.engine.kernels.relative_attention import LAUNCH_CONFIGS
 
     configs = [tuple(int(x) for x in c.split(",")) for c in args.config] if args.config else [LAUNCH_CONFIGS[64]]
     for config in configs:

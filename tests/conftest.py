@@ -44,9 +44,9 @@ def triton_interpreter_problem() -> str | None:
         return "Triton is not installed"
     if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 9):
         return f"Triton {triton.__version__}'s interpreter fails under NumPy 2; needs >= 3.9"
-    from sparkcurate.engine.relative_attention import _interpreting
+    from sparkcurate.engine.kernels.switches import triton_interpreting
 
-    if not _interpreting():
+    if not triton_interpreting():
         return ("Triton's interpreter is off (tests/conftest.py turns it on where CUDA is missing; on a GPU the "
                 "compiled kernels are tested by tests/gpu)")
     return None

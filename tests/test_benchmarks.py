@@ -116,9 +116,9 @@ def test_attention_kernel_harness_on_the_interpreter():
 
     torch = pytest.importorskip("torch")
     triton = pytest.importorskip("triton")
-    from sparkcurate.engine import relative_attention
+    from sparkcurate.engine.kernels.switches import triton_interpreting
 
-    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9) or not relative_attention._interpreting():
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9) or not triton_interpreting():
         pytest.skip("needs Triton >= 3.9's interpreter (tests/conftest.py turns it on without CUDA)")
     from benchmarks import attention_kernel
     from benchmarks.synthetic import DOMAIN

@@ -1,4 +1,4 @@
-"""GELU in the intermediate GEMM's epilogue (sparkcurate/engine/gelu_epilogue.py): where it is used, what it
+"""GELU in the intermediate GEMM's epilogue (sparkcurate/engine/kernels/gelu_epilogue.py): where it is used, what it
 computes, and that the packed forward takes it for every layer when it is usable.
 
 cuBLASLt's epilogue needs a GPU (tests/gpu/test_packed_gpu.py measures its error there); here
@@ -15,7 +15,8 @@ pytest.importorskip("transformers")
 
 from torch import nn  # noqa: E402
 
-from sparkcurate.engine import gelu_epilogue, packed  # noqa: E402
+from sparkcurate.engine import deberta_packed as packed  # noqa: E402
+from sparkcurate.engine.kernels import gelu_epilogue  # noqa: E402
 from tests.test_packed import pack, random_batch, tiny_backbone  # noqa: E402
 
 

@@ -8,7 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sparkcurate.engine import packed  # noqa: E402
+from sparkcurate.engine import deberta_packed as packed  # noqa: E402
+from sparkcurate.engine.kernels import backends, dflash_attention  # noqa: E402
 
 
 def tiny_backbone(seed: int = 0, **overrides):
@@ -74,6 +75,11 @@ def pack(seqs):
     return torch.cat(seqs), cu, int(lengths.max())
 
 
+def first_token_rows(cu_seqlens):
+    """Row index of each sequence's first ([CLS]) token in a packed ``[T, H]`` tensor."""
+    return cu_seqlens[:-1].long()
+
+
 def assert_matches_padded(model, seqs, impl, atol=1e-5):
     ids, cu, max_len = pack(seqs)
     got = packed.packed_last_hidden(model, ids, cu, max_len, attention_impl=impl)
@@ -101,7 +107,7 @@ def test_packed_first_rows_are_cls_rows():
     seqs = random_batch(6, seed=5)
     ids, cu, max_len = pack(seqs)
     got = packed.packed_last_hidden(model, ids, cu, max_len, attention_impl="reference")
-    rows = got[packed.first_token_rows(cu)]
+    rows = got[first_token_rows(cu)]
     want = torch.stack([h[0] for h in padded_last_hidden(model, seqs)])
     assert (rows - want).abs().max().item() <= 1e-5
 
@@ -135,7 +141,7 @@ def test_fused_qkv_is_a_copy_and_one_gemm():
     params = {n: (p, p.data_ptr()) for n, p in source.named_parameters()}
     ids, cu, max_len = pack(random_batch(4, seed=14))
     packed.packed_last_hidden(model, ids, cu, max_len, attention_impl="torch")
-    wrapper = packed._STATES[model].attentions[0]
+    wrapper = backends._STATES[model].attentions[0]
     weight, bias = wrapper._cached_qkv_weight, wrapper._cached_qkv_bias
     a = source.all_head_size
     assert torch.equal(weight, torch.cat([source.query_proj.weight, source.key_proj.weight, source.value_proj.weight]))
@@ -154,10 +160,10 @@ def test_fused_qkv_is_a_copy_and_one_gemm():
 
 def test_fused_qkv_handles_missing_biases():
     lin = [torch.nn.Linear(8, 8, bias=b) for b in (False, False, False)]
-    weight, bias = packed.fused_qkv(*lin)
+    weight, bias = backends.fused_qkv(*lin)
     assert weight.shape == (24, 8) and bias is None
     lin = [torch.nn.Linear(8, 8, bias=b) for b in (True, False, True)]
-    weight, bias = packed.fused_qkv(*lin)
+    weight, bias = backends.fused_qkv(*lin)
     x = torch.randn(3, 8)
     with torch.no_grad():
         want = torch.cat([m(x) for m in lin], dim=-1)
@@ -176,21 +182,21 @@ def test_fused_qkv_rebuilt_after_projection_weight_change():
 
 
 def test_tuning_mode_from_env_and_override(monkeypatch):
-    monkeypatch.delenv(packed.TUNING_ENV, raising=False)
-    assert packed.tuning_mode() == "auto"
-    monkeypatch.setenv(packed.TUNING_ENV, "Heuristic")
-    assert packed.tuning_mode() == "heuristic"
-    previous = packed.set_tuning_mode("autotune")
+    monkeypatch.delenv(dflash_attention.TUNING_ENV, raising=False)
+    assert dflash_attention.tuning_mode() == "auto"
+    monkeypatch.setenv(dflash_attention.TUNING_ENV, "Heuristic")
+    assert dflash_attention.tuning_mode() == "heuristic"
+    previous = dflash_attention.set_tuning_mode("autotune")
     try:
-        assert previous is None and packed.tuning_mode() == "autotune"
+        assert previous is None and dflash_attention.tuning_mode() == "autotune"
         with pytest.raises(ValueError, match="tuning mode"):
-            packed.set_tuning_mode("fastest")
+            dflash_attention.set_tuning_mode("fastest")
     finally:
-        packed.set_tuning_mode(previous)
-    assert packed.tuning_mode() == "heuristic"
-    monkeypatch.setenv(packed.TUNING_ENV, "bogus")
-    with pytest.raises(ValueError, match=packed.TUNING_ENV):
-        packed.tuning_mode()
+        dflash_attention.set_tuning_mode(previous)
+    assert dflash_attention.tuning_mode() == "heuristic"
+    monkeypatch.setenv(dflash_attention.TUNING_ENV, "bogus")
+    with pytest.raises(ValueError, match=dflash_attention.TUNING_ENV):
+        dflash_attention.tuning_mode()
 
 
 def test_tuning_mode_reaches_the_wrappers(monkeypatch):
@@ -198,9 +204,9 @@ def test_tuning_mode_reaches_the_wrappers(monkeypatch):
     model = tiny_backbone(seed=17)
     ids, cu, max_len = pack(random_batch(3, seed=18))
     for mode in ("heuristic", "autotune"):
-        monkeypatch.setenv(packed.TUNING_ENV, mode)
+        monkeypatch.setenv(dflash_attention.TUNING_ENV, mode)
         packed.packed_last_hidden(model, ids, cu, max_len, attention_impl="torch")
-        assert {a.tuning.mode for a in packed._STATES[model].attentions} == {mode}
+        assert {a.tuning.mode for a in backends._STATES[model].attentions} == {mode}
 
 
 FIRST_ROW_CONFIGS = {
@@ -227,7 +233,7 @@ def test_first_rows_equal_all_rows_and_padded_hf(impl, name):
     first = packed.packed_last_hidden(model, ids, cu, max_len, attention_impl=impl, rows="first")
     assert first.shape == (len(seqs), model.config.hidden_size)
     every = packed.packed_last_hidden(model, ids, cu, max_len, attention_impl=impl)
-    assert (first - every[packed.first_token_rows(cu)]).abs().max().item() <= 1e-5
+    assert (first - every[first_token_rows(cu)]).abs().max().item() <= 1e-5
     want = torch.stack([h[0] for h in padded_last_hidden(model, seqs)])
     assert (first - want).abs().max().item() <= 1e-5
 

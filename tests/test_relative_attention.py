@@ -1,4 +1,4 @@
-"""The tile attention kernel (sparkcurate/engine/relative_attention.py) on the CPU, through Triton's interpreter.
+"""The tile attention kernel (sparkcurate/engine/kernels/relative_attention.py) on the CPU, through Triton's interpreter.
 
 Why: the compiled kernel needs a GPU (tests/gpu/test_packed_gpu.py), but the interpreter runs the same kernel
 source with numpy, so every index and mask of the tile algorithm (distance windows, the c2p band, the
@@ -19,8 +19,13 @@ from tests.conftest import triton_interpreter_problem  # noqa: E402
 if triton_interpreter_problem():
     pytest.skip(triton_interpreter_problem(), allow_module_level=True)
 
-from sparkcurate.engine import packed, relative_attention  # noqa: E402
+from sparkcurate.engine import deberta_packed as packed  # noqa: E402
+from sparkcurate.engine.kernels import relative_attention  # noqa: E402
 from tests.test_packed import FIRST_ROW_CONFIGS, pack, padded_last_hidden, random_batch, tiny_backbone  # noqa: E402
+
+
+#: The shears of the Triton kernel (runnable here through Triton's interpreter; "smem" is the Gluon kernel's).
+TRITON_SHEARS = ("scratch", "gather")
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +55,7 @@ def test_triton_matches_padded_hf(name):
     assert_rows_match(model, seqs)
 
 
-@pytest.mark.parametrize("shear", relative_attention.TRITON_SHEARS)
+@pytest.mark.parametrize("shear", TRITON_SHEARS)
 @pytest.mark.parametrize("config", ["64,64,4,3", "32,32,4,2", "16,16,2,2"])
 def test_tile_sizes_and_shears(monkeypatch, shear, config):
     """Every tile size and both ways of reading the diagonal give the same, exact result."""
@@ -103,7 +108,7 @@ def test_bad_launch_settings_rejected(monkeypatch):
         with pytest.raises(ValueError, match=relative_attention.CONFIG_ENV):
             packed.packed_last_hidden(model, ids, cu, longest, attention_impl="triton")
     monkeypatch.delenv(relative_attention.CONFIG_ENV)
-    tables, slots = packed._tile_tables_for(model, longest)
+    tables, slots = relative_attention.tile_tables_for(model, longest)
     with pytest.raises(ValueError, match="shear"):
         relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots,
                                             shear="diagonal")
@@ -119,7 +124,7 @@ def test_smem_shear_falls_back_or_says_why(monkeypatch):
     model = tiny_backbone(seed=43)
     assert_rows_match(model, random_batch(3, seed=44, max_len=80))  # default shear on the CPU: scratch
     ids, cu, longest = pack(random_batch(2, seed=45, max_len=20))
-    tables, slots = packed._tile_tables_for(model, longest)
+    tables, slots = relative_attention.tile_tables_for(model, longest)
     with pytest.raises(ValueError, match="shear='smem' cannot run here: needs a CUDA device"):
         relative_attention.packed_attention(tables[0], torch.zeros(ids.numel(), 64), cu, longest, slots,
                                             shear="smem")
@@ -131,7 +136,7 @@ def test_smem_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
     exactly; the kernel is not tried again in the process, and asking for it by name raises the reason."""
     import logging
 
-    from sparkcurate.engine import relative_attention_smem as smem
+    from sparkcurate.engine.kernels import relative_attention_smem as smem
 
     class Uncompilable:
         launches = 0
@@ -153,7 +158,7 @@ def test_smem_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
     assert "did not compile with this Triton (RuntimeError: error: cannot reinterpret" in caplog.text
     assert "using the Triton kernel's scratch shear" in caplog.text
     ids, cu, longest = pack(random_batch(2, seed=48, max_len=20))
-    tables, slots = packed._tile_tables_for(model, longest)
+    tables, slots = relative_attention.tile_tables_for(model, longest)
     for first_launch in (False, True):  # known broken / failing at this very launch: the same error
         if first_launch:
             monkeypatch.setattr(smem, "_BROKEN", {})
@@ -208,7 +213,7 @@ def test_shear_layouts_read_entry_r_plus_c_without_bank_conflicts():
     of the 32 four-byte banks, that the default pads cut the 8-way conflicts of unpadded rows (the eighth round's
     layout) to at most 2 for the kernel's stores and sheared loads (what the ninth round measured: 2.44 -> 1.39
     ms a layer on an H100)."""
-    from sparkcurate.engine import relative_attention_smem as smem
+    from sparkcurate.engine.kernels import relative_attention_smem as smem
 
     if smem.gluon_problem():
         pytest.skip(smem.gluon_problem())

@@ -1,4 +1,4 @@
-"""The fused residual + LayerNorm kernel (sparkcurate/engine/residual_norm.py) and where the packed forward uses it.
+"""The fused residual + LayerNorm kernel (sparkcurate/engine/kernels/residual_norm.py) and where the packed forward uses it.
 
 The kernel runs here through Triton's CPU interpreter (see tests/test_relative_attention.py for why and when it
 is on); the settings and the fallback are checked without it.
@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 
 from torch import nn  # noqa: E402
 
-from sparkcurate.engine import packed, residual_norm  # noqa: E402
+from sparkcurate.engine import deberta_packed as packed  # noqa: E402
+from sparkcurate.engine.kernels import backends, residual_norm  # noqa: E402
 from tests.conftest import triton_interpreter_problem  # noqa: E402
 from tests.test_packed import pack, random_batch, tiny_backbone  # noqa: E402
 
@@ -188,4 +189,4 @@ def test_first_row_slots_cached_and_sliced():
         assert torch.equal(c2p, want_c2p) and torch.equal(p2c, want_p2c)
     assert len(packed._FIRST_ROW_SLOTS) == 1
     (built, _), = packed._FIRST_ROW_SLOTS.values()
-    assert built.numel() == 2 * packed._SLOT_STEP
+    assert built.numel() == 2 * backends.SLOT_STEP

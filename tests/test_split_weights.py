@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sparkcurate.engine import split_weights  # noqa: E402
-from sparkcurate.engine.split_weights import LO_SHIFT, SplitWeight, linear, split, split_linears  # noqa: E402
+from sparkcurate.engine.kernels import split_weights  # noqa: E402
+from sparkcurate.engine.kernels.split_weights import LO_SHIFT, SplitWeight, linear, split, split_linears  # noqa: E402
 
 
 def correctly_rounded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,7 +82,7 @@ def test_split_linears_skips_named_children_and_other_classes(caplog):
     model = nn.Module()
     model.body = nn.Sequential(nn.Linear(8, 8), nn.GELU(), Scaled(8, 8))
     model.fc = nn.Linear(8, 3)
-    with caplog.at_level(logging.WARNING, logger="sparkcurate.engine.split_weights"):
+    with caplog.at_level(logging.WARNING, logger="sparkcurate.engine.kernels.split_weights"):
         count = split_linears(model, torch.float16, skip=("fc",))
     assert count == 1
     assert type(model.body[0]) is split_weights.SplitLinear
@@ -94,13 +94,13 @@ def test_split_linears_skips_named_children_and_other_classes(caplog):
 def test_fused_qkv_of_split_projections_stacks_both_halves():
     from torch import nn
 
-    from sparkcurate.engine import packed
+    from sparkcurate.engine.kernels import backends
 
     torch.manual_seed(3)
     holder = nn.Module()
     holder.q, holder.k, holder.v = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32, bias=False)
     split_linears(holder, torch.float16)
-    weight, bias = packed.fused_qkv(holder.q, holder.k, holder.v)
+    weight, bias = backends.fused_qkv(holder.q, holder.k, holder.v)
     assert isinstance(weight, SplitWeight) and weight.shape == (96, 32)
     x = torch.randn(10, 32).half()
     fused = linear(x, weight, bias)
@@ -110,7 +110,7 @@ def test_fused_qkv_of_split_projections_stacks_both_halves():
     assert weight.pair.shape == (96, 64) and torch.equal(weight[32:64].pair, holder.k.weight_pair)
     holder.v = nn.Linear(32, 32).half()
     with pytest.raises(ValueError, match="mix split and plain"):
-        packed.fused_qkv(holder.q, holder.k, holder.v)
+        backends.fused_qkv(holder.q, holder.k, holder.v)
 
 
 def test_engine_fp16_split_on_cpu(deberta_dir, sample_texts):

@@ -42,8 +42,8 @@ def apply(engine, fc32, combo: dict) -> None:
     """Set the engine to ``combo`` (the head's fp32 weights are restored from ``fc32``, never re-widened)."""
     import torch
 
-    from sparkcurate.engine import residual_norm
-    from sparkcurate.engine.gelu_epilogue import EPILOGUE_ENV
+    from sparkcurate.engine.kernels import residual_norm
+    from sparkcurate.engine.kernels.gelu_epilogue import EPILOGUE_ENV
 
     fc = engine.model.fc.to(torch.float32)
     fc.load_state_dict(fc32)  # into fp32 parameters: loading into fp16 ones would round the copy

@@ -15,7 +15,7 @@ def main() -> None:
 
     from benchmarks.gpu_stage import backbone_config, build_model, load_docs
     from benchmarks.synthetic import DOMAIN, QUALITY, benchmark_tokenizer
-    from sparkcurate.engine import relative_attention
+    from sparkcurate.engine.kernels import relative_attention
     from sparkcurate.engine.runner import EngineConfig, InferenceEngine
 
     tokenizer = benchmark_tokenizer()

@@ -1,6 +1,6 @@
 """Probe (GPU): how to multiply fp16 activations by an fp32 weight kept as an fp16 pair, exactly and fast.
 
-Why: ``precision="fp16-split"`` (sparkcurate/engine/split_weights.py) needs ``x @ (hi + lo).T`` rounded once, as an
+Why: ``precision="fp16-split"`` (sparkcurate/engine/kernels/split_weights.py) needs ``x @ (hi + lo).T`` rounded once, as an
 fp32-weight product would be. For each linear shape of DeBERTa-base (65,536 rows) this measures the share of outputs
 that equal the correctly rounded fp32-weight product (float64 reference) and the time (median of 20 calls) of:
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.attention_kernel import time_call
-    from sparkcurate.engine.split_weights import LO_SHIFT, linear, split
+    from sparkcurate.engine.kernels.split_weights import LO_SHIFT, linear, split
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=65_536)

@@ -34,7 +34,7 @@ def main() -> None:
 
     from benchmarks.gpu_stage import backbone_config, build_model, load_docs
     from benchmarks.synthetic import DOMAIN, benchmark_tokenizer
-    from sparkcurate.engine.residual_norm import FUSED_ENV
+    from sparkcurate.engine.kernels.residual_norm import FUSED_ENV
     from sparkcurate.engine.runner import EngineConfig, InferenceEngine
 
     tokenizer = benchmark_tokenizer()

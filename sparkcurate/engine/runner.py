@@ -26,12 +26,14 @@ import numpy as np
 import torch
 
 from sparkcurate.engine.batching import plan_microbatches, restore_order, split_in_half
+from sparkcurate.engine.kernels import usage
 from sparkcurate.engine.tokenize import Tokenized, enable_tokenizer_threads, tokenize
 
 log = logging.getLogger(__name__)
 
 #: name -> the activations' dtype. "fp16-split": fp16 activations, each linear layer's fp32 weight kept as two fp16
-#: matrices (:mod:`.split_weights`): probabilities within 1e-2 of fp32 on the benchmark, for a second GEMM per layer.
+#: matrices (:mod:`.kernels.split_weights`): probabilities within 1e-2 of fp32 on the benchmark, for a second GEMM
+#: per layer.
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp16-split": torch.float16}
 
 
@@ -91,7 +93,7 @@ def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     if missing:
         raise ValueError(f"{type(model).__name__}.fp32_children names {missing}, which are not children of the model")
     if split:
-        from sparkcurate.engine.split_weights import split_linears
+        from sparkcurate.engine.kernels.split_weights import split_linears
 
         log.info("%d linear layers keep their fp32 weights as fp16 pairs", split_linears(model, dtype, skip=keep))
     if not keep:
@@ -121,6 +123,8 @@ class InferenceEngine:
         self.tokenizer = tokenizer
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.budget = config.resolved_budget(self.device)
+        #: The kernels this engine chose and ran (:meth:`active_kernels`), filled as it works.
+        self.kernel_usage: dict[str, str] = {"precision": self.precision}
         self.packed = self._choose_packed()
         self.oom_retries = 0
         # Engines with equal keys produce identical tokens: several classifiers in one pass tokenize once.
@@ -133,13 +137,25 @@ class InferenceEngine:
         if self.config.packed == "off" or not hasattr(self.model, "forward_packed"):
             if self.config.packed == "on":
                 raise ValueError("packed=on but this model has no packed forward")
+            off = self.config.packed == "off"
+            self._note_forward(False, "packed=off" if off else "the model has no packed forward")
             return False
         ok, reason = self.model.packed_support(self.device)
         if not ok:
             if self.config.packed == "on":
                 raise ValueError(f"packed=on but the packed forward is not usable here: {reason}")
             log.info("padded forward: %s", reason)
+        self._note_forward(ok, reason)
         return ok
+
+    def _note_forward(self, packed: bool, reason: str) -> None:
+        self.kernel_usage.update(forward="packed" if packed else "padded", forward_reason=reason)
+
+    def active_kernels(self) -> dict[str, str]:
+        """The switches in force and the kernels this engine actually ran: precision, packed or padded forward
+        (and why), attention back-end (and any fallback with its reason), fused norm, GELU epilogue
+        (:func:`sparkcurate.engine.kernels.usage.active_kernels`)."""
+        return usage.active_kernels(self.kernel_usage)
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -164,7 +180,7 @@ class InferenceEngine:
         results. Out-of-memory back-off happens here, as the allocations are made."""
         if len(tokens) == 0:
             return Submitted(tokens, [], None, None)
-        with self._on_device():
+        with self._on_device(), usage.recording(self.kernel_usage):
             padded = not self.packed
             chunks: list[tuple[np.ndarray, torch.Tensor]] = []
             for idx in plan_microbatches(tokens.lengths, self.budget, self.config.max_batch_size, padded=padded):
@@ -284,6 +300,7 @@ class InferenceEngine:
         clone.__dict__.update(self.__dict__)
         clone.config = replace(self.config, **changes)
         clone.budget = clone.config.resolved_budget(self.device)
+        clone.kernel_usage = dict(self.kernel_usage)
         clone.packed = clone._choose_packed()
         return clone
 

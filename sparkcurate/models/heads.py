@@ -34,7 +34,7 @@ class ClsHeadModel(nn.Module):
 
     def packed_support(self, device: torch.device) -> tuple[bool, str]:
         try:
-            from sparkcurate.engine.packed import packed_support
+            from sparkcurate.engine.deberta_packed import packed_support
         except ImportError as exc:  # pragma: no cover - the module ships with the package
             return False, f"packed path unavailable: {exc}"
         return packed_support(self.model, device)
@@ -46,7 +46,7 @@ class ClsHeadModel(nn.Module):
         Only the [CLS] rows reach the head, so the last layer runs for those rows alone (``rows="first"``).
         ``attention_impl`` is the packed attention backend ("kernel" on CUDA; "torch"/"reference" run on CPU).
         """
-        from sparkcurate.engine.packed import packed_last_hidden
+        from sparkcurate.engine.deberta_packed import packed_last_hidden
 
         first = packed_last_hidden(self.model, input_ids, cu_seqlens, max_seqlen, attention_impl, rows="first")
         return self._head(first)

@@ -93,15 +93,15 @@ def test_next_batch_is_queued_without_waiting_for_the_previous(classifier, texts
 @pytest.mark.parametrize("packed", ["off", "auto"])
 def test_fp16_split_within_1e2_of_cpu_fp32(classifier, texts_and_reference, packed):
     """precision="fp16-split" on the GPU: every backbone projection split (the packed path's fused Q/K/V too)."""
-    from sparkcurate.engine import packed as packed_module
-    from sparkcurate.engine.split_weights import SplitWeight
+    from sparkcurate.engine.kernels import backends
+    from sparkcurate.engine.kernels.split_weights import SplitWeight
 
     texts, cpu = texts_and_reference
     engine = replace(classifier, precision="fp16-split", packed=packed).load_engine("cuda:0")
     got = engine.predict(texts)
     assert np.abs(got - cpu).max() < 1e-2
     if engine.packed:
-        state = packed_module._STATES[engine.model.model]
+        state = backends._STATES[engine.model.model]
         assert all(isinstance(getattr(a, "qkv_weight", None) or a._cached_qkv_weight, SplitWeight)
                    for a in state.attentions)
 
@@ -110,7 +110,7 @@ def test_fp16_split_within_1e2_of_cpu_fp32(classifier, texts_and_reference, pack
 def test_split_linear_is_correctly_rounded_by_cublas(with_bias):
     """The doubled-K GEMM meets both halves in cuBLAS's fp32 accumulator (and the bias in its epilogue): the output
     is the correctly rounded fp32-weight product, where fp16 weights miss it on ~40% of elements."""
-    from sparkcurate.engine.split_weights import linear, split
+    from sparkcurate.engine.kernels.split_weights import linear, split
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     weight = torch.randn(768, 768, device="cuda", generator=gen) * 0.02

@@ -17,7 +17,7 @@ if not torch.cuda.is_available():  # pragma: no cover - CPU machines
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("disentangled_flash")
 
-from sparkcurate.engine import packed  # noqa: E402
+from sparkcurate.engine import deberta_packed as packed  # noqa: E402
 
 
 def base_backbone(seed: int = 0):
@@ -128,7 +128,7 @@ def test_fused_residual_norm_matches_torch(dtype, round_sum, monkeypatch):
     """The compiled residual + LayerNorm kernel (DeBERTa-base width, a row count that is no multiple of the kernel's
     rows per program). Default: the fp32 LayerNorm of the fp32 sum, rounded once (half a unit of the dtype).
     ``ROUND_SUM``: PyTorch's add then LayerNorm, within one unit."""
-    from sparkcurate.engine import residual_norm
+    from sparkcurate.engine.kernels import residual_norm
 
     monkeypatch.setattr(residual_norm, "ROUND_SUM", round_sum)
     torch.manual_seed(7)
@@ -174,14 +174,16 @@ _SMEM_CASES: dict = {}
 def _smem_case(dtype):
     """One layer's tables in fp32 and ``dtype``, its packed batch and fp32 input (built once per dtype: the
     base-shaped models take seconds each)."""
+    from sparkcurate.engine.kernels import relative_attention
+
     if dtype not in _SMEM_CASES:
         lengths = LENGTHS + [1024, 777, 129]
         _, cu, longest, _, _ = make_batch(lengths, seed=6, device="cuda")
         hidden32 = torch.randn(int(cu[-1]), 768, generator=torch.Generator().manual_seed(6)).cuda()
         model32, model = base_backbone().to("cuda", torch.float32), base_backbone().to("cuda", dtype)
         with torch.no_grad():
-            tables32, slots32 = packed._tile_tables_for(model32, longest)
-            tables, slots = packed._tile_tables_for(model, longest)
+            tables32, slots32 = relative_attention.tile_tables_for(model32, longest)
+            tables, slots = relative_attention.tile_tables_for(model, longest)
         _SMEM_CASES[dtype] = (lengths, cu.cuda(), longest, hidden32, tables32[3], slots32, tables[3], slots)
     return _SMEM_CASES[dtype]
 
@@ -198,7 +200,7 @@ def test_smem_kernel_matches_scratch_kernel(dtype, terms, pads, monkeypatch):
     eighth round's layout; 8 for c2p: another padded pitch)."""
     import dataclasses
 
-    from sparkcurate.engine import relative_attention, relative_attention_smem
+    from sparkcurate.engine.kernels import relative_attention, relative_attention_smem
 
     if pads is not None:
         monkeypatch.setattr(relative_attention_smem, "SHEAR_PADS", pads)
@@ -234,7 +236,7 @@ def test_gelu_epilogue_as_close_to_fp32_as_two_kernels(dtype):
     from transformers import DebertaV2Config
     from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Intermediate
 
-    from sparkcurate.engine import gelu_epilogue
+    from sparkcurate.engine.kernels import gelu_epilogue
 
     torch.manual_seed(8)
     config = DebertaV2Config(hidden_size=768, intermediate_size=3072, hidden_act="gelu")

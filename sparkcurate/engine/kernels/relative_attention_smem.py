@@ -49,8 +49,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from typing import TYPE_CHECKING, Any
+
+from sparkcurate.engine.kernels import switches
 
 if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch
@@ -66,7 +67,7 @@ NUM_WARPS = 4
 #: Padding (elements) after each stored row of the c2p and the p2c position scores (see shear_layouts).
 SHEAR_PADS = (4, 4)
 #: Environment variable: "off" keeps the Triton kernel even where this one could run.
-SMEM_ENV = "SPARKCURATE_SMEM_ATTENTION"
+SMEM_ENV = switches.SMEM_ATTENTION
 
 _KERNEL: list = []
 #: Why the kernel failed to compile in this process (then it is not tried again), by specialisation.
@@ -90,11 +91,8 @@ def smem_problem(device: Any, dtype: Any, head_dim: int) -> str | None:
     """Why this kernel cannot run for these activations (None: it can)."""
     import torch
 
-    setting = os.environ.get(SMEM_ENV, "").strip().lower()
-    if setting in ("0", "off", "false", "no"):
-        return f"{SMEM_ENV}={setting}"
-    if setting and setting not in ("1", "on", "true", "yes", "auto"):
-        raise ValueError(f"{SMEM_ENV} must be on, off or auto, got {setting!r}")
+    if switches.read(SMEM_ENV) == "off":
+        return f"{SMEM_ENV}=off"
     if device.type != "cuda":
         return "needs a CUDA device"
     if dtype not in (torch.float16, torch.bfloat16):
@@ -349,8 +347,8 @@ def smem_attention(
 ) -> torch.Tensor:
     """Attention context ``[T, heads * head_dim]`` from the fused Q/K/V projection ``projected [T, 3 * width]``.
 
-    ``tables`` is the layer's :class:`~sparkcurate.engine.relative_attention.LayerTables`;
-    ``slots`` is :func:`~sparkcurate.engine.relative_attention.distance_slots` for a
+    ``tables`` is the layer's :class:`~sparkcurate.engine.kernels.relative_attention.LayerTables`;
+    ``slots`` is :func:`~sparkcurate.engine.kernels.relative_attention.distance_slots` for a
     half-width of at least ``max_seqlen + 2 * BLOCK``. The caller checks
     :func:`smem_problem` first.
     """

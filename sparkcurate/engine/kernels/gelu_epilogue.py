@@ -27,22 +27,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sparkcurate.engine.switches import env_mode
+from sparkcurate.engine.kernels import switches
 
 if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch
     from torch import nn
 
 #: "auto": fused for fp16/bf16 on CUDA; "off": always the module's own forward.
-EPILOGUE_ENV = "SPARKCURATE_GELU_EPILOGUE"
-MODES = ("auto", "off")
+EPILOGUE_ENV = switches.GELU_EPILOGUE
 #: transformers' activation classes that compute GELU (exact erf, or the tanh approximation cuBLASLt uses).
 GELU_CLASSES = frozenset({"GELUActivation", "GELUTanh", "PytorchGELUTanh", "NewGELUActivation"})
 
 
 def mode() -> str:
     """The epilogue mode from ``SPARKCURATE_GELU_EPILOGUE`` (default "auto")."""
-    return env_mode(EPILOGUE_ENV, MODES)
+    return switches.read(EPILOGUE_ENV)
 
 
 def usable(intermediate: nn.Module, sample: torch.Tensor) -> bool:

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sparkcurate.engine.switches import env_mode
+from sparkcurate.engine.kernels import switches
 
 if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch
     from torch import nn
 
 #: "auto": fused on CUDA tensors; "on": also on the CPU (Triton's interpreter, for tests); "off": never.
-FUSED_ENV = "SPARKCURATE_FUSED_NORM"
-MODES = ("auto", "on", "off")
+FUSED_ENV = switches.FUSED_NORM
 #: Widest row the kernel takes in one block (wider rows fall back to PyTorch).
 MAX_WIDTH = 8192
 #: Round ``x + residual`` to the input dtype before the statistics, as PyTorch's separate add does. Off: the sum
@@ -40,7 +39,7 @@ _KERNELS: dict[bool, Any] = {}
 
 def mode() -> str:
     """The fused-norm mode from ``SPARKCURATE_FUSED_NORM`` (default "auto")."""
-    return env_mode(FUSED_ENV, MODES)
+    return switches.read(FUSED_ENV)
 
 
 def usable(norm: nn.Module, sample: torch.Tensor) -> bool:
@@ -68,9 +67,7 @@ def usable(norm: nn.Module, sample: torch.Tensor) -> bool:
 
 def _kernel() -> Any:
     """The jitted kernel, built once per interpreter mode (see relative_attention._kernel for why lazily)."""
-    from sparkcurate.engine.relative_attention import _interpreting
-
-    interpret = _interpreting()
+    interpret = switches.triton_interpreting()
     if interpret in _KERNELS:
         return _KERNELS[interpret]
     import triton

@@ -45,9 +45,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from sparkcurate.engine.kernels import switches, usage
+from sparkcurate.engine.kernels.backends import (
+    AttentionBackend,
+    LastLayerTables,
+    LayerTail,
+    PackedInfo,
+    cached_state,
+    fused_qkv,
+    position_tables,
+    slot_capacity,
+)
 
 if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch
@@ -67,8 +78,6 @@ LAUNCH_CONFIGS: dict[int, tuple[int, int, int, int]] = {
 }
 #: How a tile's position scores are read along its diagonal (see :func:`packed_attention`).
 SHEARS = ("smem", "scratch", "gather")
-#: The shears of this module's Triton kernel (runnable on the CPU through Triton's interpreter).
-TRITON_SHEARS = ("scratch", "gather")
 #: Where "smem" cannot run (see :func:`~.relative_attention_smem.smem_problem`), the default is "scratch".
 DEFAULT_SHEAR = "smem"
 #: Keep the scratch position scores in fp32 (else the weights' dtype, as score tables usually are).
@@ -78,7 +87,7 @@ PROGRAMS_PER_SM = 16
 #: Upper bound of the scratch buffer (fewer persistent programs when a batch's bands would need more).
 SCRATCH_BYTES = 384 << 20
 #: Environment variable overriding the launch config, "BLOCK_M,BLOCK_N,num_warps,num_stages".
-CONFIG_ENV = "SPARKCURATE_ATTENTION_CONFIG"
+CONFIG_ENV = switches.ATTENTION_CONFIG
 
 _KERNELS: dict[bool, Any] = {}
 
@@ -97,10 +106,6 @@ def triton_problem() -> str | None:
     return None
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _kernel() -> Any:
     """Build (once per interpreter mode) the jitted kernel.
 
@@ -108,7 +113,7 @@ def _kernel() -> Any:
     decides at decoration time whether the kernel is compiled or interpreted
     (``TRITON_INTERPRET=1``: numpy on the CPU, how the CI checks it).
     """
-    mode = _interpreting()
+    mode = switches.triton_interpreting()
     if mode in _KERNELS:
         return _KERNELS[mode]
     import triton
@@ -305,8 +310,8 @@ def packed_attention(
     import torch
     import triton
 
-    from sparkcurate.engine import relative_attention_smem as smem
-    from sparkcurate.engine import split_weights
+    from sparkcurate.engine.kernels import relative_attention_smem as smem
+    from sparkcurate.engine.kernels import split_weights
 
     heads, head_dim = tables.heads, tables.head_dim
     if head_dim not in HEAD_DIMS:
@@ -319,15 +324,21 @@ def packed_attention(
         if problem is None:
             projected = split_weights.linear(hidden, tables.qkv_weight, tables.qkv_bias)
             try:
-                return smem.smem_attention(tables, projected, cu_seqlens, max_seqlen, slots)
+                output = smem.smem_attention(tables, projected, cu_seqlens, max_seqlen, slots)
             except smem.SmemUnavailable as exc:  # once per process: later calls see it in smem_problem
                 problem = str(exc)
                 if requested != "smem":
                     logger.warning("%s; using the Triton kernel's scratch shear", problem)
+            else:
+                usage.record("attention_shear", "smem")
+                usage.record("attention_fallback", None)
+                return output
         if requested == "smem":
             raise ValueError(f"shear='smem' cannot run here: {problem}")
         logger.debug("shared-memory kernel not used (%s): scratch shear", problem)
+        usage.record("attention_fallback", f"shared-memory kernel not used: {problem}")
         shear = "scratch"
+    usage.record("attention_shear", shear)
     block_m, block_n, warps, stages = config or launch_config(head_dim)
     half = (slots.numel() - 1) // 2
     if half < max_seqlen + block_m + block_n:
@@ -400,13 +411,79 @@ def _scratch(device: Any, dtype: Any, elements: int, needed: bool) -> torch.Tens
 
 def launch_config(head_dim: int) -> tuple[int, int, int, int]:
     """The launch config for a head dimension, or ``SPARKCURATE_ATTENTION_CONFIG``'s."""
-    raw = os.environ.get(CONFIG_ENV, "").strip()
-    if not raw:
+    value = switches.read(CONFIG_ENV)
+    if value == "auto":
         return LAUNCH_CONFIGS[head_dim]
-    try:
-        block_m, block_n, warps, stages = (int(part) for part in raw.split(","))
-    except ValueError:
-        raise ValueError(f"{CONFIG_ENV} must be 'BLOCK_M,BLOCK_N,num_warps,num_stages', got {raw!r}") from None
-    if block_m != block_n or not 16 <= block_m <= 128 or block_m & (block_m - 1):
-        raise ValueError(f"{CONFIG_ENV}: BLOCK_M and BLOCK_N must be one power of two in [16, 128], got {raw!r}")
+    block_m, block_n, warps, stages = (int(part) for part in value.split(","))
     return block_m, block_n, warps, stages
+
+
+# --------------------------------------------------------------------------- the packed forward's back-end
+
+
+def layer_tables(attention: nn.Module, rel_embeddings: torch.Tensor | None) -> LayerTables:
+    """The tile kernel's :class:`LayerTables` for one HF ``DisentangledSelfAttention``."""
+    import torch
+
+    weight, bias = fused_qkv(attention.query_proj, attention.key_proj, attention.value_proj)
+    with torch.no_grad():
+        pos_key, pos_query = position_tables(attention, rel_embeddings)
+    heads = int(attention.num_attention_heads)
+    head_dim = int(attention.attention_head_size)
+    terms = 1 + (pos_key is not None) + (pos_query is not None)
+    return LayerTables(weight, bias, pos_key, pos_query, heads, head_dim, terms)
+
+
+def tile_tables_for(backbone: nn.Module, max_seqlen: int) -> tuple[list, torch.Tensor]:
+    """Cached per-layer :class:`LayerTables` and the distance-slot table covering ``max_seqlen``.
+
+    Rebuilt when an attention weight changes (:func:`.backends.cached_state`); the slot table grows in steps of
+    ``SLOT_STEP`` distances.
+    """
+
+    def build() -> list:
+        logger.debug("building tile attention tables for %s", type(backbone).__name__)
+        rel = backbone.encoder.get_rel_embedding()
+        return [layer_tables(layer.attention.self, rel) for layer in backbone.encoder.layer]
+
+    state = cached_state(backbone, "tile", "-", build)
+    # Room for the kernel's window past the sequence (BLOCK_M + BLOCK_N <= 256).
+    half = slot_capacity(max_seqlen + 256)
+    if state.slots is None or (state.slots.numel() - 1) // 2 < half:
+        state.slots = distance_slots(backbone.encoder.layer[0].attention.self, half,
+                                     state.attentions[0].qkv_weight.device)
+    return state.attentions, state.slots
+
+
+def last_layer_tables(tables: LayerTables) -> LastLayerTables:
+    """Reuse the tile kernel's fused weight and position tables for the [CLS]-only last layer."""
+    rows = tables.heads * tables.head_dim
+    bias = tables.qkv_bias
+    return LastLayerTables(kv_weight=tables.qkv_weight[rows:], kv_bias=None if bias is None else bias[rows:],
+                           pos_key=tables.pos_key, pos_query=tables.pos_query)
+
+
+class TileAttention(AttentionBackend):
+    """This module's kernel (and, on Hopper, :mod:`.relative_attention_smem`'s) behind the packed forward."""
+
+    description = "sparkcurate tile kernel"
+    gpu_kernel = True
+
+    def problem(self) -> str | None:
+        return triton_problem()
+
+    def check(self, device: Any, info: PackedInfo) -> None:
+        if getattr(device, "type", device) != "cuda" and not switches.triton_interpreting():
+            raise RuntimeError("attention_impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1, Triton's "
+                               "CPU interpreter); use 'torch' or 'reference' on CPU")
+
+    def run(self, backbone: nn.Module, layers: list, hidden: torch.Tensor, cu_dev: torch.Tensor, info: PackedInfo,
+            tail: LayerTail, last: bool) -> tuple[torch.Tensor, LastLayerTables | None]:
+        tables, slots = tile_tables_for(backbone, info.max_seqlen)
+        for layer, table in zip(layers, tables):
+            context = packed_attention(table, hidden, cu_dev, info.max_seqlen, slots)
+            hidden = tail(layer, context, hidden)
+        return hidden, last_layer_tables(tables[-1]) if last else None
+
+
+BACKEND = TileAttention()
