@@ -229,7 +229,7 @@ def _int_conf(spark: "SparkSession", key: str, default: int) -> int:
 def splittable(name: str) -> bool:
     """Whether Spark's JSON-lines reader can cut this file into several tasks: plain text and bzip2 split; the
     other codecs (gzip, zstd, deflate, ...) are streams, one task per file however large."""
-    from sparkcurate.io.write import COMPRESSED_SUFFIXES
+    from sparkcurate.io.names import COMPRESSED_SUFFIXES
 
     lower = name.lower()
     return lower.endswith(".bz2") or not lower.endswith(COMPRESSED_SUFFIXES)
