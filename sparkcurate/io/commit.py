@@ -6,6 +6,7 @@ marker around the window in which OUT is replaced, the leftovers of an interrupt
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from sparkcurate.io.fs import HadoopFS
     from sparkcurate.io.listing import InputListing
-    from sparkcurate.report.summary import Counts
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,14 @@ class OutputCommit:
 
     @classmethod
     def start(cls, spark: "SparkSession", output: str, command: str | None, started: float) -> "OutputCommit":
-        from sparkcurate.report.summary import _iso
-
         commit = cls(spark, output)
         if commit.previous:
             log.warning("the previous run into %s (%s, started %s) did not finish: its output may be partial; "
                         "this run replaces it", output, commit.previous.get("run_id"),
                         commit.previous.get("started_at"))
             clean_leftovers(commit.fs)
-        commit.fs.write_json(RUNNING_MARKER, {"run_id": commit.run_id, "started_at": _iso(started),
-                                              "command": command})
+        started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+        commit.fs.write_json(RUNNING_MARKER, {"run_id": commit.run_id, "started_at": started_at, "command": command})
         return commit
 
     def touch(self) -> None:
@@ -103,10 +101,11 @@ def write_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run
         fs.delete("_staging")
 
 
-def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: "Counts") -> None:
+def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any) -> None:
     """Remove the earlier output of input files that keep nothing this time (every record filtered out or
     rejected): Spark writes no partition for them, so the old one would otherwise survive a re-run. ``opts``:
-    the run's ``pipeline.JobOptions`` (its sink says where each input's output lives)."""
+    the run's ``pipeline.JobOptions`` (its sink says where each input's output lives); ``counts``: its
+    ``report.summary.Counts`` (neither imported: both sit above this module)."""
     from sparkcurate.io.fs import HadoopFS
 
     kept = {fname for fname, status, _reason, n in counts.by_status_file if status == "kept" and n > 0}

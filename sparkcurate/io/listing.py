@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from sparkcurate.io.names import partition_safe_name
+from sparkcurate.io.names import COMPRESSED_SUFFIXES, partition_safe_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, DataFrameReader, SparkSession
@@ -140,6 +140,13 @@ def list_input_files(spark: "SparkSession", path: str, suffixes: tuple[str, ...]
         log.warning("%d file(s) under %s are not read (see ignored_files in the summary), e.g. %s", len(skipped),
                     path, skipped[0])
     return InputListing(root=root, files=files, source=path, ignored=skipped)
+
+
+def splittable(name: str) -> bool:
+    """Whether Spark's JSON-lines reader can cut this file into several tasks: plain text and bzip2 split; the
+    other codecs (gzip, zstd, deflate, ...) are streams, one task per file however large."""
+    lower = name.lower()
+    return lower.endswith(".bz2") or not lower.endswith(COMPRESSED_SUFFIXES)
 
 
 def suffix_glob(suffixes: tuple[str, ...]) -> str:

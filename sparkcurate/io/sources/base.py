@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from sparkcurate.io.failures import explain_failure
-from sparkcurate.io.listing import InputFile, InputListing, list_input_files
+from sparkcurate.io.listing import InputFile, InputListing, list_input_files, splittable
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -42,8 +42,6 @@ class Source:
 
     def splittable(self, f: InputFile) -> bool:
         """Whether Spark can cut ``f`` into several tasks (for the split plan)."""
-        from sparkcurate.spark.planning import splittable
-
         return splittable(f.file_name)
 
     def read(self, spark: "SparkSession", listing: InputListing, text_field: str, file_name_column: str,
