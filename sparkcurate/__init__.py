@@ -22,8 +22,8 @@ from sparkcurate.classifiers import (
     QualityClassifier,
     ZeroShotClassifier,
 )
-from sparkcurate.io.read import read_jsonl, read_jsonl_checked
-from sparkcurate.io.write import write_jsonl
+from sparkcurate.io.sinks.jsonl import write_jsonl
+from sparkcurate.io.sources.jsonl import read_jsonl, read_jsonl_checked
 
 __version__ = "0.1.0"
 

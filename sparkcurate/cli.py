@@ -12,6 +12,8 @@ import shlex
 import sys
 from typing import Any, Sequence
 
+from sparkcurate.io.sinks import SINKS
+from sparkcurate.io.sources import SOURCES
 from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("sparkcurate")
@@ -73,6 +75,8 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
     p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none",
                    help="compression of the output JSONL files (default: none)")
+    p.add_argument("--input-format", choices=sorted(SOURCES), default="jsonl", help="how the input is read")
+    p.add_argument("--output-format", choices=sorted(SINKS), default="jsonl", help="how the kept rows are written")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
     p.add_argument("--file-name-column", default="file_name",
                    help="column naming each record's input file; partitioned output is split by it "
@@ -202,7 +206,7 @@ def check_output_path(output: str) -> None:
 
 
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from sparkcurate.io.read import InputError
+    from sparkcurate.io.failures import InputError
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
     from sparkcurate.spark.session import get_session, parse_conf
@@ -227,7 +231,8 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
         compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
-        waves=args.waves, report=not args.no_report,
+        waves=args.waves, report=not args.no_report, input_format=args.input_format,
+        output_format=args.output_format,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:

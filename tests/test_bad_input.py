@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from sparkcurate.classifiers.base import DistributedDataClassifier
-from sparkcurate.io.read import InputError
+from sparkcurate.io.failures import InputError
 from sparkcurate.pipeline import JobOptions, run
 from tests.fixtures.no_spark import classify_texts
 
@@ -276,7 +276,7 @@ def test_python_run_without_report(spark, tmp_path):
 
 
 def test_read_jsonl_leaves_out_only_rejects(spark, messy):
-    from sparkcurate.io.read import read_jsonl
+    from sparkcurate.io.sources.jsonl import read_jsonl
 
     df = read_jsonl(spark, str(messy))
     assert df.count() == sum(o == OK for _, outs in CASES.values() for o in outs)
@@ -374,7 +374,7 @@ _SPARK35_EOF = ("An error occurred while calling o233.json.\n: org.apache.spark.
 
 
 def _two_gz_inputs(spark, tmp_path):
-    from sparkcurate.io.read import list_input_files
+    from sparkcurate.io.sources.jsonl import JsonlSource
 
     src = tmp_path / "in"
     src.mkdir()
@@ -382,11 +382,11 @@ def _two_gz_inputs(spark, tmp_path):
     whole = gzip.compress(b"".join(b'{"text": "%d"}\n' % i for i in range(20000)))
     (src / "b-cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
     (src / "c-plain.jsonl").write_text('{"text": "plain"}\n')
-    return list_input_files(spark, str(src))
+    return JsonlSource().list_files(spark, str(src))
 
 
 def test_codec_failure_without_a_file_name_is_traced_to_the_file(spark, tmp_path):
-    from sparkcurate.pipeline import explain_failure
+    from sparkcurate.io.failures import explain_failure
 
     listing = _two_gz_inputs(spark, tmp_path)
     error = explain_failure(RuntimeError(_SPARK35_EOF), spark, listing)
@@ -396,23 +396,24 @@ def test_codec_failure_without_a_file_name_is_traced_to_the_file(spark, tmp_path
 
 
 def test_codec_failure_past_the_check_budget_says_so(spark, tmp_path, monkeypatch):
-    import sparkcurate.io.read as read
-    from sparkcurate.pipeline import explain_failure
+    import sparkcurate.io.failures as failures
+    from sparkcurate.io.failures import explain_failure
 
     listing = _two_gz_inputs(spark, tmp_path)
-    assert read.find_undecodable_file(spark, listing.files, max_bytes=1) == (None, False)
-    monkeypatch.setattr(read, "PROBE_MAX_BYTES", 1)
+    assert failures.find_undecodable_file(spark, listing.files, max_bytes=1) == (None, False)
+    monkeypatch.setattr(failures, "PROBE_MAX_BYTES", 1)
     error = explain_failure(RuntimeError(_SPARK35_EOF), spark, listing)
     assert isinstance(error, InputError) and "one of the 2 compressed input files" in str(error)
 
 
 def test_codec_failure_where_every_file_decompresses_is_not_blamed_on_the_input(spark, tmp_path):
-    from sparkcurate.io.read import list_input_files
-    from sparkcurate.pipeline import explain_failure
+    from sparkcurate.io.failures import explain_failure
+    from sparkcurate.io.sources.jsonl import JsonlSource
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "ok.jsonl.gz").write_bytes(gzip.compress(b'{"text": "fine"}\n'))
-    assert explain_failure(RuntimeError(_SPARK35_EOF), spark, list_input_files(spark, str(tmp_path / "in"))) is None
+    listing = JsonlSource().list_files(spark, str(tmp_path / "in"))
+    assert explain_failure(RuntimeError(_SPARK35_EOF), spark, listing) is None
 
 
 @pytest.mark.parametrize("message", [
@@ -420,7 +421,7 @@ def test_codec_failure_where_every_file_decompresses_is_not_blamed_on_the_input(
     "[PATH_NOT_FOUND] Path does not exist: file:/data/in/goes.jsonl. SQLSTATE: 42K03",  # Spark 4
 ])
 def test_missing_path_messages_of_both_spark_versions_name_the_file(message):
-    from sparkcurate.pipeline import explain_failure
+    from sparkcurate.io.failures import explain_failure
 
     error = explain_failure(RuntimeError(message))
     assert isinstance(error, InputError) and "input file file:/data/in/goes.jsonl: it was deleted" in str(error)
@@ -433,21 +434,21 @@ def test_missing_path_messages_of_both_spark_versions_name_the_file(message):
 
 @pytest.mark.parametrize("when", ["after_listing", "after_spark_listing"])
 def test_file_deleted_mid_run_fails_clearly(spark, tmp_path, monkeypatch, when):
-    import sparkcurate.pipeline as pipeline
+    from sparkcurate.io.sources.jsonl import JsonlSource
 
     src = tmp_path / "in"
     src.mkdir()
     (src / "stays.jsonl").write_text('{"text": "still here"}\n')
     (src / "goes.jsonl").write_text('{"text": "about to vanish"}\n')
-    target = "list_input_files" if when == "after_listing" else "read_jsonl_checked"
-    original = getattr(pipeline, target)
+    target = "list_files" if when == "after_listing" else "read"
+    original = getattr(JsonlSource, target)
 
     def then_delete(*args, **kwargs):
         result = original(*args, **kwargs)
         (src / "goes.jsonl").unlink()
         return result
 
-    monkeypatch.setattr(pipeline, target, then_delete)
+    monkeypatch.setattr(JsonlSource, target, then_delete)
     out = tmp_path / "out"
     with pytest.raises(InputError, match="goes.jsonl.*(deleted|moved)"):
         run(spark, JobOptions(input=str(src), output=str(out), classifiers=[LengthClassifier()]))

@@ -323,7 +323,7 @@ def test_aegis_through_spark(llm, spark):
 def test_pipeline_does_not_repeat_the_preflight(llm, spark, tmp_path, kind):
     """The command pre-flights every classifier before Spark starts; ``pipeline.run`` then finds
     ``preflight_info`` set and does not check the 7B artifacts a second time."""
-    from sparkcurate.io.read import InputError
+    from sparkcurate.io.listing import InputError
     from sparkcurate.pipeline import JobOptions, run
 
     base, adapter, head = llm

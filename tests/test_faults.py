@@ -301,7 +301,7 @@ def test_task_without_a_gpu_when_one_is_required(spark, tmp_path):
 
 
 def test_same_predictions_whatever_partitioning_and_arrow_batch(spark, deberta_dir, sample_texts, tmp_path):
-    from sparkcurate.io.read import read_jsonl
+    from sparkcurate.io.sources.jsonl import read_jsonl
 
     inp = tmp_path / "in"
     inp.mkdir()

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from sparkcurate.io.write import partition_safe_name, safe_relative_path
+from sparkcurate.io.names import partition_safe_name, safe_relative_path
 from sparkcurate.pipeline import JobOptions, run
 from tests.test_bad_input import LengthClassifier
 
@@ -76,7 +76,7 @@ def test_every_name_gets_a_distinct_safe_output(spark, named_input, tmp_path, la
     if layout == "partitioned":
         back = {unquote(k.split("=", 1)[1]) for k in ids_by_output}
         assert back == set(summary["by_file"])
-        from sparkcurate.io.read import read_jsonl
+        from sparkcurate.io.sources.jsonl import read_jsonl
 
         assert spark.read.json(str(out)).count() == expected_records
         assert read_jsonl(spark, str(out)).count() == expected_records

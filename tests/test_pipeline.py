@@ -106,7 +106,7 @@ def test_mirror_layout_one_file_per_input(spark, nested_input, deberta_dir, tmp_
 
 
 def test_dataframe_api(spark, nested_input, deberta_dir):
-    from sparkcurate.io.read import read_jsonl
+    from sparkcurate.io.sources.jsonl import read_jsonl
 
     df = read_jsonl(spark, str(nested_input))
     out = DomainClassifier(model=str(deberta_dir), device="cpu")(df)
@@ -131,7 +131,9 @@ def test_count_rows_in_one_job_equals_separate_group_bys(spark):
 
     from pyspark.sql import functions as F
 
-    from sparkcurate.pipeline import HISTOGRAM_BINS, REASON_COLUMN, STATUS_COLUMN, count_rows
+    from sparkcurate.io.sources import REASON_COLUMN
+    from sparkcurate.report.summary import HISTOGRAM_BINS, count_rows
+    from sparkcurate.spark.outcome import STATUS_COLUMN
     from sparkcurate.spark.stage import confidence_column
 
     clfs = [SimpleNamespace(name="domain", pred_column="domain_pred"),

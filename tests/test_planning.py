@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sparkcurate.io.listing import splittable
 from sparkcurate.spark.planning import (
     MAX_SPLIT_KEY,
     MIN_PARTITIONS_KEY,
@@ -19,7 +20,6 @@ from sparkcurate.spark.planning import (
     plan_splits,
     planned_splits,
     spark_partitions,
-    splittable,
     task_slots,
 )
 

@@ -1,6 +1,7 @@
-"""Seeing a run: the driver-side progress line while it runs and the HTML report afterwards.
+"""Seeing a run: the driver-side progress line while it runs, its counts and ``_summary.json`` (``summary``,
+imported by the job, not here) and the HTML report afterwards.
 
-Both are cheap to import: matplotlib is only imported when a report is built, Spark never.
+All are cheap to import: matplotlib is only imported when a report is built, pyspark only when counting.
 """
 
 from .html import build_report, load_summary

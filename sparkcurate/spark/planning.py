@@ -266,15 +266,6 @@ def _int_conf(spark: "SparkSession", key: str, default: int) -> int:
         return int(jvm_conf.byteStringAsBytes(value))
 
 
-def splittable(name: str) -> bool:
-    """Whether Spark's JSON-lines reader can cut this file into several tasks: plain text and bzip2 split; the
-    other codecs (gzip, zstd, deflate, ...) are streams, one task per file however large."""
-    from sparkcurate.io.write import COMPRESSED_SUFFIXES
-
-    lower = name.lower()
-    return lower.endswith(".bz2") or not lower.endswith(COMPRESSED_SUFFIXES)
-
-
 def plan_for_session(spark: "SparkSession", files: list[tuple[int, bool]], waves: int) -> SplitPlan | None:
     """The plan for this session's cluster, or None where the user's or Spark's own splitting is kept."""
     if waves <= 0:

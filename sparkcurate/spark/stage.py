@@ -257,7 +257,11 @@ def make_partition_function(classifiers: list["StageClassifier"], counter=None,
             if counter is not None:
                 counter.add(int(classified))
         if task_stats is not None:
+            from sparkcurate.engine.kernels.usage import task_counts
+
             clock.report(task_stats)
+            # which kernels each model's engine ran (the summary's "kernels": tasks per value)
+            task_stats.add(task_counts({c.name: engine.active_kernels() for c, engine in engines}))
 
     return classify_partition
 

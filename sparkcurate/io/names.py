@@ -1,29 +1,16 @@
-"""Writing what is kept: JSON lines partitioned by ``file_name``, or one file per input (``layout="mirror"``).
-
-Re-runs replace only what they rewrite: the partitioned layout uses Spark's dynamic partition overwrite (Spark
-stages the new files and swaps partitions at job commit, so a failed re-run leaves the old output), and the mirror
-layout writes to a staging folder first and then replaces one file per input.
+"""Names of output files and directories: what an input's ``file_name`` becomes under OUT, for every sink.
 
 Output names come only from sanitised input names and stay inside the output directory; names that sanitising
-changes get a short hash of the original, so two inputs never share an output.
+changes get a short hash of the original, so two inputs never share an output. The listing uses
+``partition_safe_name`` too, so a ``file_name`` always fits one partition directory.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import posixpath
 import unicodedata
-import uuid
-from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import DataFrame
-
-log = logging.getLogger(__name__)
-
-LAYOUTS = ("partitioned", "mirror")
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".lz4", ".snappy")
 MAX_COMPONENT_BYTES = 200
 # Characters Hive/Spark escape in partition directory names (each becomes %XX, three bytes).
@@ -104,63 +91,3 @@ def safe_relative_path(name: str, suffix: str = ".jsonl") -> str:
         safe[-1] = safe[-1][:100] + "~" + _short_hash(name)
         candidate = "/".join(safe) + target_ext
     return candidate
-
-
-def write_jsonl(df: "DataFrame", out: str, layout: str = "partitioned", file_name_column: str = "file_name",
-                compression: str | None = None) -> None:
-    """Write ``df`` as JSON lines under ``out``.
-
-    ``partitioned``: ``out/file_name=<name>/part-*.json`` (``spark.read.json(out)`` restores ``file_name``).
-    ``mirror``: ``out/<input's relative name>`` , one file per input file, as NeMo Curator's write_to_filename.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
-    if file_name_column not in df.columns:
-        raise ValueError(f"cannot write by {file_name_column!r}: not a column of the DataFrame")
-    if layout == "partitioned":
-        _writer(df, compression).partitionBy(file_name_column).json(out)
-    else:
-        write_mirror(df, out, file_name_column, compression)
-
-
-def _writer(df: "DataFrame", compression: str | None):
-    writer = df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic")
-    writer = writer.option("compression", compression or "none").option("ignoreNullFields", "false")
-    return writer
-
-
-def write_mirror(df: "DataFrame", out: str, file_name_column: str = "file_name",
-                 compression: str | None = None) -> list[str]:
-    """One output file per input file, under the input's (sanitised) relative name. Returns the names written."""
-    from pyspark.sql import SparkSession
-    from pyspark.sql import functions as F
-
-    from sparkcurate.io.fs import HadoopFS
-
-    spark = SparkSession.getActiveSession() or df.sparkSession
-    fs = HadoopFS(spark, out)
-    staging = f"_staging/mirror-{uuid.uuid4().hex[:12]}"
-    # Every row of one input lands in one task, so each partition directory holds exactly one part file.
-    (df.repartition(F.col(file_name_column)).write.mode("overwrite")
-     .option("compression", compression or "none").option("ignoreNullFields", "false")
-     .option("maxRecordsPerFile", 0).partitionBy(file_name_column).json(f"{out.rstrip('/')}/{staging}"))
-    written: list[str] = []
-    ext = {"gzip": ".gz", "bzip2": ".bz2", "deflate": ".deflate"}.get(compression or "", "")
-    try:
-        for dirname, is_dir in fs.list(staging):
-            if not is_dir or "=" not in dirname:
-                continue
-            name = unquote(dirname.split("=", 1)[1])
-            parts = [p for p, d in fs.list(f"{staging}/{dirname}") if not d and p.startswith("part-")]
-            if len(parts) != 1:
-                raise RuntimeError(f"expected one part file for {name!r}, found {len(parts)}")
-            target = safe_relative_path(name) + ext
-            fs.delete(target)
-            fs.rename(f"{staging}/{dirname}/{parts[0]}", target)
-            written.append(target)
-    finally:
-        fs.delete(staging)
-        if not fs.list("_staging"):
-            fs.delete("_staging")
-    return sorted(written)
-

@@ -1,0 +1,198 @@
+"""JSONL in: the first input format (``--input-format jsonl``), plain or compressed (Spark's codecs: .gz, .bz2,
+.zst, ...), with ``file_name`` and a reason for every record that cannot be classified.
+
+- Listing and ``file_name``: ``sparkcurate.io.listing``; read failures: ``sparkcurate.io.failures``.
+- The text field gets an explicit string type (the RAPIDS GPU JSON reader needs a schema); every other field
+  keeps the type Spark infers (or the schema you pass).
+- Malformed lines are kept as ``_corrupt_record`` and, like missing or blank texts, get a ``reject reason``
+  instead of ever reaching a tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, ClassVar
+
+from sparkcurate.io.failures import InputError
+from sparkcurate.io.listing import InputListing, point_reader, readable_paths, with_file_names
+from sparkcurate.io.sources.base import CORRUPT_COLUMN, REASON_COLUMN, Source, text_reject_reason
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+# What a directory input reads (a file named explicitly is read whatever its name).
+INPUT_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.bz2", ".json.bz2",
+                  ".jsonl.zst", ".json.zst", ".jsonl.deflate")
+
+
+class JsonlSource(Source):
+    """JSON lines: one object per line; malformed lines are kept and rejected with a reason."""
+
+    name: ClassVar[str] = "jsonl"
+    suffixes: ClassVar[tuple[str, ...]] = INPUT_SUFFIXES
+    label: ClassVar[str] = "JSONL"
+
+    def read(self, spark: "SparkSession", listing: InputListing, text_field: str, file_name_column: str,
+             schema=None, sampling_ratio: float = 1.0) -> "DataFrame":
+        df, _ = read_jsonl_checked(spark, listing.source, text_field, schema, file_name_column, sampling_ratio,
+                                   listing)
+        return df
+
+
+def _infer_schema(spark: "SparkSession", paths: list[str], sampling_ratio: float):
+    """Spark's inferred schema. Inferred case-sensitively: with the default (case-insensitive) analysis, keys that
+    differ only in case ("text" and "TEXT") make Spark fail the whole read with COLUMN_ALREADY_EXISTS;
+    ``_fold_case_duplicates`` then decides which spelling is read."""
+    reader = spark.read.option("samplingRatio", sampling_ratio).option("mode", "PERMISSIVE")
+    reader = reader.option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+    key = "spark.sql.caseSensitive"
+    before = spark.conf.get(key, "false")
+    spark.conf.set(key, "true")
+    try:
+        try:
+            return reader.json(paths).schema
+        except Exception as exc:  # a record with the same key twice: Spark's inference cannot express it
+            if "COLUMN_ALREADY_EXISTS" not in str(exc):
+                raise
+            log.warning("some records repeat a key; inferring the schema with the last value of each key (as the "
+                        "reader then reads them)")
+            return _infer_schema_deduplicated(spark, paths, sampling_ratio)
+    finally:
+        spark.conf.set(key, before)
+
+
+def _last_value_wins(line: str) -> str:
+    """A JSON line re-encoded with each repeated key kept once (its last value, as Spark's reader reads it); lines
+    that are not JSON are returned as they are (the reader marks them corrupt)."""
+    import json
+
+    def hook(pairs):
+        return dict(pairs)
+
+    try:
+        return json.dumps(json.loads(line, object_pairs_hook=hook))
+    except ValueError:
+        return line
+
+
+def _infer_schema_deduplicated(spark: "SparkSession", paths: list[str], sampling_ratio: float):
+    lines = spark.read.text(paths).rdd.map(lambda r: _last_value_wins(r[0]) if r[0] is not None else r[0])
+    if sampling_ratio < 1.0:
+        lines = lines.sample(False, sampling_ratio, seed=1)
+    return (spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+            .json(lines).schema)
+
+
+def _fold_case_duplicates(spark: "SparkSession", fields: list, text_field: str) -> list:
+    """Fields to read when keys differ only in case. Case-sensitive sessions read them all. Otherwise the exact
+    text field wins (a record holding only "TEXT" has no text and is rejected as ``text_missing``) and, for other
+    keys, the first spelling is read and the others are dropped, with a warning naming them."""
+    if str(spark.conf.get("spark.sql.caseSensitive", "false")).lower() == "true":
+        return fields
+    kept: dict[str, object] = {}
+    dropped: list[str] = []
+    for f in fields:
+        low = f.name.lower()
+        if low == text_field.lower() and f.name != text_field:
+            dropped.append(f.name)
+        elif low in kept:
+            dropped.append(f.name)
+        else:
+            kept[low] = f
+    if dropped:
+        log.warning("keys that differ only in case from another key are not read: %s (the text field is %r; set "
+                    "spark.sql.caseSensitive=true to read every spelling)", sorted(dropped), text_field)
+    return list(kept.values())
+
+
+def read_schema(spark: "SparkSession", paths: list[str], text_field: str, schema=None, sampling_ratio: float = 1.0):
+    """The explicit read schema: given or inferred, with the text field forced to string and a corrupt-record
+    column added, so malformed lines are kept and routed to rejects instead of becoming all-NULL rows."""
+    from pyspark.sql import types as T
+
+    if schema is None:
+        base = _infer_schema(spark, paths, sampling_ratio)
+    elif isinstance(schema, str):
+        base = T._parse_datatype_string(schema)
+    else:
+        base = schema
+    fields = [f for f in base.fields if f.name not in (text_field, CORRUPT_COLUMN)]
+    fields = _fold_case_duplicates(spark, fields, text_field)
+    fields.append(T.StructField(text_field, T.StringType(), True))
+    fields.append(T.StructField(CORRUPT_COLUMN, T.StringType(), True))
+    return T.StructType(fields)
+
+
+def read_jsonl_checked(spark: "SparkSession", path: str, text_field: str = "text", schema=None,
+                       file_name_column: str = "file_name", sampling_ratio: float = 1.0,
+                       listing: InputListing | None = None) -> tuple["DataFrame", InputListing]:
+    """All records with ``file_name`` and a ``_reject_reason`` column (null when the record is fine), plus the
+    file listing. Internal columns: ``_corrupt_record`` (the raw line when malformed)."""
+    listing = listing or JsonlSource().list_files(spark, path)
+    paths = readable_paths(listing)
+    if not paths:
+        return _empty_frame(spark, text_field, file_name_column, schema), listing
+    read_schema_ = read_schema(spark, paths, text_field, schema, sampling_ratio)
+    if file_name_column in read_schema_.names:
+        raise InputError(f"the input already has a {file_name_column!r} field: choose another --file-name-column")
+    reader = spark.read.schema(read_schema_).option("mode", "PERMISSIVE").option(
+        "columnNameOfCorruptRecord", CORRUPT_COLUMN)
+    reader, source = point_reader(reader, listing, INPUT_SUFFIXES)
+    df = with_file_names(spark, reader.json(source), listing, file_name_column)
+    return df.withColumn(REASON_COLUMN, reject_reason(text_field)), listing
+
+
+def reject_reason(text_field: str) -> "Column":
+    """Why a JSON line cannot be classified, or null: the line's own faults first, then its text's
+    (``text_reject_reason``: ``text_missing``, ``text_empty``).
+
+    - ``invalid_utf8``: the line holds bytes that are not valid UTF-8;
+    - ``nul_bytes``: the line holds raw NUL bytes: a UTF-16/UTF-32 file or binary data (re-encode it as UTF-8);
+    - ``malformed_json``: the line is not a JSON object (or not valid JSON).
+    """
+    from pyspark.sql import functions as F
+
+    corrupt = F.col(CORRUPT_COLUMN)
+    line_reason = (F.when(corrupt.isNotNull() & invalid_utf8(corrupt), F.lit("invalid_utf8"))
+                   .when(corrupt.isNotNull() & corrupt.contains("\u0000"), F.lit("nul_bytes"))
+                   .when(corrupt.isNotNull(), F.lit("malformed_json")))
+    return F.coalesce(line_reason, text_reject_reason(text_field))
+
+
+def invalid_utf8(column: "Column") -> "Column":
+    """True where the string column holds bytes that are not valid UTF-8.
+
+    Spark 4 has ``is_valid_utf8``. Spark 3.5 (Databricks 14/15, EMR 7, Dataproc 2.2) does not: there the raw
+    bytes (``cast(... as binary)``) are compared with ``encode(..., 'UTF-8')``, which goes through a Java String
+    and so turns every invalid byte into U+FFFD; the two differ exactly when the bytes are not valid UTF-8 (checked
+    on 3.5.9 and 4.3.0; Spark 4 uses its own function).
+    """
+    from pyspark.sql import functions as F
+
+    if hasattr(F, "is_valid_utf8"):
+        return ~F.is_valid_utf8(column)
+    return F.encode(column, "UTF-8") != column.cast("binary")
+
+
+def _empty_frame(spark: "SparkSession", text_field: str, file_name_column: str, schema=None) -> "DataFrame":
+    from pyspark.sql import types as T
+
+    fields = [T.StructField(text_field, T.StringType()), T.StructField(CORRUPT_COLUMN, T.StringType()),
+              T.StructField(file_name_column, T.StringType()), T.StructField(REASON_COLUMN, T.StringType())]
+    return spark.createDataFrame([], T.StructType(fields))
+
+
+def read_jsonl(spark: "SparkSession", path: str, text_field: str = "text", schema=None,
+               file_name_column: str = "file_name", sampling_ratio: float = 1.0) -> "DataFrame":
+    """JSONL as a DataFrame with ``file_name``: the records that can be classified.
+
+    Records that cannot (malformed lines, missing or blank text) are left out here; ``sparkcurate classify`` and
+    ``sparkcurate.pipeline.run`` keep them in ``OUT/_rejects`` with their reasons and count them in the summary.
+    Use ``read_jsonl_checked`` to get them in a notebook.
+    """
+    from pyspark.sql import functions as F
+
+    df, _ = read_jsonl_checked(spark, path, text_field, schema, file_name_column, sampling_ratio)
+    return df.filter(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, CORRUPT_COLUMN)
