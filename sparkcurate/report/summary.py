@@ -212,7 +212,7 @@ def write_report(output: str) -> None:
     gets none (``sparkcurate report`` on a local copy builds it). The data is written by then: a report problem is
     a warning, never a failed job."""
     from sparkcurate.io.fs import local_path
-    from sparkcurate.report.html import build_report
+    from sparkcurate.report import build_report
 
     local = local_path(output)
     if local is None:

@@ -11,12 +11,12 @@ from sparkcurate.io.sources.base import CORRUPT_COLUMN, REASON_COLUMN
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
 
-    from sparkcurate.classifiers.base import DistributedDataClassifier
+    from sparkcurate.spark.stage import StageClassifier
 
 STATUS_COLUMN = "_sparkcurate_status"
 
 
-def classified_rows(df: "DataFrame", classifiers: Sequence["DistributedDataClassifier"], counter=None,
+def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], counter=None,
                     device_log=None, task_stats=None) -> "DataFrame":
     """Every record with its predictions (null for rejects) and a status: kept, filtered or rejected."""
     from pyspark.sql import functions as F

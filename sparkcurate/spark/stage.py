@@ -260,8 +260,10 @@ def make_partition_function(classifiers: list["StageClassifier"], counter=None,
             from sparkcurate.engine.kernels.usage import task_counts
 
             clock.report(task_stats)
-            # which kernels each model's engine ran (the summary's "kernels": tasks per value)
-            task_stats.add(task_counts({c.name: engine.active_kernels() for c, engine in engines}))
+            # which kernels each model's engine ran (the summary's "kernels": tasks per value); an engine of
+            # another kind (a user's own) may not say
+            task_stats.add(task_counts({c.name: engine.active_kernels() for c, engine in engines
+                                        if hasattr(engine, "active_kernels")}))
 
     return classify_partition
 
