@@ -1,6 +1,7 @@
 """The ``sparkcurate`` command: ``classify``, ``list``, ``report``.
 
-Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path.
+Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path;
+5 another run that is alive is writing to the output (nothing was touched).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("sparkcurate")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_arguments(sub.add_parser(
         "classify", help="classify, filter and write a JSONL dataset",
         description="Read JSONL, classify every document, keep the filter's labels, write JSONL by source file.",
-        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input.",
+        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input, "
+               "5 another run is writing to the output.",
     ))
     lst = sub.add_parser("list", help="show the classifiers, their models, limits and columns")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -206,7 +208,9 @@ def check_output_path(output: str) -> None:
 
 
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from sparkcurate.io.commit import OutputBusy, OutputNotOurs
     from sparkcurate.io.failures import InputError
+    from sparkcurate.io.listing import check_paths_apart
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
     from sparkcurate.spark.session import get_session, parse_conf
@@ -215,6 +219,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
         check_output_path(args.output)
+        check_paths_apart(args.input, args.output)
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
     except ValueError as exc:
@@ -240,6 +245,12 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except InputError as exc:
         log.error("input: %s", exc)
         return EXIT_INPUT
+    except OutputBusy as exc:
+        log.error("output: %s", exc)
+        return EXIT_BUSY
+    except OutputNotOurs as exc:
+        log.error("output: %s", exc)
+        return EXIT_USAGE
     except ModelArtifactError as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sparkcurate.engine.kernels.usage import split_task_counts
-from sparkcurate.io.commit import OutputCommit, prune_stale_outputs, write_rejects
+from sparkcurate.io.commit import OutputCommit, output_entries, write_rejects
 from sparkcurate.io.failures import check_no_vanished_files
+from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
 from sparkcurate.report.progress import ProgressReporter
@@ -70,10 +71,13 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
 
     Order matters for exactly-once output: every record is read and classified, and counted, *before* the output
     directory is touched, so a bad model, a corrupt or vanished input file or a dead executor fails the run with
-    the earlier output intact. ``_RUNNING.json`` marks the window in which the output is being replaced; a run
-    that finds one says so (log and summary) and cleans the leftovers.
+    the earlier output intact. ``_RUNNING.json`` locks the output for the run (a second run refuses while this
+    one is alive); a run that finds a dead run's marker says so (log and summary) and cleans the leftovers.
+    Afterwards OUT holds exactly this run's output: earlier outputs it did not produce are removed
+    (``_manifest.json`` lists what sparkcurate wrote; an OUT holding anything else is refused).
     """
     started = time.time()
+    check_paths_apart(opts.input, opts.output)  # before anything is read or written
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
     source, sink = get_source(opts.input_format), get_sink(opts.output_format)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
@@ -83,6 +87,10 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     try:
         text_field = _common_text_field(opts.classifiers)
         listing = source.list_files(spark, opts.input)
+        check_listing_outside(listing, opts.output)
+        check_distinct_outputs(listing, lambda name: sink.target(spark, opts.layout, opts.file_name_column, name,
+                                                                 opts.compression),
+                               opts.layout, commit.ignores_case())
         plan = plan_for_session(spark, [(f.size, source.splittable(f)) for f in listing.files], opts.waves)
         splits.enter_context(planned_splits(spark, plan))
         df = source.read(spark, listing, text_field, opts.file_name_column, opts.schema, opts.sampling_ratio)
@@ -95,11 +103,12 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
                 progress.set_done(classified_count(counts))
             laps("read_classify_count")
             check_no_vanished_files(spark, listing, counts)
-            commit.touch()
+            entries = output_entries(spark, opts, counts)
+            commit.touch(entries)
             sink.write(output_rows(rows, opts.classifiers), opts.output, opts.layout, opts.file_name_column,
                        opts.compression)
             laps("write_output")
-            prune_stale_outputs(spark, opts, listing, counts)
+            commit.prune(entries)
             write_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
                           commit.run_id)
             laps("write_rejects")
@@ -113,17 +122,25 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         raise
     finally:
         splits.close()
-    summary = build_summary(spark, opts, counts, models, listing, started, time.time() - started,
-                            meters.devices.value)
-    kernels, stats = split_task_counts(meters.stats.value)
-    summary.update(previous_run_unfinished=commit.previous or None, timings_s=laps.timings,
-                   task_stats=task_stats_summary(stats), kernels=kernels,
-                   input_splits=plan.as_dict() if plan is not None else None,
-                   # the classify phase as its closing console line reported it (README: "The summary's figures")
-                   classify_s=round(progress.final_elapsed_s, 3), classify_docs_per_s=progress.final_rate)
-    commit.finish(summary)
-    if opts.report:
-        write_report(opts.output)
+    try:
+        summary = build_summary(spark, opts, counts, models, listing, started, time.time() - started,
+                                meters.devices.value)
+        kernels, stats = split_task_counts(meters.stats.value)
+        summary.update(previous_run_unfinished=commit.previous or None, pruned_outputs=commit.pruned[:1000],
+                       timings_s=laps.timings, task_stats=task_stats_summary(stats), kernels=kernels,
+                       input_splits=plan.as_dict() if plan is not None else None,
+                       # the classify phase as its closing console line reported it (README: "The summary's
+                       # figures")
+                       classify_s=round(progress.final_elapsed_s, 3), classify_docs_per_s=progress.final_rate)
+        commit.finish(summary)
+    except BaseException:
+        commit.failed()
+        raise
+    try:
+        if opts.report:
+            write_report(opts.output)
+    finally:
+        commit.release()  # the lock covers the report too: a second run would rewrite it
     return summary
 
 
