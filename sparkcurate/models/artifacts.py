@@ -176,6 +176,37 @@ def shard_name(value: Any) -> str | None:
     return None if ok else "must be a file name inside the model directory"
 
 
+def token_ids(value: Any) -> str | None:
+    """``eos_token_id`` and the like: an id, a list of ids or null (some old conversions use -1: allowed)."""
+    ok = value is None or is_int(value) or (isinstance(value, list) and all(is_int(v) for v in value))
+    return None if ok else "must be a token id, a list of token ids or null"
+
+
+def is_token(value: Any) -> bool:
+    """A special token as tokenizer files write it: its text, an added-token object with ``content``, or null."""
+    return value is None or isinstance(value, str) or (isinstance(value, dict) and
+                                                       isinstance(value.get("content"), str))
+
+
+def token(value: Any) -> str | None:
+    return None if is_token(value) else "must be a token (a string or an object with a string 'content')"
+
+
+def token_list(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(is_token(v) for v in value)
+    return None if ok else "must be a list of tokens (strings or objects with a string 'content')"
+
+
+def added_tokens_decoder(value: Any) -> str | None:
+    """``tokenizer_config.json``'s ``added_tokens_decoder``: token ids ("0", "1", ...) -> added-token objects."""
+    if not isinstance(value, dict):
+        return "must be an object mapping token ids to added-token objects"
+    for key, item in value.items():
+        if not key.lstrip("-").isdigit() or not (isinstance(item, dict) and isinstance(item.get("content"), str)):
+            return "must map token ids (\"0\", \"1\", ...) to objects with a string 'content'"
+    return None
+
+
 #: Every JSON field the package reads from an artifact, with what it must hold.
 FIELD_CHECKS: dict[str, Check] = {
     # model configs (transformers configs, NeMo Curator heads, base model configs)
@@ -193,6 +224,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "num_key_value_heads": optional_positive_int,
     "head_dim": optional_positive_int,
     "type_vocab_size": non_negative_int,
+    "hidden_act": text,
     "layer_norm_eps": positive_number,
     "rms_norm_eps": positive_number,
     "fc_dropout": probability,
@@ -218,6 +250,13 @@ FIELD_CHECKS: dict[str, Check] = {
     "weight_map": _map_of(shard_name, "file names inside the model directory"),
     # tokenizer_config.json
     "model_max_length": positive_number,
+    "added_tokens_decoder": added_tokens_decoder,
+    "additional_special_tokens": token_list,
+    **{f"{name}_token": token for name in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")},
+    # token ids (model configs, generation_config.json) and generation lengths
+    **{f"{name}_token_id": token_ids for name in ("bos", "eos", "pad", "decoder_start")},
+    "max_new_tokens": optional_positive_int,
+    "max_length": optional_positive_int,
 }
 
 
@@ -247,14 +286,10 @@ def _check_attention_heads(data: Mapping[str, Any], source: str) -> None:
 
 def check_special_tokens(data: Mapping[str, Any], source: str) -> None:
     """``special_tokens_map.json``: each token a string, an added-token object or a list of those."""
-
-    def token(value: Any) -> bool:
-        return value is None or isinstance(value, str) or (isinstance(value, dict) and
-                                                           isinstance(value.get("content"), str))
-
     for key, value in data.items():
-        if not (token(value) or (isinstance(value, list) and all(token(v) for v in value))):
-            raise field_error(source, key, "must be a token (a string or an object with 'content')", value)
+        if token(value) and token_list(value):
+            raise field_error(source, key, "must be a token (a string or an object with a string 'content') or a "
+                                           "list of tokens", value)
 
 
 def check_added_tokens(data: Mapping[str, Any], source: str) -> None:

@@ -35,6 +35,7 @@ from sparkcurate.models.loading import (
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
+GENERATION_CONFIG = "generation_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
 ADAPTER_PICKLE = "adapter_model.bin"
 # Buffers that older Llama checkpoints saved but transformers recomputes (never weights).
@@ -74,8 +75,25 @@ def causal_lm_checkpoint_shapes(model_dir: Path, options: LoadOptions) -> dict[s
     return {k: v for k, v in found.items() if not k.endswith(_NON_WEIGHT_SUFFIXES)}
 
 
+def check_generation_config(model_dir: Path) -> None:
+    """``from_pretrained`` also reads ``generation_config.json`` (on the executors, when the model is loaded): a
+    malformed one is refused here, on the driver, naming the file, instead of failing every task."""
+    from transformers import GenerationConfig
+
+    path = model_dir / GENERATION_CONFIG
+    if not path.is_file():
+        return
+    read_json(path)  # a JSON object whose known fields have their shapes
+    try:
+        GenerationConfig.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:  # transformers validates the remaining fields with its own errors
+        raise ModelArtifactError(f"{path}: transformers refuses it: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+
 def check_causal_lm(model_dir: Path, config: Mapping[str, Any], options: LoadOptions) -> dict[str, list[int]]:
-    """Every weight of the base model present with the right shape; returns the expected shapes."""
+    """Every weight of the base model present with the right shape, and its generation config readable; returns
+    the expected shapes."""
+    check_generation_config(model_dir)
     expected = causal_lm_expected_shapes(config)
     found = causal_lm_checkpoint_shapes(model_dir, options)
     if "lm_head.weight" not in expected:
