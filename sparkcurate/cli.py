@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from sparkcurate.io.sinks import SINKS
-from sparkcurate.io.sources import SOURCES
+from sparkcurate.io.sources import SOURCE_NAMES
 from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("sparkcurate")
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_classify_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, help="JSONL directory (recursive), file or glob; .gz works")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--input", help="input directory (recursive), file or glob, read as --input-format says")
+    where.add_argument("--input-table", metavar="DB.TABLE", help="a catalog table to read instead of --input")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--classifier", action="append", required=True, metavar="NAME[=MODEL]",
                    help="classifier name (see `sparkcurate list`), optionally =MODEL; repeat for one pass of several")
@@ -75,7 +77,7 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
     p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none",
                    help="compression of the output JSONL files (default: none)")
-    p.add_argument("--input-format", choices=sorted(SOURCES), default="jsonl", help="how the input is read")
+    p.add_argument("--input-format", choices=SOURCE_NAMES, default="jsonl", help="how --input is read: docs/formats.md")
     p.add_argument("--output-format", choices=sorted(SINKS), default="jsonl", help="how the kept rows are written")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
     p.add_argument("--file-name-column", default="file_name",
@@ -228,10 +230,11 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return EXIT_MODEL
     spark = get_session(args.master, conf)
     opts = JobOptions(
-        input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
+        input=args.input_table or args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
         compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
-        waves=args.waves, report=not args.no_report, input_format=args.input_format,
+        waves=args.waves, report=not args.no_report,
+        input_format="table" if args.input_table else args.input_format,
         output_format=args.output_format,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
