@@ -1,6 +1,7 @@
 """The ``sparkcurate`` command: ``classify``, ``list``, ``report``.
 
-Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path.
+Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path;
+5 no executor, GPU or CUDA device the job asks for (nothing written).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("sparkcurate")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_RESOURCES = 0, 1, 2, 3, 4, 5
 
 # pyspark >= 4.1 warns "PySpark does not yet fully support pandas >= 3.0.0" whenever an Arrow UDF is built (our
 # mapInArrow included) and on import of its test helpers. sparkcurate hands data to Python as Arrow batches and
@@ -35,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_arguments(sub.add_parser(
         "classify", help="classify, filter and write a JSONL dataset",
         description="Read JSONL, classify every document, keep the filter's labels, write JSONL by source file.",
-        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input.",
+        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input, 5 no "
+               "executor/GPU/CUDA the job asks for (executors are awaited spark.sparkcurate.executorWaitTimeout, "
+               "default 120s).",
     ))
     lst = sub.add_parser("list", help="show the classifiers, their models, limits and columns")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -186,13 +189,15 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.read import InputError
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
-    from sparkcurate.spark.session import get_session, parse_conf
+    from sparkcurate.spark.resources import ResourceUnavailable, check_local, wait_seconds
+    from sparkcurate.spark.session import get_session, parse_conf, under_spark_submit
 
     try:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
+        wait_seconds(conf)
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
@@ -202,6 +207,11 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except (ModelArtifactError, ValueError, OSError) as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
+    try:  # before Spark starts: a local job that could never run fails at once
+        check_local(args.master or ("" if under_spark_submit() else "local[*]"), conf)
+    except ResourceUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_RESOURCES
     spark = get_session(args.master, conf)
     opts = JobOptions(
         input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
@@ -218,6 +228,9 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ModelArtifactError as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
+    except ResourceUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_RESOURCES
     if not args.no_report:
         from sparkcurate.report import build_report
 

@@ -71,6 +71,9 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
     # Fails in seconds, before any data is read (the command has usually done it already).
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]
+    from sparkcurate.spark.resources import check_resources
+
+    check_resources(spark)  # a job no executor can run fails here, not after a silent wait
     fs = HadoopFS(spark, opts.output)
     previous = fs.read_json(RUNNING_MARKER)
     if previous:
