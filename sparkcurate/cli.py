@@ -201,17 +201,18 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    try:  # before Spark starts: a local job that could never run fails at once
+        master = args.master or ("" if under_spark_submit() else "local[*]")
+        check_local(master, conf, [c.device for c in classifiers])
+    except ResourceUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_RESOURCES
     try:
         for c in classifiers:  # before Spark starts: a bad model fails in seconds
             c.preflight()
     except (ModelArtifactError, ValueError, OSError) as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
-    try:  # before Spark starts: a local job that could never run fails at once
-        check_local(args.master or ("" if under_spark_submit() else "local[*]"), conf)
-    except ResourceUnavailable as exc:
-        log.error("%s", exc)
-        return EXIT_RESOURCES
     spark = get_session(args.master, conf)
     opts = JobOptions(
         input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
@@ -295,8 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_list(args.json)
     if args.command == "report":
         return run_report(args.output)
+    from sparkcurate.spark.session import stopping_own_session
+
     try:
-        return run_classify(args, argv)
+        with stopping_own_session():
+            return run_classify(args, argv)
     except KeyboardInterrupt:
         log.error("interrupted: the output directory keeps its previous content or a partial new one "
                   "(_RUNNING.json marks it)")

@@ -73,8 +73,10 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]
     from sparkcurate.spark.resources import check_resources
 
-    check_resources(spark)  # a job no executor can run fails here, not after a silent wait
+    # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
+    check_resources(spark, [c.device for c in opts.classifiers])
     fs = HadoopFS(spark, opts.output)
+    existed = fs.exists("")  # a run that fails before writing removes the directory it created
     previous = fs.read_json(RUNNING_MARKER)
     if previous:
         log.warning("the previous run into %s (%s, started %s) did not finish: its output may be partial; this "
@@ -125,11 +127,14 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     except BaseException as exc:
         if not touched:
             _restore_marker(fs, previous)
-            log.error("the run failed before writing anything: %s keeps its earlier content", opts.output)
-        else:
+            if not existed:
+                _remove_if_empty(fs)
+        explained = explain_failure(exc, spark, listing) if isinstance(exc, Exception) else None
+        if touched:
             log.error("the run failed while replacing the output: %s/%s marks it as unfinished", opts.output,
                       RUNNING_MARKER)
-        explained = explain_failure(exc, spark, listing) if isinstance(exc, Exception) else None
+        elif explained is None:  # an explained failure is one line of its own that says nothing was written
+            log.error("the run failed before writing anything: %s keeps its earlier content", opts.output)
         if explained is not None:
             raise explained from exc
         raise
@@ -157,6 +162,15 @@ def _restore_marker(fs, previous: dict | None) -> None:
         log.warning("could not restore %s: %s", RUNNING_MARKER, exc)
 
 
+def _remove_if_empty(fs) -> None:
+    """Remove the output directory this run created (for its marker) when nothing else is in it."""
+    try:
+        if fs.exists("") and not fs.list(""):
+            fs.delete("")
+    except Exception as exc:  # never hide the real failure
+        log.warning("could not remove the empty output directory %s: %s", fs.root, exc)
+
+
 def clean_leftovers(fs) -> None:
     """Staging folders an interrupted run left (ours and Spark's): hidden from readers, but they take space."""
     for name, is_dir in fs.list():
@@ -173,15 +187,23 @@ _TRUNCATED = ("EOF", "end of input stream", "GZIP", "ZipException", "Truncated",
 # A Hadoop codec in the failure: Spark 3.5 reports a file it could not decompress this way, without its path.
 _CODEC_FAILURE = ("org.apache.hadoop.io.compress", "zStandard")
 _NO_ZSTD = "native zStandard library not available"
+_DEVICE_FAILURE = re.compile(r"DeviceError: ([^\n]+)")  # sparkcurate.spark.devices.DeviceError, raised in a task
 
 
 def explain_failure(exc: Exception, spark: "SparkSession | None" = None, listing=None) -> Exception | None:
     """An ``InputError`` naming the file when Spark failed reading an input file (truncated or corrupt
-    compressed data, a file deleted mid-run, a codec this Hadoop lacks); None for any other failure.
+    compressed data, a file deleted mid-run, a codec this Hadoop lacks); a ``ResourceUnavailable`` when a task
+    could not use the device it was asked to (``DeviceError``); None for any other failure.
 
     Spark 4 names the file (``FAILED_READ_FILE``, ``PATH_NOT_FOUND``); Spark 3.5 does not for codec failures, so
     with ``spark`` and the run's ``listing`` the compressed inputs are checked on the driver to find it."""
     text = str(exc)
+    device = _DEVICE_FAILURE.search(text)
+    if device:
+        from sparkcurate.spark.resources import ResourceUnavailable
+
+        return ResourceUnavailable(f"a classify task could not use its device: {device.group(1).strip()}; "
+                                   "nothing was written")
     if any(key in text for key in ("FAILED_READ_FILE", "FileNotFoundException", "PATH_NOT_FOUND")):
         match = _READ_FAILURE.search(text)
         name = next((g for g in match.groups() if g), None) if match else None

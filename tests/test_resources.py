@@ -1,5 +1,6 @@
 """A job no executor can run fails at once or within a bounded wait, with the settings to look at, writing nothing
-(instead of Spark's endless "Initial job has not accepted any resources")."""
+(instead of Spark's endless "Initial job has not accepted any resources"); so does ``device=cuda`` where there is
+no CUDA (instead of retried tasks, hundreds of traceback lines and an empty output directory)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sparkcurate.cli import EXIT_RESOURCES, main
+from sparkcurate.pipeline import JobOptions, explain_failure, run
+from sparkcurate.spark.devices import DeviceError
 from sparkcurate.spark.resources import (
     ResourceUnavailable,
     check_local,
@@ -22,6 +26,7 @@ from sparkcurate.spark.resources import (
     wait_seconds,
 )
 from tests.conftest import REPO, SAMPLES
+from tests.test_bad_input import LengthClassifier
 
 GPU_TASKS = {"spark.task.resource.gpu.amount": "1", "spark.executor.resource.gpu.amount": "1"}
 
@@ -122,5 +127,91 @@ def test_gpu_tasks_on_workers_without_gpus_fail_within_the_wait(deberta_dir, tmp
     assert len(errors) == 1, res.stderr[-3000:]
     for part in ("within 15s", "gpu=1", "spark.worker.resource.gpu.amount", "spark.worker.resource.gpu.discoveryScript"):
         assert part in errors[0], errors[0]
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+# --- device=cuda without CUDA (item 7) ---------------------------------------------------------------------------
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+no_cuda_here = pytest.mark.skipif(_has_cuda(), reason="this machine has CUDA")
+
+
+@no_cuda_here
+def test_command_with_device_cuda_and_no_cuda_exits_at_once(deberta_dir, tmp_path, caplog):
+    out = tmp_path / "out"
+    start = time.monotonic()
+    code = main(["classify", "--input", str(SAMPLES), "--output", str(out), "--classifier", f"domain={deberta_dir}",
+                 "--device", "cuda", "--master", "local[2]"])
+    assert code == EXIT_RESOURCES
+    assert time.monotonic() - start < 60
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "--device cuda" in errors[0] and "CUDA" in errors[0], errors
+    assert "\n" not in errors[0]
+    assert not out.exists()
+
+
+@no_cuda_here
+def test_python_api_with_device_cuda_and_no_cuda_writes_nothing(spark, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ResourceUnavailable, match="--device cuda, but this machine has no usable CUDA"):
+        run(spark, JobOptions(input=str(SAMPLES), output=str(out), classifiers=[LengthClassifier(device="cuda")]))
+    assert not out.exists()
+
+
+@dataclass
+class DeviceLessOnExecutors(LengthClassifier):
+    """Passes the driver's checks; every task finds no device (an executor without CUDA the probe did not meet)."""
+
+    def load_engine(self, device: str):
+        raise DeviceError("device=cuda but this worker has no CUDA device (is torch a CPU build?)")
+
+
+def test_task_without_its_device_is_one_line_and_leaves_no_directory(spark, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ResourceUnavailable) as info:
+        run(spark, JobOptions(input=str(SAMPLES), output=str(out), classifiers=[DeviceLessOnExecutors()]))
+    message = str(info.value)
+    assert "\n" not in message and "no CUDA device" in message and "nothing was written" in message, message
+    assert not out.exists()  # the run created it for its marker and removed it again
+
+
+def test_failed_run_keeps_an_output_directory_that_existed(spark, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ResourceUnavailable):
+        run(spark, JobOptions(input=str(SAMPLES), output=str(out), classifiers=[DeviceLessOnExecutors()]))
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_explain_failure_turns_a_task_device_error_into_one_line():
+    text = ("An error occurred while calling o123.collectToPython.\n: org.apache.spark.SparkException: Job aborted"
+            "\nTraceback (most recent call last):\n  File ...\nsparkcurate.spark.devices.DeviceError: device=cuda "
+            "but this worker has no CUDA device (is torch a CPU build?)\n\tat org.apache.spark...")
+    explained = explain_failure(RuntimeError(text))
+    assert isinstance(explained, ResourceUnavailable)
+    assert str(explained) == ("a classify task could not use its device: device=cuda but this worker has no CUDA "
+                              "device (is torch a CPU build?); nothing was written")
+    assert explain_failure(RuntimeError("some other failure")) is None
+
+
+@pytest.mark.slow
+@no_cuda_here
+def test_device_cuda_on_executors_without_cuda_is_one_line(deberta_dir, tmp_path):
+    """local-cluster: the executors are other processes, so the probe task finds out (no task tracebacks)."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sparkcurate.cli", "classify", "--input", str(SAMPLES), "--output", str(out),
+           "--classifier", f"domain={deberta_dir}", "--master", "local-cluster[1,1,1024]", "--device", "cuda"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO, env=_env())
+    assert res.returncode == EXIT_RESOURCES, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "executor" in errors[0] and "no usable CUDA" in errors[0], res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     assert not out.exists()

@@ -1,12 +1,16 @@
-"""Before the job reads or writes anything: can a task run where it asks to?
+"""Before the job reads or writes anything: can a task run where it asks to, with the device it asks for?
 
 Why: Spark waits forever for an executor that can take a task asking for a GPU (its only sign a WARN
-"Initial job has not accepted any resources" every 15 s). So before the job starts:
+"Initial job has not accepted any resources" every 15 s), and ``device=cuda`` tasks on workers without CUDA fail,
+are retried and fail again, each time with a long traceback. So before the job starts:
 
-- ``local[N]`` gives tasks no GPUs at all: task resource amounts are refused at once;
+- ``local[N]`` gives tasks no GPUs at all: task resource amounts are refused at once, and ``device=cuda`` is
+  checked on this machine (the workers are local processes);
 - elsewhere one small probe task runs, bounded by ``spark.sparkcurate.executorWaitTimeout`` (default 120 s;
-  0 waits as long as Spark does): it can only start on an executor that has what every task asks for. No
-  executor in time is one ``ResourceUnavailable`` naming the settings to look at.
+  0 waits as long as Spark does): it can only start on an executor that has what every task asks for, and for
+  ``device=cuda`` it reports whether that executor's Python sees CUDA. No executor in time, or no CUDA, is one
+  ``ResourceUnavailable`` naming the settings to look at. (An executor without CUDA that the probe did not meet
+  fails its classify tasks with ``DeviceError``; the pipeline turns that into the same one-line error.)
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import logging
 import re
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark import SparkContext
@@ -63,9 +68,20 @@ def wait_seconds(conf: Mapping[str, str]) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def check_local(master: str, conf: Mapping[str, str]) -> None:
+def cuda_missing() -> str | None:
+    """Why torch here cannot use CUDA (None: it can)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device"
+
+
+def check_local(master: str, conf: Mapping[str, str], devices: Sequence[str] = ()) -> None:
     """A local-mode job that cannot run: tasks asking for resources local mode never gives (Spark would wait
-    forever). Cheap: the command calls it before Spark starts."""
+    forever), or ``device=cuda`` on a machine without CUDA. Cheap: the command calls it before Spark starts."""
     if not is_local_master(master):
         return
     asked = task_resources(conf)
@@ -75,34 +91,52 @@ def check_local(master: str, conf: Mapping[str, str]) -> None:
             f"master {master} gives tasks no GPUs or other resources, so a job whose tasks ask for them ({settings}) "
             "would wait forever: drop those settings (in local mode sparkcurate picks the GPU itself), or use a "
             "cluster or local-cluster[...] with spark.worker/executor.resource.* set; nothing was written")
+    if "cuda" in devices:
+        why = cuda_missing()
+        if why:
+            raise ResourceUnavailable(f"--device cuda, but this machine has no usable CUDA ({why}): use --device "
+                                      "auto or cpu, or run where a GPU and a CUDA build of torch are; nothing was "
+                                      "written")
 
 
-def check_resources(spark: "SparkSession") -> dict[str, Any] | None:
+def check_resources(spark: "SparkSession", devices: Sequence[str] = ()) -> dict[str, Any] | None:
     """Fail fast, before anything is read or written, when no task could run as asked (see the module doc).
     Returns what the probe saw on an executor (None in local mode)."""
     sc = spark.sparkContext
     conf = dict(sc.getConf().getAll())
     if is_local_master(sc.master):
-        check_local(sc.master, conf)
+        check_local(sc.master, conf, devices)
         return None
     wait = wait_seconds(conf)
-    info = probe_executor(sc, wait)
+    check_cuda = "cuda" in devices
+    info = probe_executor(sc, wait, check_cuda)
     if info is None:
         raise ResourceUnavailable(no_executor_message(sc.master, conf, wait, executor_count(sc)))
+    if check_cuda and info.get("cuda_missing"):
+        raise ResourceUnavailable(
+            f"--device cuda, but the Python worker of an executor on {info['host']} has no usable CUDA "
+            f"({info['cuda_missing']}): install a CUDA build of torch on the workers, give the executors GPUs, or "
+            "use --device auto; nothing was written")
     log.info("executor check: a task ran on %s (GPU addresses given: %s)", info["host"], info["gpus"] or "none")
     return info
 
 
-def _probe_task(_item: int) -> dict[str, Any]:
-    """Runs on an executor: where it ran and the GPUs Spark gave it."""
+def _probe_task(check_cuda: bool, _item: int) -> dict[str, Any]:
+    """Runs on an executor: where it ran, the GPUs Spark gave it and, if asked, why CUDA is unusable there."""
     import socket
 
     from sparkcurate.spark.devices import task_gpu_addresses
 
-    return {"host": socket.gethostname(), "gpus": task_gpu_addresses()}
+    info: dict[str, Any] = {"host": socket.gethostname(), "gpus": task_gpu_addresses()}
+    if check_cuda:
+        try:
+            info["cuda_missing"] = cuda_missing()
+        except ImportError as exc:
+            info["cuda_missing"] = f"torch cannot be imported: {exc}"
+    return info
 
 
-def probe_executor(sc: "SparkContext", wait_s: float | None) -> dict[str, Any] | None:
+def probe_executor(sc: "SparkContext", wait_s: float | None, check_cuda: bool = False) -> dict[str, Any] | None:
     """Run ``_probe_task`` as a one-task job (it asks for what every task asks for, so it starts only where the
     classify tasks could); None when it has not started and finished within ``wait_s`` (the job is cancelled)."""
     group = f"sparkcurate-executor-check-{uuid.uuid4().hex[:8]}"
@@ -111,7 +145,7 @@ def probe_executor(sc: "SparkContext", wait_s: float | None) -> dict[str, Any] |
     def run() -> None:
         sc.setJobGroup(group, "sparkcurate: waiting for an executor that can run a task", True)
         try:
-            result["info"] = sc.parallelize([0], 1).map(_probe_task).collect()[0]
+            result["info"] = sc.parallelize([0], 1).map(partial(_probe_task, check_cuda)).collect()[0]
         except Exception as exc:  # handed to the caller's thread
             result["error"] = exc
 

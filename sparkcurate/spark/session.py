@@ -11,10 +11,11 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -84,6 +85,25 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
     if not under_spark_submit():
         quiet_spark_log(session)
     return session
+
+
+@contextlib.contextmanager
+def stopping_own_session() -> Iterator[None]:
+    """Stop, on leaving, the Spark session started inside (when none was running on entry), so the application
+    ends cleanly: a local-cluster left to the JVM's exit logs shutdown errors after the job's last line. A session
+    that was running already (a notebook's, a test's) is left alone."""
+    from pyspark.sql import SparkSession
+
+    running = SparkSession.getActiveSession()
+    try:
+        yield
+    finally:
+        session = SparkSession.getActiveSession() if running is None else None
+        if session is not None:
+            try:
+                session.stop()
+            except Exception as exc:  # the job's outcome is decided already
+                log.debug("stopping Spark: %s", exc)
 
 
 def users_log_setting(conf: Mapping[str, str], log4j_location: str | None) -> str | None:
