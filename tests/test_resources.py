@@ -125,7 +125,8 @@ def test_gpu_tasks_on_workers_without_gpus_fail_within_the_wait(deberta_dir, tmp
     assert time.monotonic() - start < 300
     errors = [line for line in res.stderr.splitlines() if " ERROR sparkcurate" in line]
     assert len(errors) == 1, res.stderr[-3000:]
-    for part in ("within 15s", "gpu=1", "spark.worker.resource.gpu.amount", "spark.worker.resource.gpu.discoveryScript"):
+    for part in ("within 15s", "gpu=1", "spark.worker.resource.gpu.amount",
+                 "spark.worker.resource.gpu.discoveryScript"):
         assert part in errors[0], errors[0]
     assert "Traceback" not in res.stderr
     assert not out.exists()
