@@ -29,6 +29,7 @@ from sparkcurate.report.progress import ProgressReporter
 from sparkcurate.report.summary import build_summary, classified_count, count_rows, task_stats_summary, write_report
 from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows
 from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits
+from sparkcurate.spark.resources import check_resources, explain_device_failure
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,8 +78,12 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     (``_manifest.json`` lists what sparkcurate wrote; an OUT holding anything else is refused).
     """
     started = time.time()
-    check_paths_apart(opts.input, opts.output)  # before anything is read or written
+    table = opts.input_format == "table"  # the input names a catalog table: its location is checked once known
+    if not table:
+        check_paths_apart(opts.input, opts.output)  # before anything is read or written
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
+    # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
+    check_resources(spark, [c.device for c in opts.classifiers])
     source, sink = get_source(opts.input_format), get_sink(opts.output_format)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)
@@ -87,6 +92,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     try:
         text_field = _common_text_field(opts.classifiers)
         listing = source.list_files(spark, opts.input)
+        if table and listing.root:
+            check_paths_apart(listing.root, opts.output)
         check_listing_outside(listing, opts.output)
         check_distinct_outputs(listing, lambda name: sink.target(spark, opts.layout, opts.file_name_column, name,
                                                                  opts.compression),
@@ -115,8 +122,10 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         finally:
             rows.unpersist()
     except BaseException as exc:
-        commit.failed()
-        explained = source.explain_failure(exc, spark, listing) if isinstance(exc, Exception) else None
+        explained = None
+        if isinstance(exc, Exception):
+            explained = explain_device_failure(exc) or source.explain_failure(exc, spark, listing)
+        commit.failed(explained is not None)
         if explained is not None:
             raise explained from exc
         raise

@@ -273,6 +273,7 @@ class OutputCommit:
         self.marker = MarkerFile(self.fs, output)
         self.run_id = uuid.uuid4().hex[:12]
         self.previous: dict | None = None
+        self.existed = self.fs.exists("")  # a run that fails before writing removes the directory it created
         self.touched = False
         self.entries: set[str] = set()  # what sparkcurate wrote here before (the manifest)
         self.pruned: list[str] = []
@@ -382,11 +383,13 @@ class OutputCommit:
         self.entries = set(entries)
         return self.pruned
 
-    def failed(self) -> None:
+    def failed(self, explained: bool = False) -> None:
+        """``explained``: the failure is reported as one line of its own that says nothing was written."""
         self._stop_heartbeat()
         if not self.touched:
             self._release_untouched()
-            log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
+            if not explained:
+                log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
         else:
             try:
                 self._body["state"] = "failed"
@@ -424,6 +427,8 @@ class OutputCommit:
                 self.marker.delete()
         except Exception as exc:  # never hide the real failure
             log.warning("could not restore %s: %s", RUNNING_MARKER, exc)
+        if not self.existed:
+            _remove_if_empty(self.fs)
         _ACTIVE_RUNS.discard(self.run_id)
 
 
@@ -504,6 +509,15 @@ def output_entries(spark: "SparkSession", opts: Any, counts: Any) -> set[str]:
     sink = get_sink(opts.output_format)
     kept = {fname for fname, status, _reason, n in counts.by_status_file if status == "kept" and n > 0}
     return {sink.target(spark, opts.layout, opts.file_name_column, f, opts.compression) for f in kept}
+
+
+def _remove_if_empty(fs) -> None:
+    """Remove the output directory this run created (for its marker) when nothing else is in it."""
+    try:
+        if fs.exists("") and not fs.list(""):
+            fs.delete("")
+    except Exception as exc:  # never hide the real failure
+        log.warning("could not remove the empty output directory %s: %s", fs.root, exc)
 
 
 def clean_leftovers(fs) -> None:
