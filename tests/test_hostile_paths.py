@@ -146,11 +146,12 @@ def test_folder_link_loop_is_read_once(spark, tmp_path):
     _write(inp / "a" / "x.jsonl", 4, "x")
     (inp / "a" / "b").symlink_to(inp / "a")  # a/b -> a: before the fix, 4 records read 41 times
     (inp / "a" / "up").symlink_to(inp)  # a link to the input folder itself
+    (inp / "a" / "above").symlink_to(tmp_path)  # a folder that holds the input: never walked
     summary = _run(spark, inp, tmp_path / "out")
     assert summary["input_records"] == summary["output_records"] == 4
     assert set(summary["by_file"]) == {"a/x.jsonl"}
     why = {e["file"]: e["why"] for e in summary["ignored_files"]}
-    assert "loop" in why["a/b"] and "loop" in why["a/up"]
+    assert "loop" in why["a/b"] and "loop" in why["a/up"] and "loop" in why["a/above"]
     assert spark.read.json(str(tmp_path / "out")).count() == 4
 
 
@@ -161,13 +162,14 @@ def test_links_to_a_sibling_an_outside_folder_and_a_file_read_each_file_once(spa
     _write(outside / "y.jsonl", 5, "y")
     (inp / "ext").symlink_to(outside)  # outside the input: followed once
     (inp / "ext2").symlink_to(outside)  # ... and not twice
+    (outside / "back").symlink_to(inp / "a")  # from the followed folder back into the input
     (inp / "same.jsonl").symlink_to(inp / "a" / "x.jsonl")  # a file read already
     (inp / "broken").symlink_to(tmp_path / "nowhere")
     summary = _run(spark, inp, tmp_path / "out")
     assert summary["input_records"] == summary["output_records"] == 8
     assert set(summary["by_file"]) == {"a/x.jsonl", "ext/y.jsonl"}
     why = {e["file"]: e["why"] for e in summary["ignored_files"]}
-    assert set(why) == {"b", "ext2", "same.jsonl", "broken"}
+    assert set(why) == {"b", "ext2", "ext/back", "same.jsonl", "broken"}
     assert "read already" in why["b"] and "same file" in why["same.jsonl"] and "broken" in why["broken"]
     assert spark.read.json(str(tmp_path / "out")).count() == 8
 
@@ -195,3 +197,14 @@ def test_names_follow_sparks_own_hidden_rule(spark, tmp_path):
     summary = _run(spark, inp, tmp_path / "out")
     assert summary["input_records"] == summary["output_records"] == 5
     assert set(summary["by_file"]) == {"_k=v.jsonl", "a.jsonl"} and not summary["ignored_files"]
+
+
+def test_partition_folder_names_are_sparks_own_with_or_without_the_jvm(spark):
+    """The job names one partition folder per input file (for the collision check and the manifest); names Spark
+    never escapes skip the JVM, the others ask Spark: both must be exactly what ``partitionBy`` writes."""
+    from sparkcurate.io.names import partition_dir_name
+
+    utils = spark.sparkContext._jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils
+    for name in ["a.jsonl", "A-Z_09.jsonl.gz", "café.jsonl", "e\u0301.jsonl", "x/y.jsonl", "a b.jsonl", "k=v",
+                 "100%.jsonl", "a+b~c.jsonl", "tab\there", "q?{[]}^'\"#:*.jsonl", "\U0001f600.jsonl"]:
+        assert partition_dir_name(spark, "file_name", name) == f"file_name={utils.escapePathName(name)}", name

@@ -82,6 +82,20 @@ def test_a_live_run_holds_the_output_and_a_second_run_refuses_touching_nothing(s
         sleeper.wait()
 
 
+def test_the_command_exits_6_with_one_line_naming_the_other_run(spark, done_output, deberta_dir, caplog):
+    from sparkcurate.cli import EXIT_BUSY, main
+
+    inp, out = done_output
+    _marker(out, host="node-7", host_key="node-7|x|y", pid=4242, heartbeat_at=_iso(time.time()))
+    before = _snapshot(out)
+    code = main(["classify", "--input", str(inp), "--output", str(out), "--classifier", "domain", "--model",
+                 str(deberta_dir), "--device", "cpu", "--quiet"])
+    assert code == EXIT_BUSY == 6
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 1 and "other-run on node-7 (pid 4242)" in lines[0] and "started" in lines[0]
+    assert _snapshot(out) == before
+
+
 @pytest.mark.parametrize("who", ["dead process on this host", "stale heartbeat from another host", "failed run",
                                  "older version's marker"])
 def test_a_dead_runs_marker_is_taken_over_with_a_warning(spark, done_output, who, caplog):

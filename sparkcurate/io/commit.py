@@ -144,10 +144,8 @@ def marker_liveness(marker: dict, modified: float | None, now: float | None = No
 
 
 def describe_run(marker: dict) -> str:
-    parts = [f"run {marker.get('run_id', '?')}"]
-    if marker.get("host"):
-        parts.append(f"on {marker['host']} (pid {marker.get('pid')})")
-    parts.append(f"started {marker.get('started_at', '?')}")
+    where = f" on {marker['host']} (pid {marker.get('pid')})" if marker.get("host") else ""
+    parts = [f"run {marker.get('run_id', '?')}{where}", f"started {marker.get('started_at', '?')}"]
     if marker.get("heartbeat_at"):
         parts.append(f"last heartbeat {marker['heartbeat_at']}")
     return ", ".join(parts)

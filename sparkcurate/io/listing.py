@@ -346,8 +346,13 @@ def _walk_local(root_uri: str, suffixes: tuple[str, ...], kind: str, ignored: li
     pending_dirs: list[str] = []  # relative names of folder links, followed after the real folders
     pending_files: list[str] = []  # relative names of file links, read after every real file
 
+    root_real = os.path.realpath(local_root)
+
     def walk(rel_dir: str) -> None:
         real = os.path.realpath(os.path.join(local_root, rel_dir))
+        if rel_dir and real in seen:  # a folder under a followed link that is read already
+            ignored.append((f"{prefix}/{rel_dir}", f"folder read already as {seen[real] or '(the input folder)'}"))
+            return
         if not any(spark_skips(p) for p in rel_dir.split("/") if p):  # a hidden folder is listed, not read
             seen.setdefault(real, rel_dir)
         try:
@@ -370,11 +375,10 @@ def _walk_local(root_uri: str, suffixes: tuple[str, ...], kind: str, ignored: li
             elif entry.is_dir(follow_symlinks=False):
                 walk(rel)
             elif entry.is_file(follow_symlinks=False):
-                add_file(rel, entry.stat(follow_symlinks=False).st_size)
+                add_file(rel, entry.stat(follow_symlinks=False).st_size, os.path.join(real, entry.name))
 
-    def add_file(rel: str, size: int) -> None:
+    def add_file(rel: str, size: int, real: str) -> None:
         why = _ignore_reason(rel.split("/"), suffixes, kind)
-        real = os.path.realpath(os.path.join(local_root, rel))
         if why is None and real in seen:
             why = f"the same file as {seen[real] or '(the input)'}, read once"
         if why is not None:
@@ -387,18 +391,28 @@ def _walk_local(root_uri: str, suffixes: tuple[str, ...], kind: str, ignored: li
     while pending_dirs:  # links found inside a followed folder join the queue
         rel = pending_dirs.pop(0)
         real = os.path.realpath(os.path.join(local_root, rel))
-        if real in seen:
-            parent, name = posixpath.split(rel)
-            link_path = os.path.join(os.path.realpath(os.path.join(local_root, parent)), name)
-            loop = link_path.startswith(real.rstrip("/") + "/")  # the link sits inside the folder it points to
-            what = "loop" if loop else "to a folder read already"
-            ignored.append((f"{prefix}/{rel}", f"folder link {what}: {seen[real] or '(the input folder)'} is read "
-                                               "once"))
-            continue
-        walk(rel)
+        why = _link_loop(rel, real, os.path.realpath(os.path.join(local_root, posixpath.dirname(rel))),
+                         root_real, seen)
+        if why is not None:
+            ignored.append((f"{prefix}/{rel}", why))
+        else:
+            walk(rel)
     for rel in pending_files:
-        add_file(rel, os.stat(os.path.join(local_root, rel)).st_size)
+        path = os.path.join(local_root, rel)
+        add_file(rel, os.stat(path).st_size, os.path.realpath(path))
     return out
+
+
+def _link_loop(rel: str, real: str, parent_real: str, root_real: str, seen: dict[str, str]) -> str | None:
+    """Why the folder link ``rel`` (to ``real``) is not followed, or None: it points to a folder read already
+    (a loop when the link sits inside that folder) or to a folder that holds the input (always a loop)."""
+    if root_real == real or root_real.startswith(real.rstrip("/") + "/"):
+        return f"folder link loop: it points to {real}, the input folder or a folder above it"
+    if real not in seen:
+        return None
+    inside = posixpath.join(parent_real, posixpath.basename(rel)).startswith(real.rstrip("/") + "/")
+    what = "loop" if inside else "to a folder read already"
+    return f"folder link {what}: {seen[real] or '(the input folder)'} is read once"
 
 
 def _binary_file_listing(spark: "SparkSession", path: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
