@@ -77,6 +77,14 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help="compression of the output JSONL files (default: none)")
     p.add_argument("--input-format", choices=sorted(SOURCES), default="jsonl", help="how the input is read")
     p.add_argument("--output-format", choices=sorted(SINKS), default="jsonl", help="how the kept rows are written")
+    p.add_argument("--jsonl-mode", choices=("exact", "reserialize"), default="reserialize",
+                   help="JSONL in and out: exact writes each kept line byte for byte with the predictions appended; "
+                        "reserialize (default) writes the parsed record (docs/formats.md)")
+    p.add_argument("--output-mode", choices=("records", "attributes"), default="records",
+                   help="records (default): the kept records with predictions; attributes: a key and the "
+                        "predictions of every record, by file_name, to join with the input (docs/formats.md)")
+    p.add_argument("--id-field", default="id", help="attribute files' key when every record has it, unique in its "
+                                                    "file (default: id; else the record's position in its file)")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
     p.add_argument("--file-name-column", default="file_name",
                    help="column naming each record's input file; partitioned output is split by it "
@@ -215,6 +223,9 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
         check_output_path(args.output)
+        if args.output_mode == "attributes" and args.filter_by:
+            raise ValueError("--filter-by does not apply to --output-mode attributes: every record gets its "
+                             "attribute row (filter on the predictions when you join)")
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
     except ValueError as exc:
@@ -232,7 +243,8 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         file_name_column=args.file_name_column, schema=args.schema,
         compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
         waves=args.waves, report=not args.no_report, input_format=args.input_format,
-        output_format=args.output_format,
+        output_format=args.output_format, jsonl_mode=args.jsonl_mode, output_mode=args.output_mode,
+        id_field=args.id_field or None,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 from sparkcurate.engine.kernels.usage import split_task_counts
 from sparkcurate.io.commit import OutputCommit, prune_stale_outputs, write_rejects
 from sparkcurate.io.failures import check_no_vanished_files
+from sparkcurate.io.fs import data_bytes
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
 from sparkcurate.report.progress import ProgressReporter
 from sparkcurate.report.summary import build_summary, classified_count, count_rows, task_stats_summary, write_report
+from sparkcurate.spark.attributes import attribute_key, attribute_rows
 from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows
 from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
@@ -63,6 +65,13 @@ class JobOptions:
     # Names in sparkcurate.io.sources.SOURCES / sparkcurate.io.sinks.SINKS.
     input_format: str = "jsonl"
     output_format: str = "jsonl"
+    # JSONL in and out: "exact" writes each kept line as it was read, predictions appended; "reserialize" writes
+    # the parsed record (docs/formats.md).
+    jsonl_mode: str = "reserialize"
+    # "records": the kept records with their predictions; "attributes": a key and the predictions of every record.
+    output_mode: str = "records"
+    # The attribute files' key when every record has it, unique within its file (else the record's position).
+    id_field: str | None = "id"
 
 
 def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
@@ -74,8 +83,13 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     that finds one says so (log and summary) and cleans the leftovers.
     """
     started = time.time()
+    check_modes(opts)
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
     source, sink = get_source(opts.input_format), get_sink(opts.output_format)
+    attributes = opts.output_mode == "attributes"
+    source.keep_lines = attributes or (opts.jsonl_mode == "exact" and sink.name == "jsonl")
+    source.record_positions = attributes
+    source.key_fields = (opts.id_field,) if attributes and opts.id_field else ()
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)
     splits = contextlib.ExitStack()  # Spark's split settings, put back however the run ends
@@ -95,9 +109,11 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
                 progress.set_done(classified_count(counts))
             laps("read_classify_count")
             check_no_vanished_files(spark, listing, counts)
+            key = attribute_key(rows, opts.id_field, opts.file_name_column) if attributes else None
+            written = (attribute_rows(rows, opts.classifiers, opts.file_name_column, key) if attributes
+                       else output_rows(rows, opts.classifiers))
             commit.touch()
-            sink.write(output_rows(rows, opts.classifiers), opts.output, opts.layout, opts.file_name_column,
-                       opts.compression)
+            sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
             laps("write_output")
             prune_stale_outputs(spark, opts, listing, counts)
             write_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
@@ -120,11 +136,26 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
                    task_stats=task_stats_summary(stats), kernels=kernels,
                    input_splits=plan.as_dict() if plan is not None else None,
                    # the classify phase as its closing console line reported it (README: "The summary's figures")
-                   classify_s=round(progress.final_elapsed_s, 3), classify_docs_per_s=progress.final_rate)
+                   classify_s=round(progress.final_elapsed_s, 3), classify_docs_per_s=progress.final_rate,
+                   output_mode=opts.output_mode,
+                   jsonl_mode=opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
+                   output_bytes=data_bytes(spark, opts.output),
+                   attribute_key=[opts.file_name_column, key] if attributes else None)
     commit.finish(summary)
     if opts.report:
         write_report(opts.output)
     return summary
+
+
+def check_modes(opts: JobOptions) -> None:
+    """A ValueError for modes that do not exist or do not go together, before anything runs."""
+    if opts.jsonl_mode not in ("exact", "reserialize"):
+        raise ValueError(f"jsonl_mode must be 'exact' or 'reserialize', got {opts.jsonl_mode!r}")
+    if opts.output_mode not in ("records", "attributes"):
+        raise ValueError(f"output_mode must be 'records' or 'attributes', got {opts.output_mode!r}")
+    if opts.output_mode == "attributes" and any(c.filter_by for c in opts.classifiers):
+        raise ValueError("--filter-by does not apply to attribute files: every record gets its attribute row "
+                         "(filter on the predictions when you join)")
 
 
 class Laps:

@@ -103,12 +103,13 @@ def write_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run
 
 def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any) -> None:
     """Remove the earlier output of input files that keep nothing this time (every record filtered out or
-    rejected): Spark writes no partition for them, so the old one would otherwise survive a re-run. ``opts``:
+    rejected; in attribute mode, files with no record): Spark writes no partition for them, so the old one would otherwise survive a re-run. ``opts``:
     the run's ``pipeline.JobOptions`` (its sink says where each input's output lives); ``counts``: its
     ``report.summary.Counts`` (neither imported: both sit above this module)."""
     from sparkcurate.io.fs import HadoopFS
 
-    kept = {fname for fname, status, _reason, n in counts.by_status_file if status == "kept" and n > 0}
+    every = getattr(opts, "output_mode", "records") == "attributes"  # attribute files: a row for every record
+    kept = {fname for fname, status, _reason, n in counts.by_status_file if (every or status == "kept") and n > 0}
     fs = HadoopFS(spark, opts.output)
     sink = get_sink(opts.output_format)
     for f in listing.files:

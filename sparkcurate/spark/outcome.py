@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from sparkcurate.io.sources.base import CORRUPT_COLUMN, REASON_COLUMN
+from sparkcurate.io.sources.base import CORRUPT_COLUMN, POSITION_COLUMN, RAW_LINE_COLUMN, REASON_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
@@ -36,7 +36,8 @@ def internal_columns(df: "DataFrame") -> list[str]:
     from sparkcurate.spark.stage import CONFIDENCE_PREFIX
 
     return [c for c in df.columns
-            if c in (STATUS_COLUMN, REASON_COLUMN, CORRUPT_COLUMN) or c.startswith(CONFIDENCE_PREFIX)]
+            if c in (STATUS_COLUMN, REASON_COLUMN, CORRUPT_COLUMN, POSITION_COLUMN)
+            or c.startswith(CONFIDENCE_PREFIX)]
 
 
 def output_rows(rows: "DataFrame", classifiers) -> "DataFrame":
@@ -48,12 +49,12 @@ def output_rows(rows: "DataFrame", classifiers) -> "DataFrame":
 
 def rejected_rows(rows: "DataFrame", classifiers, file_name_column: str) -> "DataFrame":
     """One row per rejected record: ``reason``, ``file_name`` and the original ``line`` (input that could not be
-    parsed) or ``record`` (the parsed record's own fields)."""
+    parsed, and every reject of a source read line by line) or ``record`` (the parsed record's own fields)."""
     from pyspark.sql import functions as F
 
     rejected = rows.filter(F.col(STATUS_COLUMN) == "rejected")
     data_cols = [c for c in rows.columns
-                 if c not in internal_columns(rows) and c != file_name_column
+                 if c not in internal_columns(rows) and c not in (file_name_column, RAW_LINE_COLUMN)
                  and c not in _output_column_names(classifiers)]
     record = F.when(F.col(CORRUPT_COLUMN).isNull(), F.struct(*[F.col(c) for c in data_cols]))
     return rejected.select(
