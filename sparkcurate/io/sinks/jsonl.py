@@ -92,7 +92,8 @@ def spliced_lines(df: "DataFrame", file_name_column: str) -> "DataFrame":
     fields = F.to_json(F.struct(*[F.col(c) for c in added]), {"ignoreNullFields": "false"})
     inner = F.expr("substring(_fields, 2, length(_fields) - 2)")  # {"a":1,"b":2} -> "a":1,"b":2
     head = F.expr(f"substring({RAW_LINE_COLUMN}, 1, length({RAW_LINE_COLUMN}) - 1)")
-    comma = F.when(line.rlike(EMPTY_OBJECT_PATTERN), F.lit("")).otherwise(F.lit(","))
+    empty = (F.octet_length(line) < 64) & line.rlike(EMPTY_OBJECT_PATTERN)  # the pattern on short lines only
+    comma = F.when(empty, F.lit("")).otherwise(F.lit(","))
     return (df.withColumn("_fields", fields)
             .select(F.col(file_name_column), F.concat(head, comma, inner, F.lit("}")).alias("value")))
 

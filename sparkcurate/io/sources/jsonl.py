@@ -206,8 +206,7 @@ def read_jsonl(spark: "SparkSession", path: str, text_field: str = "text", schem
     return df.filter(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, CORRUPT_COLUMN)
 
 
-# JSON's own whitespace: what may stand around a value on a line.
-_JSON_SPACE = " \t\r\n"
+# An empty object (the sink appends to it without a leading comma).
 EMPTY_OBJECT_PATTERN = r"^[ \t]*\{[ \t]*\}$"
 
 
@@ -240,15 +239,20 @@ def read_lines(spark: "SparkSession", listing: InputListing, text_field: str, fi
     df = reader.text(source)
     if positions:
         df = with_record_positions(df)
-    # The line as written, less a leading BOM (an encoding mark, not content) and trailing JSON whitespace.
-    df = df.withColumn(RAW_LINE_COLUMN, F.regexp_replace(F.col("value"), "^\ufeff", ""))
-    df = df.withColumn(RAW_LINE_COLUMN, F.expr(f"trim(TRAILING ' \\t\\r\\n' FROM {RAW_LINE_COLUMN})"))
-    df = df.filter(~F.col(RAW_LINE_COLUMN).rlike("^[ \t]*$"))  # blank lines are not records (as Spark's reader)
+    # The line as written, less a leading BOM (an encoding mark, not content) and trailing JSON whitespace. The
+    # common line (no BOM, ending in "}") is taken as it is: byte tests only, no copy, no regular expression.
+    value = F.col("value")
+    line = F.when(value.startswith("\ufeff"), F.expr("substring(value, 2)")).otherwise(value)
+    df = df.withColumn(RAW_LINE_COLUMN, line)
+    trimmed = F.expr(f"trim(TRAILING ' \\t\\r\\n' FROM {RAW_LINE_COLUMN})")
+    df = df.withColumn(RAW_LINE_COLUMN, F.when(F.col(RAW_LINE_COLUMN).endswith("}"), F.col(RAW_LINE_COLUMN))
+                       .otherwise(trimmed))
+    df = df.filter(F.col(RAW_LINE_COLUMN) != "")  # blank lines are not records (as Spark's reader)
     parsed, one_object = line_parse(RAW_LINE_COLUMN, fields)
     df = df.withColumn("_parsed", parsed)
     df = df.select(
         F.col(RAW_LINE_COLUMN).alias(RAW_LINE_COLUMN, metadata={"fields_in_line": fields}),
-        *[F.col("_parsed").getField(f).alias(f) for f in fields],
+        *[F.col("_parsed").getItem(0).getField(f).alias(f) for f in fields],
         *([F.col(POSITION_COLUMN)] if positions else []),
         F.col("value").alias(CORRUPT_COLUMN), one_object(F.col("_parsed")).alias("_one_object"))
     reason = line_reject_reason(F.col(CORRUPT_COLUMN), F.col("_one_object"), text_field)
@@ -259,16 +263,16 @@ def read_lines(spark: "SparkSession", listing: InputListing, text_field: str, fi
 
 
 def line_parse(line_column: str, fields: list[str]):
-    """The line parsed for ``fields`` (strings), and a test on that parse saying the line is exactly one JSON
-    object.
+    """The line's first JSON object parsed for ``fields`` (strings), and a test on that parse saying the line is
+    exactly one JSON object.
 
     Spark's JSON parser stops after the first value, so ``{"text": "x"} junk`` or ``{"a": 1}{"text": "x"}`` would
-    parse; and the sink appends the predictions before the line's last ``}``, which must therefore close the first
-    object. So the line is parsed with its last ``}`` replaced by ``,"<marker>":<number>}``: the marker field comes
-    back with that number only when the first object reaches the end of the line. The number is drawn per run, so
-    a line that holds the marker key itself cannot pass by chance. Parsing the line as written and this way are
-    the same for every well-formed object (a ``,`` may follow any member); single-quoted JSON is refused (the line
-    with the predictions appended would not be JSON). An empty object (``{}``) is checked by pattern.
+    parse, and the sink appends the predictions before the line's last ``}``, which must therefore close the
+    first object. So the line is parsed as ``[<line>,{"<marker>":<number>}]``: an array of exactly two elements,
+    the line's object and the marker object with the number, comes back only when the line is one object and
+    nothing else (anything after it breaks the array or adds elements). The number is drawn per run, so a line
+    that writes the marker itself cannot pass by chance. Single-quoted JSON is refused (with the predictions
+    appended it would still not be JSON). One copy of the line, one parser pass, no regular expression.
     """
     import secrets
 
@@ -276,19 +280,16 @@ def line_parse(line_column: str, fields: list[str]):
     from pyspark.sql import types as T
 
     marker, token = "\\u0000sparkcurate_end", secrets.randbelow(2**31 - 1) + 1  # the key as JSON text
-    schema = T.StructType([T.StructField(f, T.StringType()) for f in fields]
-                          + [T.StructField("\x00sparkcurate_end", T.LongType())])
-    body = F.col(line_column)
-    candidate = F.concat(F.expr(f"substring({line_column}, 1, length({line_column}) - 1)"),
-                         F.lit(f',"{marker}":{token}}}'))
-    candidate = F.when(body.endswith("}") & ~body.rlike(EMPTY_OBJECT_PATTERN), candidate)
-    parsed = F.from_json(candidate, schema, {"mode": "PERMISSIVE", "allowSingleQuotes": "false"})
+    element = T.StructType([T.StructField(f, T.StringType()) for f in fields]
+                           + [T.StructField("\x00sparkcurate_end", T.LongType())])
+    wrapped = F.concat(F.lit("["), F.col(line_column), F.lit(f',{{"{marker}":{token}}}]'))
+    parsed = F.from_json(wrapped, T.ArrayType(element), {"mode": "PERMISSIVE", "allowSingleQuotes": "false"})
 
-    def end_ok(p: "Column") -> "Column":
-        return (body.rlike(EMPTY_OBJECT_PATTERN)
-                | F.coalesce(p.getField("\x00sparkcurate_end") == F.lit(token), F.lit(False)))
+    def one_object(p: "Column") -> "Column":
+        return F.coalesce((F.size(p) == 2) & p.getItem(0).isNotNull()
+                          & (p.getItem(1).getField("\x00sparkcurate_end") == F.lit(token)), F.lit(False))
 
-    return parsed, end_ok
+    return parsed, one_object
 
 
 def line_reject_reason(raw: "Column", one_object: "Column", text_field: str) -> "Column":
