@@ -28,7 +28,7 @@ from sparkcurate.io.sources import get_source
 from sparkcurate.report.progress import ProgressReporter
 from sparkcurate.report.summary import build_summary, classified_count, count_rows, task_stats_summary, write_report
 from sparkcurate.spark.attributes import attribute_key, attribute_rows
-from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows
+from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows, without_line_copies
 from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
 
@@ -101,7 +101,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         splits.enter_context(planned_splits(spark, plan))
         df = source.read(spark, listing, text_field, opts.file_name_column, opts.schema, opts.sampling_ratio)
         laps("list_and_infer_schema")
-        rows = classified_rows(df, opts.classifiers, meters.docs, meters.devices, meters.stats).persist(_disk_level())
+        rows = classified_rows(df, opts.classifiers, meters.docs, meters.devices, meters.stats)
+        rows = without_line_copies(rows, [text_field], attributes).persist(_disk_level())
         try:
             with ProgressReporter(spark.sparkContext, meters.docs, None, opts.progress_interval_s, opts.quiet,
                                   log) as progress:

@@ -39,6 +39,8 @@ def corpus(tmp_path_factory) -> Path:
             big.append("")  # blank lines are not records
     _write(root / "gen" / "big.jsonl", big)
     _write(root / "gen" / "dups.jsonl", ['{"text": "same text"}'] * 50 + ['{"text": ""}', "[1, 2]"])
+    # every record rejected: its attribute rows must still be written (and survive the clean-up of stale outputs)
+    _write(root / "gen" / "all_bad.jsonl", ["{bad", "[]", '{"text": ""}', '{"id": "no text"}'])
     return root
 
 

@@ -32,6 +32,15 @@ def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], c
     return out.withColumn(STATUS_COLUMN, status)
 
 
+def without_line_copies(rows: "DataFrame", text_fields: Sequence[str], attributes: bool) -> "DataFrame":
+    """``rows`` less what a source read line by line holds twice, before they are persisted: the text (it is in
+    the line, which the output writes) and, for attribute files, the line itself (they write no record; the
+    rejects keep theirs in ``_corrupt_record``). Other rows are returned as they are."""
+    if RAW_LINE_COLUMN not in rows.columns:
+        return rows
+    return rows.drop(RAW_LINE_COLUMN, *text_fields) if attributes else rows.drop(*text_fields)
+
+
 def internal_columns(df: "DataFrame") -> list[str]:
     from sparkcurate.spark.stage import CONFIDENCE_PREFIX
 
@@ -56,7 +65,9 @@ def rejected_rows(rows: "DataFrame", classifiers, file_name_column: str) -> "Dat
     data_cols = [c for c in rows.columns
                  if c not in internal_columns(rows) and c not in (file_name_column, RAW_LINE_COLUMN)
                  and c not in _output_column_names(classifiers)]
-    record = F.when(F.col(CORRUPT_COLUMN).isNull(), F.struct(*[F.col(c) for c in data_cols]))
+    # (rows read line by line keep no parsed field here: their rejects all carry the line)
+    record = (F.when(F.col(CORRUPT_COLUMN).isNull(), F.struct(*[F.col(c) for c in data_cols])) if data_cols
+              else F.lit(None).cast("string"))
     return rejected.select(
         F.col(REASON_COLUMN).alias("reason"),
         F.col(file_name_column).alias("file_name"),
