@@ -39,6 +39,8 @@ class OutputCommit:
         self.run_id = uuid.uuid4().hex[:12]
         self.previous: dict | None = self.fs.read_json(RUNNING_MARKER)
         self.touched = False
+        # OUT did not exist before this run: a run that fails before writing removes it again (if still empty).
+        self.created = not self.fs.exists("")
 
     @classmethod
     def start(cls, spark: "SparkSession", output: str, command: str | None, started: float) -> "OutputCommit":
@@ -58,7 +60,10 @@ class OutputCommit:
     def failed(self) -> None:
         if not self.touched:
             _restore_marker(self.fs, self.previous)
-            log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
+            if self.created and _remove_if_empty(self.fs):
+                log.warning("the run failed before writing anything: %s was not created", self.output)
+            else:
+                log.warning("the run failed before writing anything: %s keeps its earlier content", self.output)
         else:
             log.error("the run failed while replacing the output: %s/%s marks it as unfinished", self.output,
                       RUNNING_MARKER)
@@ -77,6 +82,17 @@ def _restore_marker(fs, previous: dict | None) -> None:
             fs.delete(RUNNING_MARKER)
     except Exception as exc:  # never hide the real failure
         log.warning("could not restore %s: %s", RUNNING_MARKER, exc)
+
+
+def _remove_if_empty(fs) -> bool:
+    """Remove OUT when it holds nothing (only this run's marker was ever in it); True when it is gone."""
+    try:
+        if fs.exists("") and not fs.list():
+            fs.fs.delete(fs.path(), False)  # not recursive: a file that appears meanwhile stops it
+        return not fs.exists("")
+    except Exception as exc:  # never hide the real failure
+        log.warning("could not remove the empty output folder %s: %s", fs.root, exc)
+        return False
 
 
 def clean_leftovers(fs) -> None:
