@@ -38,9 +38,8 @@ class OutputCommit:
         self.fs: "HadoopFS" = HadoopFS(spark, output)
         self.run_id = uuid.uuid4().hex[:12]
         self.previous: dict | None = self.fs.read_json(RUNNING_MARKER)
+        self.existed = self.fs.exists("")  # a run that fails before writing removes the directory it created
         self.touched = False
-        # OUT did not exist before this run: a run that fails before writing removes it again (if still empty).
-        self.created = not self.fs.exists("")
 
     @classmethod
     def start(cls, spark: "SparkSession", output: str, command: str | None, started: float) -> "OutputCommit":
@@ -57,13 +56,14 @@ class OutputCommit:
     def touch(self) -> None:
         self.touched = True
 
-    def failed(self) -> None:
+    def failed(self, explained: bool = False) -> None:
+        """``explained``: the failure is reported as one line of its own that says nothing was written."""
         if not self.touched:
             _restore_marker(self.fs, self.previous)
-            if self.created and _remove_if_empty(self.fs):
-                log.warning("the run failed before writing anything: %s was not created", self.output)
-            else:
-                log.warning("the run failed before writing anything: %s keeps its earlier content", self.output)
+            if not self.existed:
+                _remove_if_empty(self.fs)
+            if not explained:
+                log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
         else:
             log.error("the run failed while replacing the output: %s/%s marks it as unfinished", self.output,
                       RUNNING_MARKER)
@@ -84,15 +84,13 @@ def _restore_marker(fs, previous: dict | None) -> None:
         log.warning("could not restore %s: %s", RUNNING_MARKER, exc)
 
 
-def _remove_if_empty(fs) -> bool:
-    """Remove OUT when it holds nothing (only this run's marker was ever in it); True when it is gone."""
+def _remove_if_empty(fs) -> None:
+    """Remove the output directory this run created (for its marker) when nothing else is in it."""
     try:
-        if fs.exists("") and not fs.list():
-            fs.fs.delete(fs.path(), False)  # not recursive: a file that appears meanwhile stops it
-        return not fs.exists("")
+        if fs.exists("") and not fs.list(""):
+            fs.delete("")
     except Exception as exc:  # never hide the real failure
-        log.warning("could not remove the empty output folder %s: %s", fs.root, exc)
-        return False
+        log.warning("could not remove the empty output directory %s: %s", fs.root, exc)
 
 
 def clean_leftovers(fs) -> None:
