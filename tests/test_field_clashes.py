@@ -170,3 +170,25 @@ def test_malformed_schema_is_a_usage_error_before_reading(spark, deberta_dir, tm
     errors = _errors(caplog)
     assert len(errors) == 1 and "--schema" in errors[0] and "\n" not in errors[0], errors
     assert not (tmp_path / "out").exists()
+
+
+def test_typed_input_columns_are_kept_or_refused_the_same_way(spark, deberta_dir, tmp_path, caplog):
+    """A Parquet input goes through the same check: ``_corrupt_record`` and ``_reject_reason`` columns come out
+    as they went in; a ``File_Name`` column is refused with exit 2 (it was an ``InputError`` only for the exact
+    spelling, and a column called ``_reject_reason`` was refused as if it were the job's)."""
+    rows = [(1, "Stocks and bonds rallied.", "mine", "my reason"), (2, "A late goal.", "also mine", "")]
+    df = spark.createDataFrame(rows, "id long, text string, _corrupt_record string, _reject_reason string")
+    df.coalesce(1).write.parquet(str(tmp_path / "in"))
+    common = ["--classifier", "domain", "--model", str(deberta_dir), "--device", "cpu", "--quiet", "--no-report",
+              "--input-format", "parquet"]
+    out = tmp_path / "out"
+    assert main(["classify", "--input", str(tmp_path / "in"), "--output", str(out), *common]) == EXIT_OK
+    kept = {r["id"]: (r["_corrupt_record"], r["_reject_reason"]) for r in _records_of(out)}
+    assert kept == {1: ("mine", "my reason"), 2: ("also mine", "")}
+    df.withColumnRenamed("id", "File_Name").write.parquet(str(tmp_path / "in2"))
+    caplog.set_level(logging.INFO)
+    assert main(["classify", "--input", str(tmp_path / "in2"), "--output", str(tmp_path / "out2"), *common]) == \
+        EXIT_USAGE
+    errors = _errors(caplog)
+    assert len(errors) == 1 and "'File_Name'" in errors[0]
+    assert not (tmp_path / "out2").exists()
