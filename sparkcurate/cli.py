@@ -75,7 +75,9 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: fp32 on CPU, fp16 on GPUs; fp16-split: fp16 with fp32-exact weights (closer to fp32, "
                         "slower)")
     p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...' "
-                                    "(a value with ';' or '=' is inline, never a file name)")
+                                    "(a value with ';' or '=' is inline, never a file name); at least two; a label "
+                                    "without a description, or with an empty one, is described by its name "
+                                    "('_' as spaces), in every form")
     p.add_argument("--param", action="append", metavar="[NAME:]KEY=VALUE",
                    help="a classifier option by name, e.g. aegis:adapter=permissive or zero-shot:temperature=0.1 "
                         "(values parsed as JSON when they can be); repeatable")
@@ -182,7 +184,7 @@ def make_classifiers(args: argparse.Namespace) -> list[Any]:
                           max_tokens=args.max_tokens)
         elif args.pred_column or args.prob_column:
             raise ValueError("--pred-column/--prob-column are for a single classifier")
-        if args.labels:
+        if args.labels is not None:  # --labels '' is an error below, not the default labels
             if name != "zero-shot":
                 raise ValueError("--labels is for the zero-shot classifier")
             from sparkcurate.classifiers.zero_shot import read_label_descriptions
@@ -219,6 +221,7 @@ def check_output_path(output: str) -> None:
 
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.failures import InputError
+    from sparkcurate.io.sources.base import UsageError, check_text_field, parse_schema
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
     from sparkcurate.spark.resources import ResourceUnavailable, check_local, wait_seconds
@@ -227,6 +230,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
+        check_text_field(args.text_field, args.file_name_column)
         check_output_path(args.output)
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
@@ -247,6 +251,11 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
     spark = get_session(args.master, conf)
+    try:
+        parse_schema(args.schema)  # Spark parses DDL: checked once it runs, before any input is read
+    except UsageError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     opts = JobOptions(
         input=args.input_table or args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
@@ -258,6 +267,9 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     try:
         summary = run(spark, opts)
+    except UsageError as exc:  # an input field that clashes with a column the job writes
+        log.error("%s", exc)
+        return EXIT_USAGE
     except InputError as exc:
         log.error("input: %s", exc)
         return EXIT_INPUT

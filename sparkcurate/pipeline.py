@@ -24,6 +24,7 @@ from sparkcurate.io.commit import OutputCommit, prune_stale_outputs, write_rejec
 from sparkcurate.io.failures import check_no_vanished_files
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
+from sparkcurate.io.sources.base import UsageError
 from sparkcurate.report.progress import ProgressReporter
 from sparkcurate.report.summary import build_summary, classified_count, count_rows, task_stats_summary, write_report
 from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows
@@ -112,7 +113,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         explained = None
         if isinstance(exc, Exception):
             explained = explain_device_failure(exc) or source.explain_failure(exc, spark, listing)
-        commit.failed(explained is not None)
+        # A UsageError (a field that clashes with the job's columns) is the command's one line of its own.
+        commit.failed(explained is not None or isinstance(exc, UsageError))
         if explained is not None:
             raise explained from exc
         raise

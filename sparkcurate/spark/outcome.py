@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from sparkcurate.io.sources.base import CORRUPT_COLUMN, REASON_COLUMN
+from sparkcurate.io.sources.base import CORRUPT_COLUMN, INTERNAL_PREFIX, REASON_COLUMN, check_input_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
 
     from sparkcurate.spark.stage import StageClassifier
 
-STATUS_COLUMN = "_sparkcurate_status"
+STATUS_COLUMN = INTERNAL_PREFIX + "status"
 
 
 def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], counter=None,
@@ -23,6 +23,7 @@ def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], c
 
     from sparkcurate.spark.stage import classify_dataframe, filter_expression
 
+    check_output_columns(df, classifiers)
     out = classify_dataframe(df, classifiers, counter, skip_column=REASON_COLUMN, device_log=device_log,
                              task_stats=task_stats)
     keep = filter_expression(classifiers)
@@ -32,11 +33,21 @@ def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], c
     return out.withColumn(STATUS_COLUMN, status)
 
 
-def internal_columns(df: "DataFrame") -> list[str]:
-    from sparkcurate.spark.stage import CONFIDENCE_PREFIX
+def check_output_columns(df: "DataFrame", classifiers: Sequence["StageClassifier"]) -> None:
+    """Refuse (``UsageError``, the command's exit 2) an input field or the file-name column named like a column the
+    classifiers write (a prediction or probability column), before anything is classified: the stage would
+    otherwise fail deep in Spark, or the written row would hold only one of the two."""
+    from sparkcurate.spark.stage import output_fields
 
-    return [c for c in df.columns
-            if c in (STATUS_COLUMN, REASON_COLUMN, CORRUPT_COLUMN) or c.startswith(CONFIDENCE_PREFIX)]
+    written = [name for name, _ in output_fields(classifiers, confidence=False)]
+    own = {CORRUPT_COLUMN, REASON_COLUMN}
+    check_input_fields([c for c in df.columns if c not in own], written,
+                       "choose another --pred-column/--prob-column (or rename the field)")
+
+
+def internal_columns(df: "DataFrame") -> list[str]:
+    """The job's own columns (status, reject reason, corrupt record, confidences): all in its namespace."""
+    return [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
 
 
 def output_rows(rows: "DataFrame", classifiers) -> "DataFrame":
