@@ -34,7 +34,8 @@ SUPPORTED_PYSPARK = ("4.0.0", "4.0.1", "4.0.2", "4.0.3", "4.0.4", "4.1.1", "4.1.
 
 #: An explain line: "*Exec <FilterExec> will run on GPU", "!Output <X> cannot run on GPU because ...".
 VERDICT = re.compile(r"^\s*(?P<mark>[*!@#])(?P<kind>Exec|Output|Partitioning) <(?P<op>\w+)> "
-                     r"(?P<verdict>will run on GPU|will partially run on GPU|cannot run on GPU because (?P<why>.*))$")
+                     r"(?P<verdict>will (?:partially )?run on GPU|"
+                     r"cannot run (?:even partially )?on (?:the )?GPU because (?P<why>.*))$")
 
 #: Operators of the JSONL job that must (at least in one place) run on the GPU.
 JSONL_ON_GPU = {"FilterExec", "ProjectExec", "HashAggregateExec", "ExpandExec", "ShuffleExchangeExec", "SortExec",
@@ -69,8 +70,8 @@ def _skip_reason() -> str | None:
     import pyspark
 
     if pyspark.__version__ not in SUPPORTED_PYSPARK:
-        return (f"pyspark {pyspark.__version__} has no shim in {JAR_NAME} (pip pyspark "
-                f"{', '.join(SUPPORTED_PYSPARK)} has)")
+        return (f"pyspark {pyspark.__version__} has no shim in {JAR_NAME}: it runs under pip pyspark "
+                f"{', '.join(SUPPORTED_PYSPARK)} (Scala 2.13; pip pyspark 3.5 is built for Scala 2.12)")
     if not JAR.is_file():
         return f"{JAR} not found: run scripts/fetch-rapids-jar.sh or set SPARKCURATE_RAPIDS_JAR"
     return None
@@ -111,12 +112,15 @@ def test_verdict_parsing_and_unexpected_fallbacks():
                      "!Exec <FileSourceScanExec> cannot run on GPU because JsonFileFormat does not support Corrupt "
                      "Record",
                      "    !Exec <SortExec> cannot run on GPU because sorting is disabled",
+                     "  !Exec <MapInArrowExec> cannot run even partially on the GPU because spark.sql.execution."
+                     "arrow.useLargeVarTypes is enabled",
                      "      @Expression <AttributeReference> text#9 could run on GPU",
                      PHASE_MARK.format("parquet"),
                      "  *Output <InsertIntoHadoopFsRelationCommand> will run on GPU"])
     got = verdicts_by_phase(log)
     assert _on_gpu(got["jsonl"]) == {"FilterExec", "MapInArrowExec"}
-    assert _unexpected(_fallbacks(got["jsonl"]), JSONL_FALLBACKS) == [("SortExec", "sorting is disabled")]
+    assert _unexpected(_fallbacks(got["jsonl"]), JSONL_FALLBACKS) == [
+        ("MapInArrowExec", "spark.sql.execution.arrow.useLargeVarTypes is enabled"), ("SortExec", "sorting is disabled")]
     assert _on_gpu(got["parquet"]) == {"InsertIntoHadoopFsRelationCommand"}
 
 
