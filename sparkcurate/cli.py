@@ -73,10 +73,16 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark setting; repeatable")
     p.add_argument("--layout", choices=("partitioned", "mirror"), default="partitioned",
                    help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
-    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none",
-                   help="compression of the output JSONL files (default: none)")
+    p.add_argument("--compression", metavar="CODEC",
+                   help="output compression, as the format's convention: " + "; ".join(
+                       f"{name}: {', '.join(sink.compressions)} (default {sink.compressions[0]})"
+                       for name, sink in sorted(SINKS.items())))
     p.add_argument("--input-format", choices=sorted(SOURCES), default="jsonl", help="how the input is read")
-    p.add_argument("--output-format", choices=sorted(SINKS), default="jsonl", help="how the kept rows are written")
+    p.add_argument("--output-format", choices=sorted(SINKS),
+                   help="how the kept rows are written (default: jsonl; parquet for --output-table)")
+    p.add_argument("--output-table", metavar="[CATALOG.]DB.TABLE",
+                   help="write the kept rows to this catalog table (parquet or delta), partitioned by file_name; "
+                        "--output still holds the run's summary, rejects and report (docs/formats.md)")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
     p.add_argument("--file-name-column", default="file_name",
                    help="column naming each record's input file; partitioned output is split by it "
@@ -205,6 +211,17 @@ def check_output_path(output: str) -> None:
             return
 
 
+def check_output_options(args: argparse.Namespace) -> str:
+    """The output format (jsonl, or parquet for a table, when not given), after checking that it can write
+    ``--layout`` and ``--compression`` (bzip2 is a JSONL codec, not a Parquet one): a ``ValueError`` before Spark
+    starts otherwise."""
+    from sparkcurate.io.sinks import get_sink
+
+    output_format = args.output_format or ("parquet" if args.output_table else "jsonl")
+    get_sink(output_format, args.output_table).check(args.layout, args.compression)
+    return output_format
+
+
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.failures import InputError
     from sparkcurate.models.loading import ModelArtifactError
@@ -215,6 +232,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
         check_output_path(args.output)
+        output_format = check_output_options(args)
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
     except ValueError as exc:
@@ -230,9 +248,9 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     opts = JobOptions(
         input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
-        compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
+        compression=args.compression, quiet=args.quiet,
         waves=args.waves, report=not args.no_report, input_format=args.input_format,
-        output_format=args.output_format,
+        output_format=output_format, output_table=args.output_table,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:

@@ -63,6 +63,9 @@ class JobOptions:
     # Names in sparkcurate.io.sources.SOURCES / sparkcurate.io.sinks.SINKS.
     input_format: str = "jsonl"
     output_format: str = "jsonl"
+    # A catalog table for the kept rows ([catalog.]db.tbl; output_format parquet or delta); `output` still holds
+    # the run's summary, rejects and report.
+    output_table: str | None = None
 
 
 def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
@@ -75,7 +78,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     """
     started = time.time()
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
-    source, sink = get_source(opts.input_format), get_sink(opts.output_format)
+    source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
+    sink.check(opts.layout, opts.compression)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)
     splits = contextlib.ExitStack()  # Spark's split settings, put back however the run ends
@@ -89,6 +93,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         laps("list_and_infer_schema")
         rows = classified_rows(df, opts.classifiers, meters.docs, meters.devices, meters.stats).persist(_disk_level())
         try:
+            sink.check_target(output_rows(rows, opts.classifiers), opts.file_name_column)  # before classifying
             with ProgressReporter(spark.sparkContext, meters.docs, None, opts.progress_interval_s, opts.quiet,
                                   log) as progress:
                 counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
@@ -99,7 +104,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
             sink.write(output_rows(rows, opts.classifiers), opts.output, opts.layout, opts.file_name_column,
                        opts.compression)
             laps("write_output")
-            prune_stale_outputs(spark, opts, listing, counts)
+            prune_stale_outputs(spark, opts, listing, counts, sink)
             write_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
                           commit.run_id)
             laps("write_rejects")
