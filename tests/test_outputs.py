@@ -187,6 +187,7 @@ def test_table_output_dynamic_partition_overwrite(spark, typed_input, tmp_path, 
     out = tmp_path / "run"
     summary = run(spark, _opts(typed_input, out, output_table=table))
     assert (summary["output_records"], summary["rejected_records"]) == (3, 1)
+    assert (summary["output_format"], summary["output_table"]) == ("parquet", table)
     assert (out / "_summary.json").is_file() and (out / "_rejects").is_dir()
     assert not list(out.glob("file_name=*"))  # the rows are in the table, not under OUT
     partitions = [c.name for c in spark.catalog.listColumns(table) if c.isPartition]

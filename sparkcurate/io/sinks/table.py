@@ -62,6 +62,7 @@ class TableSink(Sink):
         spark = df.sparkSession
         if not spark.catalog.tableExists(self.table):
             log.info("creating table %s (%s, partitioned by %s)", self.table, self.provider, file_name_column)
+            warn_if_catalog_forgets(spark, self.table)
             (df.write.format(self.provider).mode("error").option("compression", self.compression(compression))
              .partitionBy(file_name_column).saveAsTable(self.table))
             return
@@ -111,6 +112,16 @@ class TableSink(Sink):
         for name in names:
             spark.sql(f"ALTER TABLE {self.table} DROP IF EXISTS PARTITION "
                       f"({quote_identifier(file_name_column)} = {sql_string(name)})")
+
+
+def warn_if_catalog_forgets(spark: "SparkSession", table: str) -> None:
+    """Spark's default catalog (``in-memory``, without Hive support) forgets a table when the session ends, while
+    its files stay in the warehouse: a later run in a new session would then fail on the existing location."""
+    if spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "in-memory":
+        log.warning("table %s is registered in Spark's in-memory catalog, which forgets it when this session "
+                    "ends (its files stay under spark.sql.warehouse.dir); for re-runs use a persistent catalog "
+                    "(Hive metastore, Unity Catalog, Glue; locally --conf spark.sql.catalogImplementation=hive): "
+                    "docs/formats.md", table)
 
 
 def table_provider(spark: "SparkSession", table: str) -> str | None:
