@@ -211,15 +211,16 @@ def check_output_path(output: str) -> None:
             return
 
 
-def check_output_options(args: argparse.Namespace) -> str:
-    """The output format (jsonl, or parquet for a table, when not given), after checking that it can write
-    ``--layout`` and ``--compression`` (bzip2 is a JSONL codec, not a Parquet one): a ``ValueError`` before Spark
-    starts otherwise."""
+def check_output_options(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The output format (jsonl, or parquet for a table, when not given) and codec (None: the format's default),
+    after checking that the format can write ``--layout`` and ``--compression`` (bzip2 is a JSONL codec, not a
+    Parquet one): a ``ValueError`` before Spark starts otherwise."""
     from sparkcurate.io.sinks import get_sink
 
     output_format = args.output_format or ("parquet" if args.output_table else "jsonl")
-    get_sink(output_format, args.output_table).check(args.layout, args.compression)
-    return output_format
+    sink = get_sink(output_format, args.output_table)
+    sink.check(args.layout, args.compression)
+    return output_format, None if args.compression == sink.compression(None) else args.compression
 
 
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -232,7 +233,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
         check_output_path(args.output)
-        output_format = check_output_options(args)
+        output_format, compression = check_output_options(args)
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
     except ValueError as exc:
@@ -248,7 +249,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     opts = JobOptions(
         input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
-        compression=args.compression, quiet=args.quiet,
+        compression=compression, quiet=args.quiet,
         waves=args.waves, report=not args.no_report, input_format=args.input_format,
         output_format=output_format, output_table=args.output_table,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),

@@ -36,8 +36,9 @@ def typed_input(tmp_path) -> Path:
 
 def _opts(src: Path, out: Path, **kw) -> JobOptions:
     kw.setdefault("output_format", "parquet")
+    kw.setdefault("report", False)
     return JobOptions(input=str(src), output=str(out), classifiers=[LengthClassifier(filter_by=["long"])],
-                      schema=SCHEMA, report=False, quiet=True, **kw)
+                      schema=SCHEMA, quiet=True, **kw)
 
 
 def _rows(df) -> dict[int, dict]:
@@ -48,11 +49,14 @@ def test_parquet_partitioned_keeps_the_input_types(spark, typed_input, tmp_path)
     from pyspark.sql import types as T
 
     out = tmp_path / "out"
-    summary = run(spark, _opts(typed_input, out))
+    summary = run(spark, _opts(typed_input, out, report=True))
     assert (summary["input_records"], summary["output_records"], summary["filtered_records"],
             summary["rejected_records"]) == (5, 3, 1, 1)
     assert summary["rejected_by_reason"] == {"text_missing": 1}
     assert (out / "_rejects").is_dir() and (out / "_summary.json").is_file()
+    assert (out / "_report" / "index.html").is_file()
+    [reject] = [json.loads(line) for f in (out / "_rejects").glob("part-*") for line in f.read_text().splitlines()]
+    assert (reject["reason"], reject["file_name"], reject["record"]["id"]) == ("text_missing", "sub/b.jsonl", 5)
 
     df = spark.read.parquet(str(out))
     types = {f.name: f.dataType for f in df.schema.fields}
@@ -143,11 +147,15 @@ def test_output_options_that_do_not_fit_the_format_are_usage_errors(argv, messag
 def test_the_jsonl_codecs_still_work_from_the_command_line():
     from sparkcurate.cli import build_parser, check_output_options
 
-    base = ["classify", "--input", "in", "--output", "out", "--classifier", "domain"]
-    assert check_output_options(build_parser().parse_args(base + ["--compression", "bzip2"])) == "jsonl"
-    assert check_output_options(build_parser().parse_args(base + ["--output-table", "t"])) == "parquet"
-    assert check_output_options(build_parser().parse_args(
-        base + ["--output-format", "parquet", "--compression", "zstd"])) == "parquet"
+    def resolved(*argv: str) -> tuple[str, str | None]:
+        base = ["classify", "--input", "in", "--output", "out", "--classifier", "domain"]
+        return check_output_options(build_parser().parse_args(base + list(argv)))
+
+    assert resolved("--compression", "bzip2") == ("jsonl", "bzip2")
+    assert resolved("--compression", "none") == ("jsonl", None)  # None: the format's default, as the job takes it
+    assert resolved("--output-table", "t") == ("parquet", None)
+    assert resolved("--output-format", "parquet", "--compression", "zstd") == ("parquet", "zstd")
+    assert resolved("--output-format", "parquet", "--compression", "none") == ("parquet", "none")
 
 
 def test_parquet_input_keeps_its_types(spark, tmp_path):
