@@ -1,6 +1,7 @@
 """The ``sparkcurate`` command: ``classify``, ``list``, ``report``.
 
-Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path.
+Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path;
+5 no executor, GPU or CUDA device the job asks for (nothing written).
 """
 
 from __future__ import annotations
@@ -8,17 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 from typing import Any, Sequence
 
 from sparkcurate.io.sinks import SINKS
-from sparkcurate.io.sources import SOURCES
+from sparkcurate.io.sources import SOURCE_NAMES
 from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("sparkcurate")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_RESOURCES = 0, 1, 2, 3, 4, 5
+
+# pyspark >= 4.1 warns "PySpark does not yet fully support pandas >= 3.0.0" whenever an Arrow UDF is built (our
+# mapInArrow included) and on import of its test helpers. sparkcurate hands data to Python as Arrow batches and
+# never converts through pandas, and the test suite passes with pandas 3 (and with pandas 1.5 under pyspark 3.5),
+# so the command silences exactly that message from pyspark instead of printing it on every run.
+PANDAS3_WARNING = "PySpark does not yet fully support pandas >= 3"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_arguments(sub.add_parser(
         "classify", help="classify, filter and write a JSONL dataset",
         description="Read JSONL, classify every document, keep the filter's labels, write JSONL by source file.",
-        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input.",
+        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input, 5 no "
+               "executor/GPU/CUDA the job asks for (executors are awaited spark.sparkcurate.executorWaitTimeout, "
+               "default 120s).",
     ))
     lst = sub.add_parser("list", help="show the classifiers, their models, limits and columns")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -40,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_classify_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, help="JSONL directory (recursive), file or glob; .gz works")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--input", help="input directory (recursive), file or glob, read as --input-format says")
+    where.add_argument("--input-table", metavar="DB.TABLE", help="a catalog table to read instead of --input")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--classifier", action="append", required=True, metavar="NAME[=MODEL]",
                    help="classifier name (see `sparkcurate list`), optionally =MODEL; repeat for one pass of several")
@@ -77,7 +89,7 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help="output compression, as the format's convention: " + "; ".join(
                        f"{name}: {', '.join(sink.compressions)} (default {sink.compressions[0]})"
                        for name, sink in sorted(SINKS.items())))
-    p.add_argument("--input-format", choices=sorted(SOURCES), default="jsonl", help="how the input is read")
+    p.add_argument("--input-format", choices=SOURCE_NAMES, default="jsonl", help="how --input is read: docs/formats.md")
     p.add_argument("--output-format", choices=sorted(SINKS),
                    help="how the kept rows are written (default: jsonl; parquet for --output-table)")
     p.add_argument("--output-table", metavar="[CATALOG.]DB.TABLE",
@@ -227,7 +239,8 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.failures import InputError
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
-    from sparkcurate.spark.session import get_session, parse_conf
+    from sparkcurate.spark.resources import ResourceUnavailable, check_local, wait_seconds
+    from sparkcurate.spark.session import get_session, parse_conf, under_spark_submit
 
     try:
         if args.waves < 0:
@@ -236,9 +249,16 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         output_format, compression = check_output_options(args)
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
+        wait_seconds(conf)
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    try:  # before Spark starts: a local job that could never run fails at once
+        master = args.master or ("" if under_spark_submit() else "local[*]")
+        check_local(master, conf, [c.device for c in classifiers])
+    except ResourceUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_RESOURCES
     try:
         for c in classifiers:  # before Spark starts: a bad model fails in seconds
             c.preflight()
@@ -247,10 +267,11 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return EXIT_MODEL
     spark = get_session(args.master, conf)
     opts = JobOptions(
-        input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
+        input=args.input_table or args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
         compression=compression, quiet=args.quiet,
-        waves=args.waves, report=not args.no_report, input_format=args.input_format,
+        waves=args.waves, report=not args.no_report,
+        input_format="table" if args.input_table else args.input_format,
         output_format=output_format, output_table=args.output_table,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
@@ -262,6 +283,9 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ModelArtifactError as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
+    except ResourceUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_RESOURCES
     log.info("%d input records: %d written, %d filtered out, %d rejected %s; %s; summary in %s/_summary.json",
              summary["input_records"], summary["output_records"], summary["filtered_records"],
              summary["rejected_records"], summary["rejected_by_reason"] or "", whole_run_text(summary),
@@ -304,6 +328,15 @@ def run_report(output: str) -> int:
     return EXIT_OK
 
 
+def silence_known_warnings() -> None:
+    """Hide warnings that say nothing about this job (see ``PANDAS3_WARNING``); must run before pyspark imports
+    the modules that warn, as Python shows a warning once per place."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=re.escape(PANDAS3_WARNING), category=FutureWarning,
+                            module=r"pyspark\.")
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -313,14 +346,18 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    silence_known_warnings()
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     if args.command == "list":
         return run_list(args.json)
     if args.command == "report":
         return run_report(args.output)
+    from sparkcurate.spark.session import stopping_own_session
+
     try:
-        return run_classify(args, argv)
+        with stopping_own_session():
+            return run_classify(args, argv)
     except KeyboardInterrupt:
         log.error("interrupted: the output directory keeps its previous content or a partial new one "
                   "(_RUNNING.json marks it)")

@@ -28,6 +28,7 @@ from sparkcurate.report.progress import ProgressReporter
 from sparkcurate.report.summary import build_summary, classified_count, count_rows, task_stats_summary, write_report
 from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows
 from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits
+from sparkcurate.spark.resources import check_resources, explain_device_failure
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,6 +79,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     """
     started = time.time()
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
+    # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
+    check_resources(spark, [c.device for c in opts.classifiers])
     source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
     sink.check(opts.layout, opts.compression)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
@@ -111,8 +114,10 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         finally:
             rows.unpersist()
     except BaseException as exc:
-        commit.failed()
-        explained = source.explain_failure(exc, spark, listing) if isinstance(exc, Exception) else None
+        explained = None
+        if isinstance(exc, Exception):
+            explained = explain_device_failure(exc) or source.explain_failure(exc, spark, listing)
+        commit.failed(explained is not None)
         if explained is not None:
             raise explained from exc
         raise

@@ -39,6 +39,7 @@ class OutputCommit:
         self.fs: "HadoopFS" = HadoopFS(spark, output)
         self.run_id = uuid.uuid4().hex[:12]
         self.previous: dict | None = self.fs.read_json(RUNNING_MARKER)
+        self.existed = self.fs.exists("")  # a run that fails before writing removes the directory it created
         self.touched = False
 
     @classmethod
@@ -56,10 +57,14 @@ class OutputCommit:
     def touch(self) -> None:
         self.touched = True
 
-    def failed(self) -> None:
+    def failed(self, explained: bool = False) -> None:
+        """``explained``: the failure is reported as one line of its own that says nothing was written."""
         if not self.touched:
             _restore_marker(self.fs, self.previous)
-            log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
+            if not self.existed:
+                _remove_if_empty(self.fs)
+            if not explained:
+                log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
         else:
             log.error("the run failed while replacing the output: %s/%s marks it as unfinished", self.output,
                       RUNNING_MARKER)
@@ -78,6 +83,15 @@ def _restore_marker(fs, previous: dict | None) -> None:
             fs.delete(RUNNING_MARKER)
     except Exception as exc:  # never hide the real failure
         log.warning("could not restore %s: %s", RUNNING_MARKER, exc)
+
+
+def _remove_if_empty(fs) -> None:
+    """Remove the output directory this run created (for its marker) when nothing else is in it."""
+    try:
+        if fs.exists("") and not fs.list(""):
+            fs.delete("")
+    except Exception as exc:  # never hide the real failure
+        log.warning("could not remove the empty output directory %s: %s", fs.root, exc)
 
 
 def clean_leftovers(fs) -> None:
