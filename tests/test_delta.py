@@ -1,8 +1,9 @@
 """Delta Lake for real: the command writes a Delta table at OUT (``--output-format delta``) and a Delta catalog
-table (``--output-table``), re-runs replace only the partitions they rewrite, and Delta's own log says so.
+table (``--output-table``), re-runs replace only the partitions they rewrite, and Delta's own log says so; it
+reads a Delta table (``--input-format delta``) and a Delta catalog table (``--input-table``) into both.
 
 Delta needs its jars in the JVM and two static session settings, so the job runs in its own Python process (one
-JVM for the whole scenario, the command's ``main`` called once per run) with ``spark.jars`` from
+session for the whole scenario, the command's ``main`` called once per run) with ``spark.jars`` from
 ``SPARKCURATE_DELTA_JARS`` (``scripts/fetch-jars.sh`` prints it). Without it the test is skipped, unless
 ``SPARKCURATE_REQUIRE_DELTA=1`` (CI) makes that a failure. Delta releases follow Spark's: CI runs this under
 pyspark 3.5 with delta-spark 3.3 (.ci/run); no Delta release supports pyspark 4.3 yet.
@@ -50,13 +51,13 @@ def _delta_jars() -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _classify(*args: str) -> dict:
+def _classify(*args: str, schema: str | None = SCHEMA) -> dict:
     """One ``sparkcurate classify`` through the command's own ``main``; returns the run's summary."""
     from sparkcurate.cli import EXIT_OK, main
 
     out = args[args.index("--output") + 1]
-    code = main(["classify", "--classifier", "length", "--filter-by", "long", "--schema", SCHEMA, "--quiet",
-                 "--no-report", *args])
+    code = main(["classify", "--classifier", "length", "--filter-by", "long", "--quiet", "--no-report",
+                 *(["--schema", schema] if schema else []), *args])
     assert code == EXIT_OK, f"sparkcurate classify {args} exited {code}"
     return json.loads(Path(out, "_summary.json").read_text())
 
@@ -99,7 +100,11 @@ def delta_scenario(work: str, jars: str) -> dict:
     root = Path(work)
     conf = {"spark.jars": jars, "spark.sql.warehouse.dir": str(root / "warehouse"),
             "spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false", **DELTA_CONF}
-    conf_args = [a for k, v in conf.items() for a in ("--conf", f"{k}={v}")] + ["--master", "local[2]"]
+    # The session is started here, as a notebook or spark-submit would: the command then uses it and leaves it
+    # running, so the in-memory catalog keeps its tables from one run to the next.
+    from sparkcurate.spark.session import get_session
+
+    spark = get_session("local[2]", conf)
     seen: dict[str, Any] = {}
 
     # Delta table at OUT: first run, an identical re-run, another input into the same table, then a re-run
@@ -108,29 +113,26 @@ def delta_scenario(work: str, jars: str) -> dict:
     write_jsonl(src / "a.jsonl", [_record(1, "a long text"), _record(2, "tiny"), _record(3, "another long one")])
     write_jsonl(src / "sub" / "b.jsonl", [_record(4, "long enough"), _record(5, None)])
     write_jsonl(other / "c.jsonl", [_record(7, "seventh long text")])
-    seen["summary"] = _classify("--input", str(src), "--output", str(out), "--output-format", "delta", *conf_args)
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.getActiveSession()
+    seen["summary"] = _classify("--input", str(src), "--output", str(out), "--output-format", "delta")
     path_table = f"delta.`{out}`"
     seen["first"] = _ids(spark.read.format("delta").load(str(out)))
     seen["types"] = {f.name: f.dataType.simpleString() for f in spark.read.format("delta").load(str(out)).schema}
-    _classify("--input", str(src), "--output", str(out), "--output-format", "delta", *conf_args)
+    _classify("--input", str(src), "--output", str(out), "--output-format", "delta")
     seen["rerun"] = _ids(spark.read.format("delta").load(str(out)))
-    _classify("--input", str(other), "--output", str(out), "--output-format", "delta", *conf_args)
+    _classify("--input", str(other), "--output", str(out), "--output-format", "delta")
     seen["with_other"] = _ids(spark.read.format("delta").load(str(out)))
     write_jsonl(src / "a.jsonl", [_record(1, "tiny")])
     write_jsonl(src / "sub" / "b.jsonl", [_record(6, "new long text")])
-    _classify("--input", str(src), "--output", str(out), "--output-format", "delta", *conf_args)
+    _classify("--input", str(src), "--output", str(out), "--output-format", "delta")
     seen["changed"] = _ids(spark.read.format("delta").load(str(out)))
     seen["history"] = _history(spark, path_table)
     seen["out_entries"] = sorted(p.name for p in out.iterdir())
 
-    # A Delta catalog table in the session's warehouse: created, re-run unchanged, re-run changed.
+    # A Delta catalog table in the session's warehouse: created, then re-run where b.jsonl keeps nothing.
     tsrc = root / "tin"
     write_jsonl(tsrc / "a.jsonl", [_record(1, "a long text"), _record(2, "tiny")])
     write_jsonl(tsrc / "b.jsonl", [_record(4, "long enough")])
-    table_args = ["--output-table", "default.kept", "--output-format", "delta", *conf_args]
+    table_args = ["--output-table", "default.kept", "--output-format", "delta"]
     seen["table_summary"] = _classify("--input", str(tsrc), "--output", str(root / "run"), *table_args)
     seen["table_first"] = _ids(spark.table("default.kept"))
     write_jsonl(tsrc / "b.jsonl", [_record(4, "tiny")])
@@ -141,6 +143,25 @@ def delta_scenario(work: str, jars: str) -> dict:
                               if r[0] == "Provider"]
     seen["table_location"] = spark.sql("DESCRIBE DETAIL default.kept").first()["location"]
     seen["out"] = str(out)
+
+    # Delta in: a Delta table (typed columns, two data files) classified into a Delta table, twice; then the same
+    # table registered in the catalog, read with --input-table into another catalog table.
+    docs = root / "docs"
+    rows = [_record(10, "a long text"), _record(11, "tiny"), _record(12, None), _record(13, "long again")]
+    (spark.createDataFrame(rows, SCHEMA).repartition(2, "id").write.format("delta").save(str(docs)))
+    read_args = ["--input", str(docs), "--input-format", "delta", "--output-format", "delta"]
+    seen["delta_in_summary"] = _classify(*read_args, "--output", str(root / "from-delta"), schema=None)
+    seen["delta_in"] = _ids(spark.read.format("delta").load(str(root / "from-delta")))
+    seen["delta_in_types"] = {f.name: f.dataType.simpleString()
+                              for f in spark.read.format("delta").load(str(root / "from-delta")).schema}
+    _classify(*read_args, "--output", str(root / "from-delta"), schema=None)
+    seen["delta_in_rerun"] = _ids(spark.read.format("delta").load(str(root / "from-delta")))
+    seen["delta_in_history"] = [h["operation"] for h in _history(spark, f"delta.`{root / 'from-delta'}`")]
+    spark.sql(f"CREATE TABLE default.docs USING delta LOCATION '{docs}'")
+    seen["table_in_summary"] = _classify("--input-table", "default.docs", "--output", str(root / "run-docs"),
+                                         "--output-table", "default.docs_kept", "--output-format", "delta",
+                                         schema=None)
+    seen["table_in"] = sorted(r["id"] for r in spark.table("default.docs_kept").collect())
     spark.stop()
     return seen
 
@@ -208,3 +229,21 @@ def test_delta_catalog_table(delta_run):
         {"add": ["a.jsonl"], "remove": ["a.jsonl"]},
         {"add": [], "remove": ["b.jsonl"]},
     ]
+
+
+@pytest.mark.slow
+def test_delta_input_classified_into_delta_and_tables(delta_run):
+    s = delta_run["delta_in_summary"]
+    assert (s["input_records"], s["output_records"], s["filtered_records"], s["rejected_records"]) == (4, 2, 1, 1)
+    assert s["rejected_by_reason"] == {"text_missing": 1}
+    ids = delta_run["delta_in"]
+    assert sorted(i for i, _ in ids) == [10, 13]
+    # file_name: the Delta table's data file each record came from (two files: the table was written in two)
+    assert all(name.endswith(".parquet") for _, name in ids) and s["input_files"] == 2
+    assert delta_run["delta_in_types"]["id"] == "int"  # Delta's own column types, through to the output
+    assert delta_run["delta_in_types"]["meta"] == "struct<source:string,depth:smallint>"
+    assert delta_run["delta_in_rerun"] == ids  # idempotent
+    assert delta_run["delta_in_history"] == ["WRITE", "WRITE"]
+    t = delta_run["table_in_summary"]
+    assert (t["input_records"], t["output_records"], t["rejected_records"]) == (4, 2, 1)
+    assert delta_run["table_in"] == [10, 13]
