@@ -87,10 +87,16 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark setting; repeatable")
     p.add_argument("--layout", choices=("partitioned", "mirror"), default="partitioned",
                    help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
-    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none",
-                   help="compression of the output JSONL files (default: none)")
+    p.add_argument("--compression", metavar="CODEC",
+                   help="output compression, as the format's convention: " + "; ".join(
+                       f"{name}: {', '.join(sink.compressions)} (default {sink.compressions[0]})"
+                       for name, sink in sorted(SINKS.items())))
     p.add_argument("--input-format", choices=SOURCE_NAMES, default="jsonl", help="how --input is read: docs/formats.md")
-    p.add_argument("--output-format", choices=sorted(SINKS), default="jsonl", help="how the kept rows are written")
+    p.add_argument("--output-format", choices=sorted(SINKS),
+                   help="how the kept rows are written (default: jsonl; parquet for --output-table)")
+    p.add_argument("--output-table", metavar="[CATALOG.]DB.TABLE",
+                   help="write the kept rows to this catalog table (parquet or delta), partitioned by file_name; "
+                        "--output still holds the run's summary, rejects and report (docs/formats.md)")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
     p.add_argument("--file-name-column", default="file_name",
                    help="column naming each record's input file; partitioned output is split by it "
@@ -219,6 +225,18 @@ def check_output_path(output: str) -> None:
             return
 
 
+def check_output_options(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The output format (jsonl, or parquet for a table, when not given) and codec (None: the format's default),
+    after checking that the format can write ``--layout`` and ``--compression`` (bzip2 is a JSONL codec, not a
+    Parquet one): a ``ValueError`` before Spark starts otherwise."""
+    from sparkcurate.io.sinks import get_sink
+
+    output_format = args.output_format or ("parquet" if args.output_table else "jsonl")
+    sink = get_sink(output_format, args.output_table)
+    sink.check(args.layout, args.compression)
+    return output_format, None if args.compression == sink.compression(None) else args.compression
+
+
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.failures import InputError
     from sparkcurate.io.sources.base import UsageError, check_text_field, parse_schema
@@ -232,6 +250,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
         check_text_field(args.text_field, args.file_name_column)
         check_output_path(args.output)
+        output_format, compression = check_output_options(args)
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
         wait_seconds(conf)
@@ -259,10 +278,10 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     opts = JobOptions(
         input=args.input_table or args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
-        compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
+        compression=compression, quiet=args.quiet,
         waves=args.waves, report=not args.no_report,
         input_format="table" if args.input_table else args.input_format,
-        output_format=args.output_format,
+        output_format=output_format, output_table=args.output_table,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:

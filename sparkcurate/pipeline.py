@@ -65,6 +65,9 @@ class JobOptions:
     # Names in sparkcurate.io.sources.SOURCES / sparkcurate.io.sinks.SINKS.
     input_format: str = "jsonl"
     output_format: str = "jsonl"
+    # A catalog table for the kept rows ([catalog.]db.tbl; output_format parquet or delta); `output` still holds
+    # the run's summary, rejects and report.
+    output_table: str | None = None
 
 
 def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
@@ -79,7 +82,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
     # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
     check_resources(spark, [c.device for c in opts.classifiers])
-    source, sink = get_source(opts.input_format), get_sink(opts.output_format)
+    source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
+    sink.check(opts.layout, opts.compression)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)
     splits = contextlib.ExitStack()  # Spark's split settings, put back however the run ends
@@ -93,6 +97,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         laps("list_and_infer_schema")
         rows = classified_rows(df, opts.classifiers, meters.docs, meters.devices, meters.stats).persist(_disk_level())
         try:
+            sink.check_target(output_rows(rows, opts.classifiers), opts.file_name_column)  # before classifying
             with ProgressReporter(spark.sparkContext, meters.docs, None, opts.progress_interval_s, opts.quiet,
                                   log) as progress:
                 counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
@@ -103,7 +108,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
             sink.write(output_rows(rows, opts.classifiers), opts.output, opts.layout, opts.file_name_column,
                        opts.compression)
             laps("write_output")
-            prune_stale_outputs(spark, opts, listing, counts)
+            prune_stale_outputs(spark, opts, listing, counts, sink)
             write_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
                           commit.run_id)
             laps("write_rejects")

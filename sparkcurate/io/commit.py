@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from sparkcurate.io.fs import HadoopFS
     from sparkcurate.io.listing import InputListing
+    from sparkcurate.io.sinks import Sink
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +116,15 @@ def write_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run
         fs.delete("_staging")
 
 
-def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any) -> None:
+def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any,
+                        sink: "Sink | None" = None) -> None:
     """Remove the earlier output of input files that keep nothing this time (every record filtered out or
     rejected): Spark writes no partition for them, so the old one would otherwise survive a re-run. ``opts``:
-    the run's ``pipeline.JobOptions`` (its sink says where each input's output lives); ``counts``: its
-    ``report.summary.Counts`` (neither imported: both sit above this module)."""
-    from sparkcurate.io.fs import HadoopFS
-
+    the run's ``pipeline.JobOptions``; ``counts``: its ``report.summary.Counts`` (neither imported: both sit above
+    this module); ``sink``: where the output goes (says how an input's output is removed; by default the one
+    ``opts.output_format`` names)."""
     kept = {fname for fname, status, _reason, n in counts.by_status_file if status == "kept" and n > 0}
-    fs = HadoopFS(spark, opts.output)
-    sink = get_sink(opts.output_format)
-    for f in listing.files:
-        if f.file_name in kept:
-            continue
-        target = sink.target(spark, opts.layout, opts.file_name_column, f.file_name, opts.compression)
-        if fs.exists(target):
-            log.info("removing %s: %s keeps no record this time", target, f.file_name)
-            fs.delete(target)
+    sink = sink or get_sink(opts.output_format)
+    stale = [f.file_name for f in listing.files if f.file_name not in kept]
+    if stale:
+        sink.remove_outputs(spark, opts.output, opts.layout, opts.file_name_column, stale, opts.compression)

@@ -124,6 +124,8 @@ def build_summary(spark: "SparkSession", opts: Any, counts: Counts, models: list
         "output": opts.output,
         "command": opts.command,
         "layout": opts.layout,
+        "output_format": opts.output_format,
+        "output_table": getattr(opts, "output_table", None),  # where the kept rows went, when not under output
         "input_files": len(listing.files),
         "input_bytes": listing.total_bytes,
         "empty_files": sorted(f.file_name for f in listing.files if f.size == 0),
