@@ -115,9 +115,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         finally:
             rows.unpersist()
     except BaseException as exc:
-        explained = None
-        if isinstance(exc, Exception):
-            explained = explain_device_failure(exc) or source.explain_failure(exc, spark, listing)
+        explained = _explain(exc, source, spark, listing)
         # A UsageError (a field that clashes with the job's columns) is the command's one line of its own.
         commit.failed(explained is not None or isinstance(exc, UsageError))
         if explained is not None:
@@ -127,12 +125,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         splits.close()
     summary = build_summary(spark, opts, counts, models, listing, started, time.time() - started,
                             meters.devices.value)
-    kernels, stats = split_task_counts(meters.stats.value)
     summary.update(previous_run_unfinished=commit.previous or None, timings_s=laps.timings,
-                   task_stats=task_stats_summary(stats), kernels=kernels,
-                   input_splits=plan.as_dict() if plan is not None else None,
-                   # the classify phase as its closing console line reported it (README: "The summary's figures")
-                   classify_s=round(progress.final_elapsed_s, 3), classify_docs_per_s=progress.final_rate)
+                   input_splits=plan.as_dict() if plan is not None else None, **meters.summary(progress))
     commit.finish(summary)
     if opts.report:
         write_report(opts.output)
@@ -160,6 +154,21 @@ class TaskMeters:
         self.docs = sc.accumulator(0)
         self.devices = device_accumulator(sc)
         self.stats = stats_accumulator(sc)
+
+    def summary(self, progress: ProgressReporter) -> dict[str, Any]:
+        """The summary's task figures: time by kind, the kernels each model ran (tasks per value), and the
+        classify phase as its closing console line reported it (README: "The summary's figures")."""
+        kernels, stats = split_task_counts(self.stats.value)
+        return {"task_stats": task_stats_summary(stats), "kernels": kernels,
+                "classify_s": round(progress.final_elapsed_s, 3), "classify_docs_per_s": progress.final_rate}
+
+
+def _explain(exc: BaseException, source, spark: "SparkSession", listing) -> Exception | None:
+    """The one-line error for a failure the job can explain (a task without its device, an input file Spark
+    could not read), or None."""
+    if not isinstance(exc, Exception):
+        return None
+    return explain_device_failure(exc) or source.explain_failure(exc, spark, listing)
 
 
 def _common_text_field(classifiers: Sequence["DistributedDataClassifier"]) -> str:
