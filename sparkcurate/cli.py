@@ -1,6 +1,7 @@
 """The ``sparkcurate`` command: ``classify``, ``list``, ``report``.
 
-Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path.
+Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path;
+5 no executor, GPU or CUDA device the job asks for (nothing written).
 """
 
 from __future__ import annotations
@@ -8,17 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 from typing import Any, Sequence
 
 from sparkcurate.io.sinks import SINKS
-from sparkcurate.io.sources import SOURCES
+from sparkcurate.io.sources import SOURCE_NAMES
 from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("sparkcurate")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_RESOURCES = 0, 1, 2, 3, 4, 5
+
+# pyspark >= 4.1 warns "PySpark does not yet fully support pandas >= 3.0.0" whenever an Arrow UDF is built (our
+# mapInArrow included) and on import of its test helpers. sparkcurate hands data to Python as Arrow batches and
+# never converts through pandas, and the test suite passes with pandas 3 (and with pandas 1.5 under pyspark 3.5),
+# so the command silences exactly that message from pyspark instead of printing it on every run.
+PANDAS3_WARNING = "PySpark does not yet fully support pandas >= 3"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_arguments(sub.add_parser(
         "classify", help="classify, filter and write a JSONL dataset",
         description="Read JSONL, classify every document, keep the filter's labels, write JSONL by source file.",
-        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input.",
+        epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input, 5 no "
+               "executor/GPU/CUDA the job asks for (executors are awaited spark.sparkcurate.executorWaitTimeout, "
+               "default 120s).",
     ))
     lst = sub.add_parser("list", help="show the classifiers, their models, limits and columns")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -40,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_classify_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, help="JSONL directory (recursive), file or glob; .gz works")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--input", help="input directory (recursive), file or glob, read as --input-format says")
+    where.add_argument("--input-table", metavar="DB.TABLE", help="a catalog table to read instead of --input")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--classifier", action="append", required=True, metavar="NAME[=MODEL]",
                    help="classifier name (see `sparkcurate list`), optionally =MODEL; repeat for one pass of several")
@@ -63,7 +75,9 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: fp32 on CPU, fp16 on GPUs; fp16-split: fp16 with fp32-exact weights (closer to fp32, "
                         "slower)")
     p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...' "
-                                    "(a value with ';' or '=' is inline, never a file name)")
+                                    "(a value with ';' or '=' is inline, never a file name); at least two; a label "
+                                    "without a description, or with an empty one, is described by its name "
+                                    "('_' as spaces), in every form")
     p.add_argument("--param", action="append", metavar="[NAME:]KEY=VALUE",
                    help="a classifier option by name, e.g. aegis:adapter=permissive or zero-shot:temperature=0.1 "
                         "(values parsed as JSON when they can be); repeatable")
@@ -73,10 +87,16 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark setting; repeatable")
     p.add_argument("--layout", choices=("partitioned", "mirror"), default="partitioned",
                    help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
-    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none",
-                   help="compression of the output JSONL files (default: none)")
-    p.add_argument("--input-format", choices=sorted(SOURCES), default="jsonl", help="how the input is read")
-    p.add_argument("--output-format", choices=sorted(SINKS), default="jsonl", help="how the kept rows are written")
+    p.add_argument("--compression", metavar="CODEC",
+                   help="output compression, as the format's convention: " + "; ".join(
+                       f"{name}: {', '.join(sink.compressions)} (default {sink.compressions[0]})"
+                       for name, sink in sorted(SINKS.items())))
+    p.add_argument("--input-format", choices=SOURCE_NAMES, default="jsonl", help="how --input is read: docs/formats.md")
+    p.add_argument("--output-format", choices=sorted(SINKS),
+                   help="how the kept rows are written (default: jsonl; parquet for --output-table)")
+    p.add_argument("--output-table", metavar="[CATALOG.]DB.TABLE",
+                   help="write the kept rows to this catalog table (parquet or delta), partitioned by file_name; "
+                        "--output still holds the run's summary, rejects and report (docs/formats.md)")
     p.add_argument("--jsonl-mode", choices=("exact", "reserialize"), default="reserialize",
                    help="JSONL in and out: exact writes each kept line byte for byte with the predictions appended; "
                         "reserialize (default) writes the parsed record (docs/formats.md)")
@@ -178,7 +198,7 @@ def make_classifiers(args: argparse.Namespace) -> list[Any]:
                           max_tokens=args.max_tokens)
         elif args.pred_column or args.prob_column:
             raise ValueError("--pred-column/--prob-column are for a single classifier")
-        if args.labels:
+        if args.labels is not None:  # --labels '' is an error below, not the default labels
             if name != "zero-shot":
                 raise ValueError("--labels is for the zero-shot classifier")
             from sparkcurate.classifiers.zero_shot import read_label_descriptions
@@ -213,24 +233,47 @@ def check_output_path(output: str) -> None:
             return
 
 
+def check_output_options(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The output format (jsonl, or parquet for a table, when not given) and codec (None: the format's default),
+    after checking that the format can write ``--layout`` and ``--compression`` (bzip2 is a JSONL codec, not a
+    Parquet one): a ``ValueError`` before Spark starts otherwise."""
+    from sparkcurate.io.sinks import get_sink
+
+    output_format = args.output_format or ("parquet" if args.output_table else "jsonl")
+    sink = get_sink(output_format, args.output_table)
+    sink.check(args.layout, args.compression)
+    return output_format, None if args.compression == sink.compression(None) else args.compression
+
+
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.failures import InputError
+    from sparkcurate.io.sources.base import UsageError, check_text_field, parse_schema
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
-    from sparkcurate.spark.session import get_session, parse_conf
+    from sparkcurate.spark.resources import ResourceUnavailable, check_local, wait_seconds
+    from sparkcurate.spark.session import get_session, parse_conf, under_spark_submit
 
     try:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
+        check_text_field(args.text_field, args.file_name_column)
         check_output_path(args.output)
+        output_format, compression = check_output_options(args)
         if args.output_mode == "attributes" and args.filter_by:
             raise ValueError("--filter-by does not apply to --output-mode attributes: every record gets its "
                              "attribute row (filter on the predictions when you join)")
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
+        wait_seconds(conf)
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    try:  # before Spark starts: a local job that could never run fails at once
+        master = args.master or ("" if under_spark_submit() else "local[*]")
+        check_local(master, conf, [c.device for c in classifiers])
+    except ResourceUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_RESOURCES
     try:
         for c in classifiers:  # before Spark starts: a bad model fails in seconds
             c.preflight()
@@ -238,23 +281,35 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
     spark = get_session(args.master, conf)
+    try:
+        parse_schema(args.schema)  # Spark parses DDL: checked once it runs, before any input is read
+    except UsageError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     opts = JobOptions(
-        input=args.input, output=args.output, classifiers=classifiers, layout=args.layout,
+        input=args.input_table or args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
-        compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
-        waves=args.waves, report=not args.no_report, input_format=args.input_format,
-        output_format=args.output_format, jsonl_mode=args.jsonl_mode, output_mode=args.output_mode,
-        id_field=args.id_field or None,
+        compression=compression, quiet=args.quiet,
+        waves=args.waves, report=not args.no_report,
+        input_format="table" if args.input_table else args.input_format,
+        output_format=output_format, output_table=args.output_table, jsonl_mode=args.jsonl_mode,
+        output_mode=args.output_mode, id_field=args.id_field or None,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:
         summary = run(spark, opts)
+    except UsageError as exc:  # an input field that clashes with a column the job writes
+        log.error("%s", exc)
+        return EXIT_USAGE
     except InputError as exc:
         log.error("input: %s", exc)
         return EXIT_INPUT
     except ModelArtifactError as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
+    except ResourceUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_RESOURCES
     log.info("%d input records: %d written, %d filtered out, %d rejected %s; %s; summary in %s/_summary.json",
              summary["input_records"], summary["output_records"], summary["filtered_records"],
              summary["rejected_records"], summary["rejected_by_reason"] or "", whole_run_text(summary),
@@ -297,6 +352,15 @@ def run_report(output: str) -> int:
     return EXIT_OK
 
 
+def silence_known_warnings() -> None:
+    """Hide warnings that say nothing about this job (see ``PANDAS3_WARNING``); must run before pyspark imports
+    the modules that warn, as Python shows a warning once per place."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=re.escape(PANDAS3_WARNING), category=FutureWarning,
+                            module=r"pyspark\.")
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -306,14 +370,18 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    silence_known_warnings()
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     if args.command == "list":
         return run_list(args.json)
     if args.command == "report":
         return run_report(args.output)
+    from sparkcurate.spark.session import stopping_own_session
+
     try:
-        return run_classify(args, argv)
+        with stopping_own_session():
+            return run_classify(args, argv)
     except KeyboardInterrupt:
         log.error("interrupted: the output directory keeps its previous content or a partial new one "
                   "(_RUNNING.json marks it)")

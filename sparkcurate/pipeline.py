@@ -25,11 +25,13 @@ from sparkcurate.io.failures import check_no_vanished_files
 from sparkcurate.io.fs import data_bytes
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
+from sparkcurate.io.sources.base import UsageError
 from sparkcurate.report.progress import ProgressReporter
 from sparkcurate.report.summary import build_summary, classified_count, count_rows, task_stats_summary, write_report
 from sparkcurate.spark.attributes import attribute_key, attribute_rows
 from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows, without_line_copies
 from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits
+from sparkcurate.spark.resources import check_resources, explain_device_failure
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,6 +67,9 @@ class JobOptions:
     # Names in sparkcurate.io.sources.SOURCES / sparkcurate.io.sinks.SINKS.
     input_format: str = "jsonl"
     output_format: str = "jsonl"
+    # A catalog table for the kept rows ([catalog.]db.tbl; output_format parquet or delta); `output` still holds
+    # the run's summary, rejects and report.
+    output_table: str | None = None
     # JSONL in and out: "exact" writes each kept line as it was read, predictions appended; "reserialize" writes
     # the parsed record (docs/formats.md).
     jsonl_mode: str = "reserialize"
@@ -85,7 +90,10 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     started = time.time()
     check_modes(opts)
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
-    source, sink = get_source(opts.input_format), get_sink(opts.output_format)
+    # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
+    check_resources(spark, [c.device for c in opts.classifiers])
+    source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
+    sink.check(opts.layout, opts.compression)
     attributes = opts.output_mode == "attributes"
     source.keep_lines = attributes or (opts.jsonl_mode == "exact" and sink.name == "jsonl")
     source.record_positions = attributes
@@ -104,6 +112,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         rows = classified_rows(df, opts.classifiers, meters.docs, meters.devices, meters.stats)
         rows = without_line_copies(rows, [text_field], attributes).persist(_disk_level())
         try:
+            if not attributes:
+                sink.check_target(output_rows(rows, opts.classifiers), opts.file_name_column)  # before classifying
             with ProgressReporter(spark.sparkContext, meters.docs, None, opts.progress_interval_s, opts.quiet,
                                   log) as progress:
                 counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
@@ -116,15 +126,16 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
             commit.touch()
             sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
             laps("write_output")
-            prune_stale_outputs(spark, opts, listing, counts)
+            prune_stale_outputs(spark, opts, listing, counts, sink)
             write_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
                           commit.run_id)
             laps("write_rejects")
         finally:
             rows.unpersist()
     except BaseException as exc:
-        commit.failed()
-        explained = source.explain_failure(exc, spark, listing) if isinstance(exc, Exception) else None
+        explained = _explain(exc, source, spark, listing)
+        # A UsageError (a field that clashes with the job's columns) is the command's one line of its own.
+        commit.failed(explained is not None or isinstance(exc, UsageError))
         if explained is not None:
             raise explained from exc
         raise
@@ -132,15 +143,11 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         splits.close()
     summary = build_summary(spark, opts, counts, models, listing, started, time.time() - started,
                             meters.devices.value)
-    kernels, stats = split_task_counts(meters.stats.value)
     summary.update(previous_run_unfinished=commit.previous or None, timings_s=laps.timings,
-                   task_stats=task_stats_summary(stats), kernels=kernels,
-                   input_splits=plan.as_dict() if plan is not None else None,
-                   # the classify phase as its closing console line reported it (README: "The summary's figures")
-                   classify_s=round(progress.final_elapsed_s, 3), classify_docs_per_s=progress.final_rate,
+                   input_splits=plan.as_dict() if plan is not None else None, **meters.summary(progress),
                    output_mode=opts.output_mode,
                    jsonl_mode=opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
-                   output_bytes=data_bytes(spark, opts.output),
+                   output_bytes=None if opts.output_table else data_bytes(spark, opts.output),
                    attribute_key=[opts.file_name_column, key] if attributes else None)
     commit.finish(summary)
     if opts.report:
@@ -149,14 +156,16 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
 
 
 def check_modes(opts: JobOptions) -> None:
-    """A ValueError for modes that do not exist or do not go together, before anything runs."""
+    """A ``UsageError`` for modes that do not exist or do not go together, before anything runs."""
     if opts.jsonl_mode not in ("exact", "reserialize"):
-        raise ValueError(f"jsonl_mode must be 'exact' or 'reserialize', got {opts.jsonl_mode!r}")
+        raise UsageError(f"jsonl_mode must be 'exact' or 'reserialize', got {opts.jsonl_mode!r}")
     if opts.output_mode not in ("records", "attributes"):
-        raise ValueError(f"output_mode must be 'records' or 'attributes', got {opts.output_mode!r}")
+        raise UsageError(f"output_mode must be 'records' or 'attributes', got {opts.output_mode!r}")
     if opts.output_mode == "attributes" and any(c.filter_by for c in opts.classifiers):
-        raise ValueError("--filter-by does not apply to attribute files: every record gets its attribute row "
+        raise UsageError("--filter-by does not apply to attribute files: every record gets its attribute row "
                          "(filter on the predictions when you join)")
+    if opts.output_mode == "attributes" and opts.output_table:
+        raise UsageError("attribute files are written under --output, not to an --output-table")
 
 
 class Laps:
@@ -180,6 +189,21 @@ class TaskMeters:
         self.docs = sc.accumulator(0)
         self.devices = device_accumulator(sc)
         self.stats = stats_accumulator(sc)
+
+    def summary(self, progress: ProgressReporter) -> dict[str, Any]:
+        """The summary's task figures: time by kind, the kernels each model ran (tasks per value), and the
+        classify phase as its closing console line reported it (README: "The summary's figures")."""
+        kernels, stats = split_task_counts(self.stats.value)
+        return {"task_stats": task_stats_summary(stats), "kernels": kernels,
+                "classify_s": round(progress.final_elapsed_s, 3), "classify_docs_per_s": progress.final_rate}
+
+
+def _explain(exc: BaseException, source, spark: "SparkSession", listing) -> Exception | None:
+    """The one-line error for a failure the job can explain (a task without its device, an input file Spark
+    could not read), or None."""
+    if not isinstance(exc, Exception):
+        return None
+    return explain_device_failure(exc) or source.explain_failure(exc, spark, listing)
 
 
 def _common_text_field(classifiers: Sequence["DistributedDataClassifier"]) -> str:

@@ -152,3 +152,19 @@ def test_filter_by_is_refused_with_attributes(spark, tmp_path):
     with pytest.raises(ValueError, match="filter-by does not apply"):
         run(spark, JobOptions(input=str(SAMPLES), output=str(tmp_path / "o"), output_mode="attributes",
                               classifiers=[LengthClassifier(device="cpu", filter_by=["long"])]))
+
+
+def test_parquet_input_gets_record_positions(spark, tmp_path):
+    """A file format other than JSONL numbers its rows the same way (the file source's positions)."""
+    src = tmp_path / "in"
+    rows = [(f"t{i}", "x" * (i % 9)) for i in range(40)]
+    spark.createDataFrame(rows, "id string, text string").coalesce(1).write.parquet(str(src / "a"))
+    out = tmp_path / "out"
+    summary = run(spark, JobOptions(input=str(src), output=str(out), input_format="parquet", id_field=None,
+                                    output_mode="attributes", report=False,
+                                    classifiers=[LengthClassifier(device="cpu")]))
+    assert summary["attribute_key"] == ["file_name", "record"]
+    got = sorted((r["record"], r["length_pred"], r["reason"]) for r in _attribute_rows(out))
+    want = [(i + 1, None if i % 9 == 0 else ("long" if i % 9 > 5 else "short"),
+             "text_empty" if i % 9 == 0 else None) for i in range(40)]
+    assert got == want

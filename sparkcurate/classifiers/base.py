@@ -235,7 +235,8 @@ class DistributedDataClassifier:
     def check_weights(self, model_dir: Path, config: dict[str, Any], extra: list[Path]) -> None:
         """Hook: every weight the module needs is in the checkpoint with its shape, and nothing else is.
         Default: ``build_module`` on the meta device against the safetensors headers."""
-        expected = expected_shapes(lambda: self.build_module(model_dir, config))
+        base = f" (with its base_model {config['base_model']})" if config.get("base_model") else ""
+        expected = expected_shapes(lambda: self.build_module(model_dir, config), f"{model_dir}/config.json{base}")
         compare_keys(expected, checkpoint_shapes(model_dir, self.load_options), str(model_dir))
 
     def preflight_details(self) -> dict[str, Any]:

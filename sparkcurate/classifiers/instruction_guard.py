@@ -114,7 +114,7 @@ class InstructionDataGuardClassifier(LlamaGuardClassifier):
         from sparkcurate.models.loading import checkpoint_shapes, compare_keys, expected_shapes
 
         dim, dropout = self._guard_input_dim(extra[1], config)
-        expected = expected_shapes(lambda: build_guard_net(dim, dropout))
+        expected = expected_shapes(lambda: build_guard_net(dim, dropout), f"{extra[1]}/config.json")
         compare_keys(expected, checkpoint_shapes(extra[1], self.load_options), str(extra[1]))
 
     def wrap_module(self, lm, tokenizer, config: dict[str, Any], extra: list[Path]):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from sparkcurate.io.fs import HadoopFS
     from sparkcurate.io.listing import InputListing
+    from sparkcurate.io.sinks import Sink
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class OutputCommit:
         self.fs: "HadoopFS" = HadoopFS(spark, output)
         self.run_id = uuid.uuid4().hex[:12]
         self.previous: dict | None = self.fs.read_json(RUNNING_MARKER)
+        self.existed = self.fs.exists("")  # a run that fails before writing removes the directory it created
         self.touched = False
 
     @classmethod
@@ -55,10 +57,14 @@ class OutputCommit:
     def touch(self) -> None:
         self.touched = True
 
-    def failed(self) -> None:
+    def failed(self, explained: bool = False) -> None:
+        """``explained``: the failure is reported as one line of its own that says nothing was written."""
         if not self.touched:
             _restore_marker(self.fs, self.previous)
-            log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
+            if not self.existed:
+                _remove_if_empty(self.fs)
+            if not explained:
+                log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
         else:
             log.error("the run failed while replacing the output: %s/%s marks it as unfinished", self.output,
                       RUNNING_MARKER)
@@ -77,6 +83,15 @@ def _restore_marker(fs, previous: dict | None) -> None:
             fs.delete(RUNNING_MARKER)
     except Exception as exc:  # never hide the real failure
         log.warning("could not restore %s: %s", RUNNING_MARKER, exc)
+
+
+def _remove_if_empty(fs) -> None:
+    """Remove the output directory this run created (for its marker) when nothing else is in it."""
+    try:
+        if fs.exists("") and not fs.list(""):
+            fs.delete("")
+    except Exception as exc:  # never hide the real failure
+        log.warning("could not remove the empty output directory %s: %s", fs.root, exc)
 
 
 def clean_leftovers(fs) -> None:
@@ -101,21 +116,16 @@ def write_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run
         fs.delete("_staging")
 
 
-def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any) -> None:
+def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any,
+                        sink: "Sink | None" = None) -> None:
     """Remove the earlier output of input files that keep nothing this time (every record filtered out or
-    rejected; in attribute mode, files with no record): Spark writes no partition for them, so the old one would otherwise survive a re-run. ``opts``:
-    the run's ``pipeline.JobOptions`` (its sink says where each input's output lives); ``counts``: its
-    ``report.summary.Counts`` (neither imported: both sit above this module)."""
-    from sparkcurate.io.fs import HadoopFS
-
+    rejected; in attribute mode, files with no record): Spark writes no partition for them, so the old one would
+    otherwise survive a re-run. ``opts``: the run's ``pipeline.JobOptions``; ``counts``: its
+    ``report.summary.Counts`` (neither imported: both sit above this module); ``sink``: where the output goes
+    (says how an input's output is removed; by default the one ``opts.output_format`` names)."""
     every = getattr(opts, "output_mode", "records") == "attributes"  # attribute files: a row for every record
     kept = {fname for fname, status, _reason, n in counts.by_status_file if (every or status == "kept") and n > 0}
-    fs = HadoopFS(spark, opts.output)
-    sink = get_sink(opts.output_format)
-    for f in listing.files:
-        if f.file_name in kept:
-            continue
-        target = sink.target(spark, opts.layout, opts.file_name_column, f.file_name, opts.compression)
-        if fs.exists(target):
-            log.info("removing %s: %s keeps no record this time", target, f.file_name)
-            fs.delete(target)
+    sink = sink or get_sink(opts.output_format)
+    stale = [f.file_name for f in listing.files if f.file_name not in kept]
+    if stale:
+        sink.remove_outputs(spark, opts.output, opts.layout, opts.file_name_column, stale, opts.compression)

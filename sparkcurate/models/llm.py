@@ -29,11 +29,13 @@ from sparkcurate.models.loading import (
     read_json,
     read_safetensors_header,
     safetensors_files,
+    source_of,
 )
 
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
+GENERATION_CONFIG = "generation_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
 ADAPTER_PICKLE = "adapter_model.bin"
 # Buffers that older Llama checkpoints saved but transformers recomputes (never weights).
@@ -61,7 +63,8 @@ def causal_lm_expected_shapes(config: Mapping[str, Any]) -> dict[str, list[int]]
     from transformers import AutoModelForCausalLM
 
     hf_config = causal_lm_config(config)
-    shapes = expected_shapes(lambda: AutoModelForCausalLM.from_config(hf_config))
+    where = source_of(config, "the base model's config")
+    shapes = expected_shapes(lambda: AutoModelForCausalLM.from_config(hf_config), where)
     if getattr(hf_config, "tie_word_embeddings", False):
         shapes.pop("lm_head.weight", None)  # tied: the checkpoint stores the embedding once
     return shapes
@@ -72,8 +75,25 @@ def causal_lm_checkpoint_shapes(model_dir: Path, options: LoadOptions) -> dict[s
     return {k: v for k, v in found.items() if not k.endswith(_NON_WEIGHT_SUFFIXES)}
 
 
+def check_generation_config(model_dir: Path) -> None:
+    """``from_pretrained`` also reads ``generation_config.json`` (on the executors, when the model is loaded): a
+    malformed one is refused here, on the driver, naming the file, instead of failing every task."""
+    from transformers import GenerationConfig
+
+    path = model_dir / GENERATION_CONFIG
+    if not path.is_file():
+        return
+    read_json(path)  # a JSON object whose known fields have their shapes
+    try:
+        GenerationConfig.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:  # transformers validates the remaining fields with its own errors
+        raise ModelArtifactError(f"{path}: transformers refuses it: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+
 def check_causal_lm(model_dir: Path, config: Mapping[str, Any], options: LoadOptions) -> dict[str, list[int]]:
-    """Every weight of the base model present with the right shape; returns the expected shapes."""
+    """Every weight of the base model present with the right shape, and its generation config readable; returns
+    the expected shapes."""
+    check_generation_config(model_dir)
     expected = causal_lm_expected_shapes(config)
     found = causal_lm_checkpoint_shapes(model_dir, options)
     if "lm_head.weight" not in expected:
@@ -133,7 +153,12 @@ def adapter_shapes(adapter_dir: Path, options: LoadOptions) -> dict[str, list[in
         raise ModelArtifactError(f"no adapter weights in {adapter_dir}: expected {ADAPTER_SAFETENSORS}")
     if not options.allow_pickle:
         raise ModelArtifactError(f"{pkl} is a pickle; convert it to safetensors or pass --allow-pickle")
-    state = torch.load(str(pkl), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(pkl), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelArtifactError(f"{pkl} could not be loaded weights-only: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelArtifactError(f"{pkl} does not hold a state dict of tensors")
     return {k: list(v.shape) for k, v in state.items()}
 
 
@@ -158,6 +183,8 @@ def check_adapter(adapter_dir: Path, base_shapes: Mapping[str, Sequence[int]], o
         base = base_shapes.get(target + ".weight")
         if base is None:
             problems.append(f"{key}: the base model has no {target}")
+        elif len(shape) != 2 or len(base) != 2:
+            problems.append(f"{key}: LoRA needs 2-D weights, got shape {list(shape)} for a base weight {list(base)}")
         elif kind == "lora_A" and shape[-1] != base[1]:
             problems.append(f"{key}: input size {shape[-1]} vs {base[1]}")
         elif kind == "lora_B" and shape[0] != base[0]:

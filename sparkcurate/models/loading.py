@@ -17,6 +17,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from sparkcurate.models.artifacts import (
+    TOKENIZER_FILE_CHECKS,
+    ModelArtifactError,
+    check_fields,
+    check_safetensors_header,
+    describe,
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -40,10 +48,6 @@ TOKENIZER_FILES = (
 # What a hub snapshot needs: configs, safetensors weights and tokenizer files. Pickles are fetched only when
 # the user allowed them, so a pickle-only repository fails the pre-flight check with a clear reason.
 HUB_PATTERNS = ["*.json", "*.safetensors", *TOKENIZER_FILES]
-
-
-class ModelArtifactError(ValueError):
-    """A model directory that cannot be used as it is: the message says what is wrong and what to do."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,22 @@ def _snapshot_from_hub(repo_id: str, options: LoadOptions) -> Path:
 # Configs
 # ----------------------------------------------------------------------------------------------------------
 
-def read_json(path: Path) -> dict[str, Any]:
+class ArtifactJson(dict):
+    """A JSON object read from an artifact, remembering its file (``source``) so that a later error, e.g. from
+    transformers building a model from it, can still name the file."""
+
+    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+        super().__init__(data)
+        self.source = source
+
+
+def source_of(config: Mapping[str, Any], default: str) -> str:
+    """The file a config was read from, or ``default`` for a dict made in code."""
+    return getattr(config, "source", default)
+
+
+def read_json(path: Path) -> ArtifactJson:
+    """A JSON object from an artifact file, every field the package reads checked (``models.artifacts``)."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -120,9 +139,12 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ModelArtifactError(f"{path.name} is missing in {path.parent}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    except OSError as exc:  # a directory named like the file, no permission
+        raise ModelArtifactError(f"{path} cannot be read: {exc.strerror or exc}") from exc
     if not isinstance(data, dict):
-        raise ModelArtifactError(f"{path} must hold a JSON object")
-    return data
+        raise ModelArtifactError(f"{path} must hold a JSON object, got {describe(data)}")
+    check_fields(data, str(path))
+    return ArtifactJson(data, str(path))
 
 
 def check_remote_code(config: Mapping[str, Any], model_dir: Path, options: LoadOptions) -> None:
@@ -145,7 +167,10 @@ def known_base_config(base_model: str) -> dict[str, Any] | None:
         text = resources.files("sparkcurate.data.base_configs").joinpath(name).read_text(encoding="utf-8")
     except (FileNotFoundError, ModuleNotFoundError):
         return None
-    return json.loads(text)
+    source = f"the shipped base config {name}"
+    data = json.loads(text)
+    check_fields(data, source)
+    return ArtifactJson(data, source)
 
 
 _BACKBONE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads")
@@ -155,7 +180,7 @@ def backbone_config_dict(head_config: Mapping[str, Any], model_dir: Path, option
     """The backbone's architecture, from (in order) the head config itself, a local base_model directory, the
     configs shipped with the package, or the base model's config.json on the hub (a few KB, never weights)."""
     if all(k in head_config for k in _BACKBONE_KEYS) and head_config.get("model_type"):
-        return dict(head_config)
+        return ArtifactJson(head_config, source_of(head_config, f"{model_dir}/config.json"))
     base_model = head_config.get("base_model")
     if not base_model:
         raise ModelArtifactError(f"{model_dir}/config.json has neither a backbone config nor 'base_model'")
@@ -190,17 +215,26 @@ def build_backbone_config(config_dict: Mapping[str, Any], keep_head_keys: bool =
     The head's own keys are dropped, unless ``keep_head_keys``: a full transformers model's config (FineWeb-Edu,
     Llama) *is* the model's config, and there ``id2label`` sets ``num_labels``.
     """
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING, AutoConfig
 
+    source = source_of(config_dict, f"the {what} config")
+    check_fields(config_dict, source)  # a no-op for what read_json read; dicts made in code are checked here
     cfg = dict(config_dict)
     model_type = cfg.pop("model_type", None)
     if not model_type:
-        raise ModelArtifactError(f"{what} config has no model_type")
+        raise ModelArtifactError(f"{source}: field 'model_type' is missing ({what} config)")
+    if model_type not in CONFIG_MAPPING:
+        raise ModelArtifactError(f"{source}: field 'model_type' names no model type this transformers version "
+                                 f"knows, got {describe(model_type)}")
     cfg.pop("auto_map", None)
     if not keep_head_keys:
         for key in _HEAD_KEYS:
             cfg.pop(key, None)
-    return AutoConfig.for_model(model_type, **cfg)
+    try:
+        return AutoConfig.for_model(model_type, **cfg)
+    except Exception as exc:  # transformers validates fields its own way (ValueError, TypeError, its own types)
+        raise ModelArtifactError(f"{source}: transformers refuses the {model_type} config: "
+                                 f"{type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
 def labels_from_config(config: Mapping[str, Any]) -> list[str] | None:
@@ -225,8 +259,10 @@ def labels_from_config(config: Mapping[str, Any]) -> list[str] | None:
 def safetensors_files(model_dir: Path) -> list[Path]:
     index = model_dir / SAFETENSORS_INDEX
     if index.exists():
-        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
-        return [model_dir / s for s in shards]
+        weight_map = read_json(index).get("weight_map")
+        if weight_map is None:
+            raise ModelArtifactError(f"{index}: field 'weight_map' is missing")
+        return [model_dir / s for s in sorted(set(weight_map.values()))]
     single = model_dir / SAFETENSORS
     return [single] if single.exists() else []
 
@@ -236,12 +272,8 @@ def pickle_files(model_dir: Path) -> list[Path]:
     return found or sorted(model_dir.glob("*.pth")) + sorted(model_dir.glob("*.pt"))
 
 
-_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
 def read_safetensors_header(path: Path) -> dict[str, tuple[list[int], str]]:
-    """Tensor names -> (shape, dtype) from the header alone, checking the file is not truncated.
+    """Tensor names -> (shape, dtype) from the header alone, every entry checked and truncation detected.
 
     Reading only the header makes the pre-flight check take milliseconds even for multi-GB checkpoints.
     """
@@ -257,23 +289,9 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[list[int], str]]:
             header = json.loads(fh.read(header_len))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelArtifactError(f"{path} is corrupt (unreadable safetensors header: {exc})") from exc
-    header.pop("__metadata__", None)
-    end = 0
-    out: dict[str, tuple[list[int], str]] = {}
-    for name, info in header.items():
-        shape, dtype, (begin, stop) = info["shape"], info["dtype"], info["data_offsets"]
-        count = 1
-        for dim in shape:
-            count *= dim
-        if stop - begin != count * _DTYPE_SIZES.get(dtype, 0) and dtype in _DTYPE_SIZES:
-            raise ModelArtifactError(f"{path} is corrupt: tensor {name} has {stop - begin} bytes for shape {shape}")
-        end = max(end, stop)
-        out[name] = (list(shape), dtype)
-    if 8 + header_len + end > size:
-        raise ModelArtifactError(
-            f"{path} is truncated: the header promises {8 + header_len + end} bytes, the file has {size}"
-        )
-    return out
+    except OSError as exc:
+        raise ModelArtifactError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    return check_safetensors_header(header, str(path), size - 8 - header_len)
 
 
 def normalize_legacy_keys(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -363,12 +381,22 @@ def load_strict(module: "torch.nn.Module", model_dir: Path, options: LoadOptions
     module.load_state_dict(state, strict=True)
 
 
-def expected_shapes(build_module) -> dict[str, list[int]]:
-    """Parameter names and shapes of a module built on the meta device: no memory, no time."""
+def expected_shapes(build_module, where: str = "the model's config") -> dict[str, list[int]]:
+    """Parameter names and shapes of a module built on the meta device: no memory, no time.
+
+    The fields the package reads are checked where they are read; a config that still cannot build its model
+    (a field only transformers reads) is a ModelArtifactError naming ``where``, not a traceback.
+    """
     import torch
 
-    with torch.device("meta"):
-        module = build_module()
+    try:
+        with torch.device("meta"):
+            module = build_module()
+    except ModelArtifactError:
+        raise
+    except Exception as exc:  # transformers and torch raise many types for a config that builds no model
+        raise ModelArtifactError(f"{where} does not describe a model that can be built: "
+                                 f"{type(exc).__name__}: {str(exc)[:300]}") from exc
     return {k: list(v.shape) for k, v in module.state_dict().items()}
 
 
@@ -376,10 +404,23 @@ def expected_shapes(build_module) -> dict[str, list[int]]:
 # Tokenizers
 # ----------------------------------------------------------------------------------------------------------
 
+def check_tokenizer_files(model_dir: Path) -> None:
+    """The tokenizer's JSON files hold what transformers reads from them, so a malformed one is an error naming
+    the file and the field (transformers would fail with whatever its code meets first)."""
+    for name in TOKENIZER_FILES:
+        path = model_dir / name
+        if name.endswith(".json") and path.is_file():
+            data = read_json(path)
+            check = TOKENIZER_FILE_CHECKS.get(name)
+            if check is not None:
+                check(data, str(path))
+
+
 def load_tokenizer(model_dir: Path, options: LoadOptions = LoadOptions()):
     """The checkpoint's own tokenizer, offline, with no remote code."""
     from transformers import AutoTokenizer
 
+    check_tokenizer_files(model_dir)
     try:
         tok = AutoTokenizer.from_pretrained(
             str(model_dir), trust_remote_code=options.trust_remote_code, local_files_only=True

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from sparkcurate.io.sources.base import CORRUPT_COLUMN, POSITION_COLUMN, RAW_LINE_COLUMN, REASON_COLUMN
+from sparkcurate.io.sources.base import (CORRUPT_COLUMN, INTERNAL_PREFIX, POSITION_COLUMN, RAW_LINE_COLUMN,
+                                         REASON_COLUMN, check_input_fields)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
 
     from sparkcurate.spark.stage import StageClassifier
 
-STATUS_COLUMN = "_sparkcurate_status"
+STATUS_COLUMN = INTERNAL_PREFIX + "status"
 
 
 def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], counter=None,
@@ -23,6 +24,7 @@ def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], c
 
     from sparkcurate.spark.stage import classify_dataframe, filter_expression
 
+    check_output_columns(df, classifiers)
     out = classify_dataframe(df, classifiers, counter, skip_column=REASON_COLUMN, device_log=device_log,
                              task_stats=task_stats)
     keep = filter_expression(classifiers)
@@ -35,18 +37,29 @@ def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], c
 def without_line_copies(rows: "DataFrame", text_fields: Sequence[str], attributes: bool) -> "DataFrame":
     """``rows`` less what a source read line by line holds twice, before they are persisted: the text (it is in
     the line, which the output writes) and, for attribute files, the line itself (they write no record; the
-    rejects keep theirs in ``_corrupt_record``). Other rows are returned as they are."""
+    rejects keep theirs in ``CORRUPT_COLUMN``). Other rows are returned as they are."""
     if RAW_LINE_COLUMN not in rows.columns:
         return rows
     return rows.drop(RAW_LINE_COLUMN, *text_fields) if attributes else rows.drop(*text_fields)
 
 
-def internal_columns(df: "DataFrame") -> list[str]:
-    from sparkcurate.spark.stage import CONFIDENCE_PREFIX
+def check_output_columns(df: "DataFrame", classifiers: Sequence["StageClassifier"]) -> None:
+    """Refuse (``UsageError``, the command's exit 2) an input field or the file-name column named like a column the
+    classifiers write (a prediction or probability column), before anything is classified: the stage would
+    otherwise fail deep in Spark, or the written row would hold only one of the two."""
+    from sparkcurate.spark.stage import output_fields
 
-    return [c for c in df.columns
-            if c in (STATUS_COLUMN, REASON_COLUMN, CORRUPT_COLUMN, POSITION_COLUMN)
-            or c.startswith(CONFIDENCE_PREFIX)]
+    written = [name for name, _ in output_fields(classifiers, confidence=False)]
+    own = {CORRUPT_COLUMN, REASON_COLUMN, RAW_LINE_COLUMN, POSITION_COLUMN}
+    check_input_fields([c for c in df.columns if c not in own], written,
+                       "choose another --pred-column/--prob-column (or rename the field)")
+
+
+def internal_columns(df: "DataFrame") -> list[str]:
+    """The job's own columns (status, reject reason, corrupt record, confidences, record positions): all in its
+    namespace. A source's raw line (``RAW_LINE_COLUMN``) is not one of them: it is the record a line sink
+    writes."""
+    return [c for c in df.columns if c.startswith(INTERNAL_PREFIX) and c != RAW_LINE_COLUMN]
 
 
 def output_rows(rows: "DataFrame", classifiers) -> "DataFrame":

@@ -5,14 +5,17 @@ Rules:
   where Spark allows runtime changes.
 - Under spark-submit the master comes from spark-submit: we never set one.
 - Started from plain Python with no ``--master``: ``local[*]`` on loopback.
+- Spark's own log at WARN (its INFO lines would drown the job's progress lines), unless the user chose a level
+  (``spark.log.level``) or a log4j2 configuration of their own; a running session's logging is left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -30,6 +33,11 @@ JOB_DEFAULTS: dict[str, str] = {
     "spark.sql.files.ignoreCorruptFiles": "false",
     "spark.sql.files.ignoreMissingFiles": "false",
 }
+SPARK_LOG_LEVEL = "WARN"
+LOG_LEVEL_CONF = "spark.log.level"  # Spark >= 3.5: the driver's log level, set at start (overrides log4j)
+# Where Spark's built-in log4j2 profiles live (log4j2-defaults.properties, Spark 4's JSON-layout variant): a
+# configuration loaded from anywhere else is the user's.
+SPARK_LOG4J_PROFILES = "org/apache/spark/log4j2"
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.host": "127.0.0.1",
@@ -70,10 +78,74 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
             builder = builder.config(key, value)
     for key, value in {**JOB_DEFAULTS, **conf}.items():
         builder = builder.config(key, value)
+    if under_spark_submit() and _submitted_log_setting(conf) is None:
+        # The driver JVM runs already, logging at INFO; spark.log.level takes effect as the SparkContext starts.
+        builder = builder.config(LOG_LEVEL_CONF, SPARK_LOG_LEVEL)
     session = builder.getOrCreate()
     if not under_spark_submit():
-        session.sparkContext.setLogLevel(os.environ.get("SPARKCURATE_SPARK_LOG_LEVEL", "WARN"))
+        quiet_spark_log(session)
     return session
+
+
+@contextlib.contextmanager
+def stopping_own_session() -> Iterator[None]:
+    """Stop, on leaving, the Spark session started inside (when none was running on entry), so the application
+    ends cleanly: a local-cluster left to the JVM's exit logs shutdown errors after the job's last line. A session
+    that was running already (a notebook's, a test's) is left alone."""
+    from pyspark.sql import SparkSession
+
+    running = SparkSession.getActiveSession()
+    try:
+        yield
+    finally:
+        session = SparkSession.getActiveSession() if running is None else None
+        if session is not None:
+            try:
+                session.stop()
+            except Exception as exc:  # the job's outcome is decided already
+                log.debug("stopping Spark: %s", exc)
+
+
+def users_log_setting(conf: Mapping[str, str], log4j_location: str | None) -> str | None:
+    """How the user chose Spark's log level (a ``spark.log.level`` value or their own log4j2 configuration file),
+    or None when Spark runs on its built-in defaults and sparkcurate may quiet it."""
+    if conf.get(LOG_LEVEL_CONF):
+        return f"{LOG_LEVEL_CONF}={conf[LOG_LEVEL_CONF]}"
+    if log4j_location and SPARK_LOG4J_PROFILES not in log4j_location:
+        return f"log4j2 configuration {log4j_location}"
+    return None
+
+
+def log4j_config_location(jvm) -> str | None:
+    """Where the driver JVM's log4j2 configuration came from: None for log4j's built-in default, "(unknown)" when
+    it cannot be read (then the user's logging is left alone)."""
+    try:
+        source = jvm.org.apache.logging.log4j.LogManager.getContext(False).getConfiguration().getConfigurationSource()
+        location = source.getLocation()
+    except Exception as exc:  # another logging backend, or no JVM handle: leave the level alone
+        log.debug("could not read the log4j2 configuration: %s", exc)
+        return "(unknown)"
+    return str(location) if location else None
+
+
+def _submitted_log_setting(conf: Mapping[str, str]) -> str | None:
+    """``users_log_setting`` under spark-submit, before the session starts: spark-submit's settings are the
+    JVM's system properties, its log4j2 configuration is loaded already."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    submitted = dict(SparkConf().getAll())
+    return users_log_setting({**submitted, **conf}, log4j_config_location(SparkContext._jvm))
+
+
+def quiet_spark_log(session: "SparkSession") -> None:
+    """Spark's driver log to WARN for a session we started, unless the user chose the level or a log4j2 file."""
+    sc = session.sparkContext
+    chosen = users_log_setting(dict(sc.getConf().getAll()), log4j_config_location(sc._jvm))
+    if chosen is None:
+        sc.setLogLevel(SPARK_LOG_LEVEL)
+    else:
+        log.debug("Spark's log level is the user's (%s)", chosen)
 
 
 def apply_runtime_conf(spark: "SparkSession", conf: Mapping[str, str], only_unset: bool,

@@ -4,7 +4,7 @@
 - Listing and ``file_name``: ``sparkcurate.io.listing``; read failures: ``sparkcurate.io.failures``.
 - The text field gets an explicit string type (the RAPIDS GPU JSON reader needs a schema); every other field
   keeps the type Spark infers (or the schema you pass).
-- Malformed lines are kept as ``_corrupt_record`` and, like missing or blank texts, get a ``reject reason``
+- Malformed lines are kept as ``CORRUPT_COLUMN`` and, like missing or blank texts, get a ``reject reason``
   instead of ever reaching a tokenizer.
 - Line mode (``keep_lines``: ``--jsonl-mode exact`` and attribute files): each line is read as text and only the
   text field (and any ``key_fields``) is parsed; the line itself is kept for the JSONL sink, which writes it back
@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, ClassVar
 
-from sparkcurate.io.failures import InputError
 from sparkcurate.io.listing import InputListing, point_reader, readable_paths, with_file_names
-from sparkcurate.io.sources.base import (CORRUPT_COLUMN, POSITION_COLUMN, RAW_LINE_COLUMN, REASON_COLUMN, Source,
-                                         text_reject_reason, with_record_positions)
+from sparkcurate.io.sources.base import (CORRUPT_COLUMN, INTERNAL_PREFIX, POSITION_COLUMN, RAW_LINE_COLUMN,
+                                         REASON_COLUMN, Source, check_input_fields, check_text_field,
+                                         parse_schema, text_reject_reason, with_record_positions)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -50,25 +50,33 @@ class JsonlSource(Source):
 
 
 def _infer_schema(spark: "SparkSession", paths: list[str], sampling_ratio: float):
-    """Spark's inferred schema. Inferred case-sensitively: with the default (case-insensitive) analysis, keys that
-    differ only in case ("text" and "TEXT") make Spark fail the whole read with COLUMN_ALREADY_EXISTS;
-    ``_fold_case_duplicates`` then decides which spelling is read."""
+    """The input's own fields, as Spark infers them. Inferred case-sensitively: with the default
+    (case-insensitive) analysis, keys that differ only in case ("text" and "TEXT") make Spark fail the whole read
+    with COLUMN_ALREADY_EXISTS; ``_fold_case_duplicates`` then decides which spelling is read. The column Spark
+    adds for malformed lines gets a name no record can have (a new uuid) and is dropped, so every field left is
+    one the input has (a field called ``_corrupt_record`` included)."""
+    import uuid
+
+    from pyspark.sql import types as T
+
+    corrupt = f"{INTERNAL_PREFIX}infer_{uuid.uuid4().hex}"
     reader = spark.read.option("samplingRatio", sampling_ratio).option("mode", "PERMISSIVE")
-    reader = reader.option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+    reader = reader.option("columnNameOfCorruptRecord", corrupt)
     key = "spark.sql.caseSensitive"
     before = spark.conf.get(key, "false")
     spark.conf.set(key, "true")
     try:
         try:
-            return reader.json(paths).schema
+            schema = reader.json(paths).schema
         except Exception as exc:  # a record with the same key twice: Spark's inference cannot express it
             if "COLUMN_ALREADY_EXISTS" not in str(exc):
                 raise
             log.warning("some records repeat a key; inferring the schema with the last value of each key (as the "
                         "reader then reads them)")
-            return _infer_schema_deduplicated(spark, paths, sampling_ratio)
+            schema = _infer_schema_deduplicated(spark, paths, sampling_ratio, corrupt)
     finally:
         spark.conf.set(key, before)
+    return T.StructType([f for f in schema.fields if f.name != corrupt])
 
 
 def _last_value_wins(line: str) -> str:
@@ -85,11 +93,11 @@ def _last_value_wins(line: str) -> str:
         return line
 
 
-def _infer_schema_deduplicated(spark: "SparkSession", paths: list[str], sampling_ratio: float):
+def _infer_schema_deduplicated(spark: "SparkSession", paths: list[str], sampling_ratio: float, corrupt: str):
     lines = spark.read.text(paths).rdd.map(lambda r: _last_value_wins(r[0]) if r[0] is not None else r[0])
     if sampling_ratio < 1.0:
         lines = lines.sample(False, sampling_ratio, seed=1)
-    return (spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+    return (spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", corrupt)
             .json(lines).schema)
 
 
@@ -115,18 +123,16 @@ def _fold_case_duplicates(spark: "SparkSession", fields: list, text_field: str) 
     return list(kept.values())
 
 
-def read_schema(spark: "SparkSession", paths: list[str], text_field: str, schema=None, sampling_ratio: float = 1.0):
+def read_schema(spark: "SparkSession", paths: list[str], text_field: str, schema=None, sampling_ratio: float = 1.0,
+                file_name_column: str = "file_name"):
     """The explicit read schema: given or inferred, with the text field forced to string and a corrupt-record
-    column added, so malformed lines are kept and routed to rejects instead of becoming all-NULL rows."""
+    column added, so malformed lines are kept and routed to rejects instead of becoming all-NULL rows. An input
+    field that a column of the job would replace is refused first (``check_input_fields``)."""
     from pyspark.sql import types as T
 
-    if schema is None:
-        base = _infer_schema(spark, paths, sampling_ratio)
-    elif isinstance(schema, str):
-        base = T._parse_datatype_string(schema)
-    else:
-        base = schema
-    fields = [f for f in base.fields if f.name not in (text_field, CORRUPT_COLUMN)]
+    base = parse_schema(schema) if schema is not None else _infer_schema(spark, paths, sampling_ratio)
+    check_input_fields(base.names, [file_name_column])
+    fields = [f for f in base.fields if f.name != text_field]
     fields = _fold_case_duplicates(spark, fields, text_field)
     fields.append(T.StructField(text_field, T.StringType(), True))
     fields.append(T.StructField(CORRUPT_COLUMN, T.StringType(), True))
@@ -136,15 +142,14 @@ def read_schema(spark: "SparkSession", paths: list[str], text_field: str, schema
 def read_jsonl_checked(spark: "SparkSession", path: str, text_field: str = "text", schema=None,
                        file_name_column: str = "file_name", sampling_ratio: float = 1.0,
                        listing: InputListing | None = None) -> tuple["DataFrame", InputListing]:
-    """All records with ``file_name`` and a ``_reject_reason`` column (null when the record is fine), plus the
-    file listing. Internal columns: ``_corrupt_record`` (the raw line when malformed)."""
+    """All records with ``file_name`` and a ``REASON_COLUMN`` column (null when the record is fine), plus the
+    file listing. Internal columns: ``CORRUPT_COLUMN`` (the raw line when malformed)."""
+    check_text_field(text_field, file_name_column)
     listing = listing or JsonlSource().list_files(spark, path)
     paths = readable_paths(listing)
     if not paths:
         return _empty_frame(spark, text_field, file_name_column, schema), listing
-    read_schema_ = read_schema(spark, paths, text_field, schema, sampling_ratio)
-    if file_name_column in read_schema_.names:
-        raise InputError(f"the input already has a {file_name_column!r} field: choose another --file-name-column")
+    read_schema_ = read_schema(spark, paths, text_field, schema, sampling_ratio, file_name_column)
     reader = spark.read.schema(read_schema_).option("mode", "PERMISSIVE").option(
         "columnNameOfCorruptRecord", CORRUPT_COLUMN)
     reader, source = point_reader(reader, listing, INPUT_SUFFIXES)
@@ -226,9 +231,8 @@ def read_lines(spark: "SparkSession", listing: InputListing, text_field: str, fi
 
     paths = readable_paths(listing)
     fields = [text_field] + [k for k in dict.fromkeys(key_fields) if k != text_field]
-    if file_name_column in fields:
-        raise InputError(f"the text or key field is named like the file name column {file_name_column!r}: choose "
-                         "another --file-name-column")
+    check_text_field(text_field, file_name_column)
+    check_input_fields(fields, [file_name_column], "choose another --id-field or --file-name-column")
     if not paths:
         schema = T.StructType([T.StructField(RAW_LINE_COLUMN, T.StringType())]
                               + [T.StructField(f, T.StringType()) for f in fields]

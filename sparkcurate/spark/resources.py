@@ -1,0 +1,222 @@
+"""Before the job reads or writes anything: can a task run where it asks to, with the device it asks for?
+
+Why: Spark waits forever for an executor that can take a task asking for a GPU (its only sign a WARN
+"Initial job has not accepted any resources" every 15 s), and ``device=cuda`` tasks on workers without CUDA fail,
+are retried and fail again, each time with a long traceback. So before the job starts:
+
+- ``local[N]`` gives tasks no GPUs at all: task resource amounts are refused at once, and ``device=cuda`` is
+  checked on this machine (the workers are local processes);
+- elsewhere one small probe task runs, bounded by ``spark.sparkcurate.executorWaitTimeout`` (default 120 s;
+  0 waits as long as Spark does): it can only start on an executor that has what every task asks for, and for
+  ``device=cuda`` it reports whether that executor's Python sees CUDA. No executor in time, or no CUDA, is one
+  ``ResourceUnavailable`` naming the settings to look at. (An executor without CUDA that the probe did not meet
+  fails its classify tasks with ``DeviceError``; the pipeline turns that into the same one-line error.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from functools import partial
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+WAIT_CONF = "spark.sparkcurate.executorWaitTimeout"
+DEFAULT_WAIT = "120s"
+_TASK_RESOURCE = re.compile(r"spark\.task\.resource\.([^.]+)\.amount")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h)?", re.IGNORECASE)
+_UNIT_S = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+class ResourceUnavailable(RuntimeError):
+    """The deployment has no executor, GPU or CUDA device that the job asks for (nothing was written)."""
+
+
+def is_local_master(master: str) -> bool:
+    """``local``, ``local[N]``, ``local[*]``, ``local[N,F]``: one JVM, tasks get no GPU resources.
+    (``local-cluster[...]`` runs real executors and is not local here.)"""
+    return master == "local" or master.startswith("local[")
+
+
+def task_resources(conf: Mapping[str, str]) -> dict[str, str]:
+    """Resource name -> amount every task asks for (``spark.task.resource.<name>.amount`` above 0)."""
+    out = {}
+    for key, value in conf.items():
+        match = _TASK_RESOURCE.fullmatch(key)
+        try:
+            if match and float(value) > 0:
+                out[match.group(1)] = value
+        except ValueError:
+            out[match.group(1)] = value  # Spark itself rejects it; say what was asked
+    return dict(sorted(out.items()))
+
+
+def wait_seconds(conf: Mapping[str, str]) -> float | None:
+    """``spark.sparkcurate.executorWaitTimeout`` in seconds (a number, or with ms/s/m/min/h); None: no limit."""
+    raw = str(conf.get(WAIT_CONF, DEFAULT_WAIT)).strip()
+    match = _DURATION.fullmatch(raw)
+    if match is None:
+        raise ValueError(f"{WAIT_CONF} takes a duration like 120s, 10min or 0 (no limit); got {raw!r}")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2).lower() if match.group(2) else None]
+    return seconds if seconds > 0 else None
+
+
+def cuda_missing() -> str | None:
+    """Why torch here cannot use CUDA (None: it can)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device"
+
+
+def check_local(master: str, conf: Mapping[str, str], devices: Sequence[str] = ()) -> None:
+    """A local-mode job that cannot run: tasks asking for resources local mode never gives (Spark would wait
+    forever), or ``device=cuda`` on a machine without CUDA. Cheap: the command calls it before Spark starts."""
+    if not is_local_master(master):
+        return
+    asked = task_resources(conf)
+    if asked:
+        settings = ", ".join(f"spark.task.resource.{name}.amount={amount}" for name, amount in asked.items())
+        raise ResourceUnavailable(
+            f"master {master} gives tasks no GPUs or other resources, so a job whose tasks ask for them ({settings}) "
+            "would wait forever: drop those settings (in local mode sparkcurate picks the GPU itself), or use a "
+            "cluster or local-cluster[...] with spark.worker/executor.resource.* set; nothing was written")
+    if "cuda" in devices:
+        why = cuda_missing()
+        if why:
+            raise ResourceUnavailable(f"--device cuda, but this machine has no usable CUDA ({why}): use --device "
+                                      "auto or cpu, or run where a GPU and a CUDA build of torch are; nothing was "
+                                      "written")
+
+
+def check_resources(spark: "SparkSession", devices: Sequence[str] = ()) -> dict[str, Any] | None:
+    """Fail fast, before anything is read or written, when no task could run as asked (see the module doc).
+    Returns what the probe saw on an executor (None in local mode)."""
+    sc = spark.sparkContext
+    conf = dict(sc.getConf().getAll())
+    if is_local_master(sc.master):
+        check_local(sc.master, conf, devices)
+        return None
+    wait = wait_seconds(conf)
+    check_cuda = "cuda" in devices
+    info = probe_executor(sc, wait, check_cuda)
+    if info is None:
+        raise ResourceUnavailable(no_executor_message(sc.master, conf, wait, executor_count(sc)))
+    if check_cuda and info.get("cuda_missing"):
+        raise ResourceUnavailable(
+            f"--device cuda, but the Python worker of an executor on {info['host']} has no usable CUDA "
+            f"({info['cuda_missing']}): install a CUDA build of torch on the workers, give the executors GPUs, or "
+            "use --device auto; nothing was written")
+    log.info("executor check: a task ran on %s (GPU addresses given: %s)", info["host"], info["gpus"] or "none")
+    return info
+
+
+def _probe_task(check_cuda: bool, _item: int) -> dict[str, Any]:
+    """Runs on an executor: where it ran, the GPUs Spark gave it and, if asked, why CUDA is unusable there."""
+    import socket
+
+    from sparkcurate.spark.devices import task_gpu_addresses
+
+    info: dict[str, Any] = {"host": socket.gethostname(), "gpus": task_gpu_addresses()}
+    if check_cuda:
+        try:
+            info["cuda_missing"] = cuda_missing()
+        except ImportError as exc:
+            info["cuda_missing"] = f"torch cannot be imported: {exc}"
+    return info
+
+
+def probe_executor(sc: "SparkContext", wait_s: float | None, check_cuda: bool = False) -> dict[str, Any] | None:
+    """Run ``_probe_task`` as a one-task job (it asks for what every task asks for, so it starts only where the
+    classify tasks could); None when it has not started and finished within ``wait_s`` (the job is cancelled)."""
+    group = f"sparkcurate-executor-check-{uuid.uuid4().hex[:8]}"
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        sc.setJobGroup(group, "sparkcurate: waiting for an executor that can run a task", True)
+        try:
+            result["info"] = sc.parallelize([0], 1).map(partial(_probe_task, check_cuda)).collect()[0]
+        except Exception as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name=group, daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    if thread.is_alive():
+        sc.cancelJobGroup(group)
+        thread.join(60)
+        return None
+    if "error" in result:
+        raise result["error"]
+    return result["info"]
+
+
+def executor_count(sc: "SparkContext") -> int:
+    """Executors registered now (the driver's own entry not counted); -1 when this Spark cannot say."""
+    try:
+        return max(len(sc._jsc.sc().statusTracker().getExecutorInfos()) - 1, 0)
+    except Exception:
+        return -1
+
+
+def no_executor_message(master: str, conf: Mapping[str, str], wait_s: float | None, executors: int) -> str:
+    """One line: what the tasks ask for, which settings that needs are missing, how to wait longer."""
+    asked = task_resources(conf)
+    registered = f"{executors} executor(s) registered" if executors >= 0 else "executors unknown"
+    parts = [f"no executor could run a task within {wait_s:g}s (master {master}, {registered})"]
+    if asked:
+        parts.append("tasks ask for " + ", ".join(f"{n}={a}" for n, a in asked.items())
+                     + " (spark.task.resource.*.amount)")
+        missing = missing_settings(master, conf, asked)
+        if master.startswith("spark://"):
+            names = "/".join(asked)
+            parts.append(f"the standalone workers must offer {names}: spark.worker.resource.{names}.amount and "
+                         f".discoveryScript in their spark-defaults.conf or SPARK_WORKER_OPTS")
+        fix = f"missing {', '.join(missing)}: set them" if missing else "give the executors what tasks ask for"
+        parts.append(f"{fix}, or drop the spark.*.resource.* settings to run on CPUs")
+    else:
+        parts.append("check that the cluster has workers with the cores and memory asked (spark.executor.cores, "
+                     "spark.executor.memory)")
+    parts.append(f"to wait longer set {WAIT_CONF} (0: no limit); nothing was written")
+    return "; ".join(parts)
+
+
+def missing_settings(master: str, conf: Mapping[str, str], asked: Mapping[str, str]) -> list[str]:
+    """The settings a task resource needs that this application's configuration lacks. Workers' settings are
+    visible here only for local-cluster (its workers share the application's configuration)."""
+    missing = []
+    for name in asked:
+        if not conf.get(f"spark.executor.resource.{name}.amount"):
+            missing.append(f"spark.executor.resource.{name}.amount")
+        if master.startswith("local-cluster"):
+            if not conf.get(f"spark.worker.resource.{name}.amount"):
+                missing.append(f"spark.worker.resource.{name}.amount")
+            script = conf.get(f"spark.worker.resource.{name}.discoveryScript")
+            if not (script or conf.get("spark.worker.resourcesFile")):
+                missing.append(f"spark.worker.resource.{name}.discoveryScript")
+        elif not master.startswith("spark://") and not conf.get(f"spark.executor.resource.{name}.discoveryScript"):
+            missing.append(f"spark.executor.resource.{name}.discoveryScript")  # YARN, Kubernetes
+    return missing
+
+
+_DEVICE_FAILURE = re.compile(r"DeviceError: ([^\n]+)")  # sparkcurate.spark.devices.DeviceError, raised in a task
+
+
+def explain_device_failure(exc: Exception) -> "ResourceUnavailable | None":
+    """A ``ResourceUnavailable`` in one line when a classify task could not use the device it was asked to (a
+    ``DeviceError`` inside Spark's task failure); None for any other failure."""
+    device = _DEVICE_FAILURE.search(str(exc))
+    if device is None:
+        return None
+    return ResourceUnavailable(f"a classify task could not use its device: {device.group(1).strip()}; "
+                               "nothing was written")
