@@ -97,6 +97,14 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-table", metavar="[CATALOG.]DB.TABLE",
                    help="write the kept rows to this catalog table (parquet or delta), partitioned by file_name; "
                         "--output still holds the run's summary, rejects and report (docs/formats.md)")
+    p.add_argument("--jsonl-mode", choices=("exact", "reserialize"), default="reserialize",
+                   help="JSONL in and out: exact writes each kept line byte for byte with the predictions appended; "
+                        "reserialize (default) writes the parsed record (docs/formats.md)")
+    p.add_argument("--output-mode", choices=("records", "attributes"), default="records",
+                   help="records (default): the kept records with predictions; attributes: a key and the "
+                        "predictions of every record, by file_name, to join with the input (docs/formats.md)")
+    p.add_argument("--id-field", default="id", help="attribute files' key when every record has it, unique in its "
+                                                    "file (default: id; else the record's position in its file)")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
     p.add_argument("--file-name-column", default="file_name",
                    help="column naming each record's input file; partitioned output is split by it "
@@ -251,6 +259,9 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         check_text_field(args.text_field, args.file_name_column)
         check_output_path(args.output)
         output_format, compression = check_output_options(args)
+        if args.output_mode == "attributes" and args.filter_by:
+            raise ValueError("--filter-by does not apply to --output-mode attributes: every record gets its "
+                             "attribute row (filter on the predictions when you join)")
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
         wait_seconds(conf)
@@ -281,7 +292,8 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         compression=compression, quiet=args.quiet,
         waves=args.waves, report=not args.no_report,
         input_format="table" if args.input_table else args.input_format,
-        output_format=output_format, output_table=args.output_table,
+        output_format=output_format, output_table=args.output_table, jsonl_mode=args.jsonl_mode,
+        output_mode=args.output_mode, id_field=args.id_field or None,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:

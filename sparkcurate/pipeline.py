@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 from sparkcurate.engine.kernels.usage import split_task_counts
 from sparkcurate.io.commit import OutputCommit, prune_stale_outputs, write_rejects
 from sparkcurate.io.failures import check_no_vanished_files
+from sparkcurate.io.fs import data_bytes
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
 from sparkcurate.io.sources.base import UsageError
 from sparkcurate.report.progress import ProgressReporter
 from sparkcurate.report.summary import build_summary, classified_count, count_rows, task_stats_summary, write_report
-from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows
+from sparkcurate.spark.attributes import attribute_key, attribute_rows
+from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows, without_line_copies
 from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits
 from sparkcurate.spark.resources import check_resources, explain_device_failure
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
@@ -68,6 +70,13 @@ class JobOptions:
     # A catalog table for the kept rows ([catalog.]db.tbl; output_format parquet or delta); `output` still holds
     # the run's summary, rejects and report.
     output_table: str | None = None
+    # JSONL in and out: "exact" writes each kept line as it was read, predictions appended; "reserialize" writes
+    # the parsed record (docs/formats.md).
+    jsonl_mode: str = "reserialize"
+    # "records": the kept records with their predictions; "attributes": a key and the predictions of every record.
+    output_mode: str = "records"
+    # The attribute files' key when every record has it, unique within its file (else the record's position).
+    id_field: str | None = "id"
 
 
 def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
@@ -79,11 +88,16 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     that finds one says so (log and summary) and cleans the leftovers.
     """
     started = time.time()
+    check_modes(opts)
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
     # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
     check_resources(spark, [c.device for c in opts.classifiers])
     source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
     sink.check(opts.layout, opts.compression)
+    attributes = opts.output_mode == "attributes"
+    source.keep_lines = attributes or (opts.jsonl_mode == "exact" and sink.name == "jsonl")
+    source.record_positions = attributes
+    source.key_fields = (opts.id_field,) if attributes and opts.id_field else ()
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)
     splits = contextlib.ExitStack()  # Spark's split settings, put back however the run ends
@@ -95,18 +109,22 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         splits.enter_context(planned_splits(spark, plan))
         df = source.read(spark, listing, text_field, opts.file_name_column, opts.schema, opts.sampling_ratio)
         laps("list_and_infer_schema")
-        rows = classified_rows(df, opts.classifiers, meters.docs, meters.devices, meters.stats).persist(_disk_level())
+        rows = classified_rows(df, opts.classifiers, meters.docs, meters.devices, meters.stats)
+        rows = without_line_copies(rows, [text_field], attributes).persist(_disk_level())
         try:
-            sink.check_target(output_rows(rows, opts.classifiers), opts.file_name_column)  # before classifying
+            if not attributes:
+                sink.check_target(output_rows(rows, opts.classifiers), opts.file_name_column)  # before classifying
             with ProgressReporter(spark.sparkContext, meters.docs, None, opts.progress_interval_s, opts.quiet,
                                   log) as progress:
                 counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
                 progress.set_done(classified_count(counts))
             laps("read_classify_count")
             check_no_vanished_files(spark, listing, counts)
+            key = attribute_key(rows, opts.id_field, opts.file_name_column) if attributes else None
+            written = (attribute_rows(rows, opts.classifiers, opts.file_name_column, key) if attributes
+                       else output_rows(rows, opts.classifiers))
             commit.touch()
-            sink.write(output_rows(rows, opts.classifiers), opts.output, opts.layout, opts.file_name_column,
-                       opts.compression)
+            sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
             laps("write_output")
             prune_stale_outputs(spark, opts, listing, counts, sink)
             write_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
@@ -126,11 +144,28 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     summary = build_summary(spark, opts, counts, models, listing, started, time.time() - started,
                             meters.devices.value)
     summary.update(previous_run_unfinished=commit.previous or None, timings_s=laps.timings,
-                   input_splits=plan.as_dict() if plan is not None else None, **meters.summary(progress))
+                   input_splits=plan.as_dict() if plan is not None else None, **meters.summary(progress),
+                   output_mode=opts.output_mode,
+                   jsonl_mode=opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
+                   output_bytes=None if opts.output_table else data_bytes(spark, opts.output),
+                   attribute_key=[opts.file_name_column, key] if attributes else None)
     commit.finish(summary)
     if opts.report:
         write_report(opts.output)
     return summary
+
+
+def check_modes(opts: JobOptions) -> None:
+    """A ``UsageError`` for modes that do not exist or do not go together, before anything runs."""
+    if opts.jsonl_mode not in ("exact", "reserialize"):
+        raise UsageError(f"jsonl_mode must be 'exact' or 'reserialize', got {opts.jsonl_mode!r}")
+    if opts.output_mode not in ("records", "attributes"):
+        raise UsageError(f"output_mode must be 'records' or 'attributes', got {opts.output_mode!r}")
+    if opts.output_mode == "attributes" and any(c.filter_by for c in opts.classifiers):
+        raise UsageError("--filter-by does not apply to attribute files: every record gets its attribute row "
+                         "(filter on the predictions when you join)")
+    if opts.output_mode == "attributes" and opts.output_table:
+        raise UsageError("attribute files are written under --output, not to an --output-table")
 
 
 class Laps:

@@ -119,11 +119,12 @@ def write_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run
 def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any,
                         sink: "Sink | None" = None) -> None:
     """Remove the earlier output of input files that keep nothing this time (every record filtered out or
-    rejected): Spark writes no partition for them, so the old one would otherwise survive a re-run. ``opts``:
-    the run's ``pipeline.JobOptions``; ``counts``: its ``report.summary.Counts`` (neither imported: both sit above
-    this module); ``sink``: where the output goes (says how an input's output is removed; by default the one
-    ``opts.output_format`` names)."""
-    kept = {fname for fname, status, _reason, n in counts.by_status_file if status == "kept" and n > 0}
+    rejected; in attribute mode, files with no record): Spark writes no partition for them, so the old one would
+    otherwise survive a re-run. ``opts``: the run's ``pipeline.JobOptions``; ``counts``: its
+    ``report.summary.Counts`` (neither imported: both sit above this module); ``sink``: where the output goes
+    (says how an input's output is removed; by default the one ``opts.output_format`` names)."""
+    every = getattr(opts, "output_mode", "records") == "attributes"  # attribute files: a row for every record
+    kept = {fname for fname, status, _reason, n in counts.by_status_file if (every or status == "kept") and n > 0}
     sink = sink or get_sink(opts.output_format)
     stale = [f.file_name for f in listing.files if f.file_name not in kept]
     if stale:

@@ -13,6 +13,14 @@ called ``_corrupt_record`` or ``_reject_reason`` is an ordinary field, kept like
 ``check_input_fields`` as soon as the input's schema is known, before it adds a column: an input field in that
 namespace, or named like the file-name column, is refused (``UsageError``) instead of being overwritten.
 
+Two optional columns, asked for by the job through the source's attributes (a source that cannot give one
+ignores the ask; ``keep_lines`` is for line formats only):
+
+- ``RAW_LINE_COLUMN`` (``keep_lines``): the record's own line, for a sink that writes it back byte for byte
+  (``sparkcurate.io.sinks.jsonl``); its column metadata ``fields_in_line`` names the columns parsed from it;
+- ``POSITION_COLUMN`` (``record_positions``): a value that sorts a file's records in file order, for attribute
+  files (``with_record_positions`` gives it to any Spark file source).
+
 A new format is a subclass in its own module (``name``, ``suffixes``, ``label``, ``read``; listing, splitting,
 ``file_name`` and failure explanation come from here) plus one line in ``sparkcurate/io/sources/__init__.py``.
 """
@@ -32,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 INTERNAL_PREFIX = "__sparkcurate_"
 CORRUPT_COLUMN = INTERNAL_PREFIX + "corrupt_record"
 REASON_COLUMN = INTERNAL_PREFIX + "reject_reason"
+RAW_LINE_COLUMN = INTERNAL_PREFIX + "line"
+POSITION_COLUMN = INTERNAL_PREFIX + "position"
 # Characters that count as blank: whitespace, separators, format (zero-width, BOM) and control characters.
 BLANK_PATTERN = r"^[\s\p{Z}\p{Cf}\p{Cc}]*$"
 
@@ -98,6 +108,11 @@ class Source:
     name: ClassVar[str] = ""
     suffixes: ClassVar[tuple[str, ...]] = ()
     label: ClassVar[str] = ""
+    # Set by the job before ``read`` (see the module docstring): keep each record's raw line; add its position in
+    # its file; also parse these fields (a record key such as ``id``) where the format parses only what it needs.
+    keep_lines: bool = False
+    record_positions: bool = False
+    key_fields: tuple[str, ...] = ()
 
     def list_files(self, spark: "SparkSession", path: str) -> InputListing:
         """Every file this source reads under ``path`` (a directory, a file or a glob), with those it skips."""
@@ -129,3 +144,17 @@ def text_reject_reason(text_field: str) -> "Column":
 
     text = F.col(text_field)
     return F.when(text.isNull(), F.lit("text_missing")).when(text.rlike(BLANK_PATTERN), F.lit("text_empty"))
+
+
+def with_record_positions(df: "DataFrame") -> "DataFrame":
+    """``df`` (a file source's DataFrame, straight from the reader: nothing between) with ``POSITION_COLUMN``:
+    (the start of the split the record was read from, the record's index in its task). Why it orders a file's
+    records: a split is a contiguous byte range read in order by one task, so within a split the task index grows
+    with the position, and splits order by their start. Spark's ``_metadata`` column gives the split start (any
+    file source, Spark 3.3 and later); ``monotonically_increasing_id`` the index. Both are fixed once the rows are
+    persisted, which the job does before anything reads them twice."""
+    from pyspark.sql import functions as F
+
+    position = F.struct(F.col("_metadata.file_block_start").alias("split_start"),
+                        F.monotonically_increasing_id().alias("index"))
+    return df.withColumn(POSITION_COLUMN, position)

@@ -6,6 +6,9 @@
   keeps the type Spark infers (or the schema you pass).
 - Malformed lines are kept as ``CORRUPT_COLUMN`` and, like missing or blank texts, get a ``reject reason``
   instead of ever reaching a tokenizer.
+- Line mode (``keep_lines``: ``--jsonl-mode exact`` and attribute files): each line is read as text and only the
+  text field (and any ``key_fields``) is parsed; the line itself is kept for the JSONL sink, which writes it back
+  byte for byte with the predictions appended (``read_lines``; docs/formats.md has the rules).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import logging
 from typing import TYPE_CHECKING, ClassVar
 
 from sparkcurate.io.listing import InputListing, point_reader, readable_paths, with_file_names
-from sparkcurate.io.sources.base import (CORRUPT_COLUMN, INTERNAL_PREFIX, REASON_COLUMN, Source,
-                                         check_input_fields, check_text_field, parse_schema, text_reject_reason)
+from sparkcurate.io.sources.base import (CORRUPT_COLUMN, INTERNAL_PREFIX, POSITION_COLUMN, RAW_LINE_COLUMN,
+                                         REASON_COLUMN, Source, check_input_fields, check_text_field,
+                                         parse_schema, text_reject_reason, with_record_positions)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -36,6 +40,10 @@ class JsonlSource(Source):
 
     def read(self, spark: "SparkSession", listing: InputListing, text_field: str, file_name_column: str,
              schema=None, sampling_ratio: float = 1.0) -> "DataFrame":
+        if self.keep_lines:
+            if schema is not None:
+                log.info("--schema is not used when JSONL is read line by line: only the text field is parsed")
+            return read_lines(spark, listing, text_field, file_name_column, self.key_fields, self.record_positions)
         df, _ = read_jsonl_checked(spark, listing.source, text_field, schema, file_name_column, sampling_ratio,
                                    listing)
         return df
@@ -201,3 +209,99 @@ def read_jsonl(spark: "SparkSession", path: str, text_field: str = "text", schem
 
     df, _ = read_jsonl_checked(spark, path, text_field, schema, file_name_column, sampling_ratio)
     return df.filter(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, CORRUPT_COLUMN)
+
+
+# An empty object (the sink appends to it without a leading comma).
+EMPTY_OBJECT_PATTERN = r"^[ \t]*\{[ \t]*\}$"
+
+
+def read_lines(spark: "SparkSession", listing: InputListing, text_field: str, file_name_column: str,
+               key_fields: tuple[str, ...] = (), positions: bool = False) -> "DataFrame":
+    """Every non-blank line of the listed files as one record: ``RAW_LINE_COLUMN`` (the line without a leading
+    BOM and trailing whitespace), the text field (and ``key_fields``) parsed from it as strings,
+    ``file_name_column``, ``_corrupt_record`` (the raw line for *every* reject, so OUT/_rejects keeps the line as
+    it was) and ``_reject_reason``; with ``positions``, ``POSITION_COLUMN`` for attribute files.
+
+    Why text: no schema inference pass and no parse of the other fields (Jackson still reads the whole line once,
+    to check it), and the line can be written back exactly. A line is a record when it holds exactly one JSON
+    object (``line_parse``); one line is one record (a top-level array is ``malformed_json`` here).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    paths = readable_paths(listing)
+    fields = [text_field] + [k for k in dict.fromkeys(key_fields) if k != text_field]
+    check_text_field(text_field, file_name_column)
+    check_input_fields(fields, [file_name_column], "choose another --id-field or --file-name-column")
+    if not paths:
+        schema = T.StructType([T.StructField(RAW_LINE_COLUMN, T.StringType())]
+                              + [T.StructField(f, T.StringType()) for f in fields]
+                              + [T.StructField(c, T.StringType()) for c in (CORRUPT_COLUMN, file_name_column,
+                                                                             REASON_COLUMN)])
+        return spark.createDataFrame([], schema)
+    reader, source = point_reader(spark.read, listing, INPUT_SUFFIXES)
+    df = reader.text(source)
+    if positions:
+        df = with_record_positions(df)
+    # The line as written, less a leading BOM (an encoding mark, not content) and trailing JSON whitespace. The
+    # common line (no BOM, ending in "}") is taken as it is: byte tests only, no copy, no regular expression.
+    value = F.col("value")
+    line = F.when(value.startswith("\ufeff"), F.expr("substring(value, 2)")).otherwise(value)
+    df = df.withColumn(RAW_LINE_COLUMN, line)
+    trimmed = F.expr(f"trim(TRAILING ' \\t\\r\\n' FROM {RAW_LINE_COLUMN})")
+    df = df.withColumn(RAW_LINE_COLUMN, F.when(F.col(RAW_LINE_COLUMN).endswith("}"), F.col(RAW_LINE_COLUMN))
+                       .otherwise(trimmed))
+    df = df.filter(F.col(RAW_LINE_COLUMN) != "")  # blank lines are not records (as Spark's reader)
+    parsed, one_object = line_parse(RAW_LINE_COLUMN, fields)
+    df = df.withColumn("_parsed", parsed)
+    df = df.select(
+        F.col(RAW_LINE_COLUMN).alias(RAW_LINE_COLUMN, metadata={"fields_in_line": fields}),
+        *[F.col("_parsed").getItem(0).getField(f).alias(f) for f in fields],
+        *([F.col(POSITION_COLUMN)] if positions else []),
+        F.col("value").alias(CORRUPT_COLUMN), one_object(F.col("_parsed")).alias("_one_object"))
+    reason = line_reject_reason(F.col(CORRUPT_COLUMN), F.col("_one_object"), text_field)
+    df = df.withColumn(REASON_COLUMN, reason).drop("_one_object")
+    df = df.withColumn(CORRUPT_COLUMN, F.when(F.col(REASON_COLUMN).isNotNull(), F.col(CORRUPT_COLUMN)))
+    df = with_file_names(spark, df, listing, file_name_column)
+    return df.select(*[c for c in df.columns if c != REASON_COLUMN], REASON_COLUMN)
+
+
+def line_parse(line_column: str, fields: list[str]):
+    """The line's first JSON object parsed for ``fields`` (strings), and a test on that parse saying the line is
+    exactly one JSON object.
+
+    Spark's JSON parser stops after the first value, so ``{"text": "x"} junk`` or ``{"a": 1}{"text": "x"}`` would
+    parse, and the sink appends the predictions before the line's last ``}``, which must therefore close the
+    first object. So the line is parsed as ``[<line>,{"<marker>":<number>}]``: an array of exactly two elements,
+    the line's object and the marker object with the number, comes back only when the line is one object and
+    nothing else (anything after it breaks the array or adds elements). The number is drawn per run, so a line
+    that writes the marker itself cannot pass by chance. Single-quoted JSON is refused (with the predictions
+    appended it would still not be JSON). One copy of the line, one parser pass, no regular expression.
+    """
+    import secrets
+
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    marker, token = "\\u0000sparkcurate_end", secrets.randbelow(2**31 - 1) + 1  # the key as JSON text
+    element = T.StructType([T.StructField(f, T.StringType()) for f in fields]
+                           + [T.StructField("\x00sparkcurate_end", T.LongType())])
+    wrapped = F.concat(F.lit("["), F.col(line_column), F.lit(f',{{"{marker}":{token}}}]'))
+    parsed = F.from_json(wrapped, T.ArrayType(element), {"mode": "PERMISSIVE", "allowSingleQuotes": "false"})
+
+    def one_object(p: "Column") -> "Column":
+        return F.coalesce((F.size(p) == 2) & p.getItem(0).isNotNull()
+                          & (p.getItem(1).getField("\x00sparkcurate_end") == F.lit(token)), F.lit(False))
+
+    return parsed, one_object
+
+
+def line_reject_reason(raw: "Column", one_object: "Column", text_field: str) -> "Column":
+    """Why a line cannot be classified, or null: ``invalid_utf8``, ``nul_bytes``, ``malformed_json`` (not exactly
+    one JSON object), then the text's own faults (``text_missing``, ``text_empty``: ``text_reject_reason``)."""
+    from pyspark.sql import functions as F
+
+    line_reason = (F.when(invalid_utf8(raw), F.lit("invalid_utf8"))
+                   .when(raw.contains("\u0000"), F.lit("nul_bytes"))
+                   .when(~one_object, F.lit("malformed_json")))
+    return F.coalesce(line_reason, text_reject_reason(text_field))

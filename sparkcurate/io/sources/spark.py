@@ -23,7 +23,7 @@ from sparkcurate.io.listing import (RECORD_PATH_SQL, InputError, InputFile, Inpu
                                     glob_escape, point_reader, readable_paths, relative_name, with_file_names)
 from sparkcurate.io.names import partition_safe_name
 from sparkcurate.io.sources.base import (CORRUPT_COLUMN, REASON_COLUMN, Source, check_input_fields,
-                                         text_reject_reason)
+                                         text_reject_reason, with_record_positions)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, DataFrameReader, SparkSession
@@ -61,6 +61,8 @@ class SparkFileSource(Source):
         df = self._load(reader, listing)  # Spark's failures here are explained by the job (explain_failure)
         check_text_column(df.schema, text_field, self.label, spark)
         check_free_column(df, file_name_column)
+        if self.record_positions:  # attribute files: each row's place in its file
+            df = with_record_positions(df)
         df = with_file_names(spark, df, listing, file_name_column)
         return typed_records(df, text_field, file_name_column)
 
