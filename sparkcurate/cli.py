@@ -76,7 +76,9 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: fp32 on CPU, fp16 on GPUs; fp16-split: fp16 with fp32-exact weights (closer to fp32, "
                         "slower)")
     p.add_argument("--labels", help="zero-shot labels: a .json/.txt file or 'Label=description;Label=...' "
-                                    "(a value with ';' or '=' is inline, never a file name)")
+                                    "(a value with ';' or '=' is inline, never a file name); at least two; a label "
+                                    "without a description, or with an empty one, is described by its name "
+                                    "('_' as spaces), in every form")
     p.add_argument("--param", action="append", metavar="[NAME:]KEY=VALUE",
                    help="a classifier option by name, e.g. aegis:adapter=permissive or zero-shot:temperature=0.1 "
                         "(values parsed as JSON when they can be); repeatable")
@@ -86,10 +88,24 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark setting; repeatable")
     p.add_argument("--layout", choices=("partitioned", "mirror"), default="partitioned",
                    help="partitioned: OUT/file_name=<name>/part-*.json; mirror: OUT/<input name>")
-    p.add_argument("--compression", choices=("none", "gzip", "bzip2"), default="none",
-                   help="compression of the output JSONL files (default: none)")
+    p.add_argument("--compression", metavar="CODEC",
+                   help="output compression, as the format's convention: " + "; ".join(
+                       f"{name}: {', '.join(sink.compressions)} (default {sink.compressions[0]})"
+                       for name, sink in sorted(SINKS.items())))
     p.add_argument("--input-format", choices=SOURCE_NAMES, default="jsonl", help="how --input is read: docs/formats.md")
-    p.add_argument("--output-format", choices=sorted(SINKS), default="jsonl", help="how the kept rows are written")
+    p.add_argument("--output-format", choices=sorted(SINKS),
+                   help="how the kept rows are written (default: jsonl; parquet for --output-table)")
+    p.add_argument("--output-table", metavar="[CATALOG.]DB.TABLE",
+                   help="write the kept rows to this catalog table (parquet or delta), partitioned by file_name; "
+                        "--output still holds the run's summary, rejects and report (docs/formats.md)")
+    p.add_argument("--jsonl-mode", choices=("exact", "reserialize"), default="reserialize",
+                   help="JSONL in and out: exact writes each kept line byte for byte with the predictions appended; "
+                        "reserialize (default) writes the parsed record (docs/formats.md)")
+    p.add_argument("--output-mode", choices=("records", "attributes"), default="records",
+                   help="records (default): the kept records with predictions; attributes: a key and the "
+                        "predictions of every record, by file_name, to join with the input (docs/formats.md)")
+    p.add_argument("--id-field", default="id", help="attribute files' key when every record has it, unique in its "
+                                                    "file (default: id; else the record's position in its file)")
     p.add_argument("--schema", help="Spark DDL schema of the input (skips schema inference)")
     p.add_argument("--file-name-column", default="file_name",
                    help="column naming each record's input file; partitioned output is split by it "
@@ -183,7 +199,7 @@ def make_classifiers(args: argparse.Namespace) -> list[Any]:
                           max_tokens=args.max_tokens)
         elif args.pred_column or args.prob_column:
             raise ValueError("--pred-column/--prob-column are for a single classifier")
-        if args.labels:
+        if args.labels is not None:  # --labels '' is an error below, not the default labels
             if name != "zero-shot":
                 raise ValueError("--labels is for the zero-shot classifier")
             from sparkcurate.classifiers.zero_shot import read_label_descriptions
@@ -218,10 +234,23 @@ def check_output_path(output: str) -> None:
             return
 
 
+def check_output_options(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The output format (jsonl, or parquet for a table, when not given) and codec (None: the format's default),
+    after checking that the format can write ``--layout`` and ``--compression`` (bzip2 is a JSONL codec, not a
+    Parquet one): a ``ValueError`` before Spark starts otherwise."""
+    from sparkcurate.io.sinks import get_sink
+
+    output_format = args.output_format or ("parquet" if args.output_table else "jsonl")
+    sink = get_sink(output_format, args.output_table)
+    sink.check(args.layout, args.compression)
+    return output_format, None if args.compression == sink.compression(None) else args.compression
+
+
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.io.commit import OutputBusy, OutputNotOurs
     from sparkcurate.io.failures import InputError
     from sparkcurate.io.listing import check_paths_apart
+    from sparkcurate.io.sources.base import UsageError, check_text_field, parse_schema
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
     from sparkcurate.spark.resources import ResourceUnavailable, check_local, wait_seconds
@@ -230,9 +259,14 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         if args.waves < 0:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
+        check_text_field(args.text_field, args.file_name_column)
         check_output_path(args.output)
         if args.input:
             check_paths_apart(args.input, args.output)
+        output_format, compression = check_output_options(args)
+        if args.output_mode == "attributes" and args.filter_by:
+            raise ValueError("--filter-by does not apply to --output-mode attributes: every record gets its "
+                             "attribute row (filter on the predictions when you join)")
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
         wait_seconds(conf)
@@ -252,17 +286,26 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL
     spark = get_session(args.master, conf)
+    try:
+        parse_schema(args.schema)  # Spark parses DDL: checked once it runs, before any input is read
+    except UsageError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     opts = JobOptions(
         input=args.input_table or args.input, output=args.output, classifiers=classifiers, layout=args.layout,
         file_name_column=args.file_name_column, schema=args.schema,
-        compression=None if args.compression == "none" else args.compression, quiet=args.quiet,
+        compression=compression, quiet=args.quiet,
         waves=args.waves, report=not args.no_report,
         input_format="table" if args.input_table else args.input_format,
-        output_format=args.output_format,
+        output_format=output_format, output_table=args.output_table, jsonl_mode=args.jsonl_mode,
+        output_mode=args.output_mode, id_field=args.id_field or None,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:
         summary = run(spark, opts)
+    except UsageError as exc:  # an input field that clashes with a column the job writes
+        log.error("%s", exc)
+        return EXIT_USAGE
     except InputError as exc:
         log.error("input: %s", exc)
         return EXIT_INPUT

@@ -180,3 +180,13 @@ def test_kernel_resources_compiles_for_sm90():
     res = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources"], capture_output=True, text=True,
                          timeout=120, cwd=REPO, env={**env, "TRITON_INTERPRET": "1"})
     assert res.returncode == 2 and "TRITON_INTERPRET" in res.stderr
+
+
+@pytest.mark.slow
+def test_jsonl_exact_smoke(tmp_path):
+    """The three JSONL paths run on the same documents and report time and bytes (benchmarks/jsonl_exact.py)."""
+    doc = _run("benchmarks.jsonl_exact", ["--smoke", "--out-dir", str(tmp_path)], tmp_path)
+    rows = {r["name"]: r for r in doc["results"]}
+    assert set(rows) == {"reserialize", "exact", "attributes"}
+    assert all(r["input_records"] == 2000 and r["output_bytes"] > 0 for r in rows.values())
+    assert rows["attributes"]["output_bytes"] < rows["exact"]["output_bytes"]

@@ -255,3 +255,9 @@ def test_output_that_is_a_file_is_a_usage_error_before_spark(tmp_path, monkeypat
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "existing file" in errors[0] and "\n" not in errors[0]
     assert existing.read_text(encoding="utf-8") == "keep me\n" and sorted(tmp_path.iterdir()) == [existing]
+
+
+def test_filter_by_with_attribute_files_is_a_usage_error(tmp_path):
+    """Attribute files hold a row for every record: a filter has nothing to drop, so it is refused before Spark."""
+    assert main(["classify", "--input", str(SAMPLES), "--output", str(tmp_path / "o"), "--classifier", "domain",
+                 "--output-mode", "attributes", "--filter-by", "News"]) == EXIT_USAGE

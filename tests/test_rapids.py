@@ -12,7 +12,10 @@ from sparkcurate.spark.rapids import (
     UNKNOWN,
     assess_rapids,
     detect_rapids,
+    executed_operators,
     jvm_class_check,
+    plan_operators,
+    split_operators,
 )
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -145,3 +148,107 @@ def test_shipped_rapids_conf_passes_the_detector():
     info = assess_rapids(conf, _loadable(True))
     assert info["enabled"] is True
     assert info["warnings"] == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which operators ran on the GPU, from the executed plans
+# ----------------------------------------------------------------------------------------------------------
+
+#: A plan as the SQL status store keeps it ("formatted" mode) with adaptive execution, GPU operators in the
+#: final plan and the CPU operators the plugin replaced in the initial one (which must not count).
+GPU_PLAN = """== Physical Plan ==
+AdaptiveSparkPlan (12)
++- == Final Plan ==
+   ResultQueryStage (7), Statistics(sizeInBytes=8.0 EiB)
+   +- GpuColumnarToRow (6)
+      +- GpuHashAggregate (5)
+         +- ShuffleQueryStage (4), Statistics(sizeInBytes=16.0 B, rowCount=1)
+            +- GpuColumnarExchange (3)
+               +- GpuFilter (2)
+                  +- GpuFileGpuScan json  (1)
++- == Initial Plan ==
+   HashAggregate (11)
+   +- Exchange (10)
+      +- Filter (9)
+         +- Scan json  (8)
+
+
+(1) GpuFileGpuScan json 
+Output [2]: [text#0, n#1L]
+"""
+
+
+def test_plan_operators_reads_the_final_adaptive_plan_only():
+    assert plan_operators(GPU_PLAN) == ["GpuColumnarToRow", "GpuHashAggregate", "GpuColumnarExchange",
+                                        "GpuFilter", "GpuFileGpuScan json"]
+
+
+def test_split_operators_puts_gpu_writes_with_the_gpu():
+    write = """== Physical Plan ==
+Execute GpuInsertIntoHadoopFsRelationCommand (4)
++- GpuRowToColumnar (3)
+   +- MapInArrow (2)
+      +- * Filter (1)
+"""
+    assert split_operators([write, GPU_PLAN]) == {
+        "gpu_operators": ["Execute GpuInsertIntoHadoopFsRelationCommand", "GpuColumnarExchange",
+                          "GpuColumnarToRow", "GpuFileGpuScan json", "GpuFilter", "GpuHashAggregate",
+                          "GpuRowToColumnar"],
+        "cpu_operators": ["Filter", "MapInArrow"]}
+
+
+def test_plan_operators_in_simple_explain_mode():
+    simple = """== Physical Plan ==
+*(2) HashAggregate(keys=[], functions=[count(1)])
++- Exchange SinglePartition, ENSURE_REQUIREMENTS, [plan_id=74]
+   +- *(1) Project [text#4]
+      +- MapInArrow f(text#0)#3, [text#4], false
+         +- FileScan json [text#0] Batched: false, DataFilters: [], Format: JSON
+"""
+    assert plan_operators(simple) == ["HashAggregate", "Exchange", "Project", "MapInArrow", "FileScan json"]
+
+
+def test_executed_operators_without_jvm_are_unknown():
+    assert executed_operators(_ConnectLike({}), 0.0) == {"gpu_operators": None, "cpu_operators": None,
+                                                         "queries": 0}
+
+
+def test_job_without_the_plugin_records_its_cpu_operators(spark, deberta_dir, tmp_path):
+    """A real run on the CPU: the summary and the report list the operators of its plans, none on the GPU."""
+    from sparkcurate.classifiers import DomainClassifier
+    from sparkcurate.pipeline import JobOptions, run
+    from tests.conftest import write_jsonl
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": i, "text": f"football match {i}"} for i in range(6)])
+    clf = DomainClassifier(model=str(deberta_dir), device="cpu")
+    summary = run(spark, JobOptions(input=str(tmp_path / "in"), output=str(tmp_path / "out"), classifiers=[clf],
+                                    report=False))
+    rapids = summary["rapids"]
+    assert rapids["gpu_operators"] == []
+    assert rapids["queries"] >= 3  # the counts, the output and the rejects at least
+    cpu = set(rapids["cpu_operators"])
+    assert {"Scan json", "Execute InsertIntoHadoopFsRelationCommand", "InMemoryTableScan"} <= cpu, cpu
+    assert cpu & {"MapInArrow", "PythonMapInArrow"}, cpu  # the classify stage (Spark 4 / Spark 3.5 name)
+    assert not cpu & {"Range", "LogicalRelation", "CreateViewCommand"}, cpu  # no logical plan nodes
+
+
+def test_plan_operators_skips_a_commands_logical_plan_but_reads_a_cached_plan():
+    view = """== Physical Plan ==
+Execute CreateViewCommand (1)
+   +- CreateViewCommand (2)
+         +- Filter (5)
+            +- Project (4)
+               +- Range (3)
+"""
+    assert plan_operators(view) == ["Execute CreateViewCommand"]
+    cached = """== Physical Plan ==
+* HashAggregate (6)
++- InMemoryTableScan (1)
+      +- InMemoryRelation (2)
+            +- MapInArrow (4)
+               +- BroadcastHashJoin LeftOuter BuildRight (5)
+                  :- Scan json  (3)
+                  +- BroadcastExchange (7)
+"""
+    assert plan_operators(cached) == ["HashAggregate", "InMemoryTableScan", "InMemoryRelation", "MapInArrow",
+                                      "BroadcastHashJoin", "Scan json", "BroadcastExchange"]

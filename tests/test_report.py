@@ -78,7 +78,9 @@ def wide_summary() -> dict:
                                       "spark.rapids.sql.concurrentGpuTasks": "2",
                                       "spark.rapids.memory.gpu.allocFraction": None},
                          "warnings": ["spark.rapids.memory.gpu.allocFraction is not set: RAPIDS takes most of "
-                                      "the GPU's memory and leaves PyTorch little"]}
+                                      "the GPU's memory and leaves PyTorch little"],
+                         "gpu_operators": ["GpuFileGpuScan json", "GpuFilter"],
+                         "cpu_operators": ["Execute InsertIntoHadoopFsRelationCommand"], "queries": 3}
     return summary
 
 
@@ -158,6 +160,9 @@ def test_rapids_settings_are_a_table_not_json(tmp_path):
     assert re.search(r"<td[^>]*>spark\.plugins</td><td[^>]*>com\.nvidia\.spark\.SQLPlugin</td>", rapids)
     assert re.search(r"<td[^>]*>spark\.rapids\.memory\.gpu\.allocFraction</td><td[^>]*>\(not set\)</td>", rapids)
     assert "<li>spark.rapids.memory.gpu.allocFraction is not set" in rapids
+    gpu = rapids[rapids.index("Operators that ran on the GPU"):rapids.index("Operators that ran on the CPU")]
+    assert "<ul><li>GpuFileGpuScan json</li><li>GpuFilter</li></ul>" in gpu  # a plain list, not a warning
+    assert "<li>Execute InsertIntoHadoopFsRelationCommand</li>" in rapids[rapids.index("on the CPU"):]
     assert "{&quot;" not in page and "[&quot;" not in page  # no raw JSON anywhere
 
 

@@ -255,10 +255,22 @@ def label_file(source: str) -> Path | None:
     return None
 
 
+def name_description(label: str) -> str:
+    """The description of a label given without one (or with an empty one), in every form: its name, with '_'
+    as spaces (``Sports_Talk`` -> ``Sports Talk``)."""
+    return label.replace("_", " ").strip()
+
+
 def description_lists(descriptions: Descriptions) -> dict[str, list[str]]:
-    """Each label's descriptions as a list (a single string is one description); an empty one is an error."""
+    """Each label's descriptions as a list (a single string is one description). An empty or blank description
+    string stands for the label's name (``name_description``), as a label without a description does in the
+    inline and text forms; an empty list, an empty item in a list or a value that is no string is an error."""
     out: dict[str, list[str]] = {}
     for label, value in descriptions.items():
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"empty label {label!r}: every label needs a name")
+        if isinstance(value, str) and not value.strip():
+            value = name_description(label)
         items = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
         if not items or not all(isinstance(v, str) and v.strip() for v in items):
             raise ValueError(f"label {label!r}: expected a description or a non-empty list of descriptions")
@@ -278,17 +290,20 @@ def read_label_descriptions(source: str) -> dict[str, str | list[str]]:
             if not isinstance(data, dict):
                 raise ValueError(f"{source}: expected a JSON object of label -> description(s)")
             try:
-                description_lists(data)
+                descriptions = description_lists(data)
             except ValueError as exc:
                 raise ValueError(f"{source}: {exc}") from exc
-            return dict(data)
+            if len(descriptions) < 2:  # ``{}`` too: never a silent fall-back to the default labels
+                raise ValueError(f"{source}: zero-shot needs at least two labels, got {list(descriptions)}")
+            return {label: items if isinstance(data[label], (list, tuple)) else items[0]
+                    for label, items in descriptions.items()}
         pairs = [line.split(":", 1) for line in text.splitlines() if line.strip() and not line.startswith("#")]
     else:
         pairs = [item.split("=", 1) for item in source.split(";") if item.strip()]
     out: dict[str, str] = {}
     for pair in pairs:
         label = pair[0].strip()
-        desc = pair[1].strip() if len(pair) > 1 and pair[1].strip() else label.replace("_", " ")
+        desc = pair[1].strip() if len(pair) > 1 and pair[1].strip() else name_description(label)
         if not label:
             raise ValueError(f"empty label in {source!r}")
         if label in out:
@@ -361,7 +376,9 @@ class ZeroShotClassifier(DistributedDataClassifier):
     default_max_tokens: ClassVar[int] = 256
 
     def __post_init__(self) -> None:
-        descriptions = description_lists(self.label_descriptions or DOMAIN_DESCRIPTIONS)
+        # None means the default labels; an empty mapping is an error below (never the defaults in disguise).
+        given = self.label_descriptions
+        descriptions = description_lists(DOMAIN_DESCRIPTIONS if given is None else given)
         if len(descriptions) < 2:
             raise ValueError("zero-shot needs at least two labels")
         self.label_descriptions = descriptions

@@ -21,10 +21,11 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sparkcurate.io.listing import spark_skips
-from sparkcurate.io.sinks import get_sink
+from sparkcurate.io.sinks import Sink, get_sink
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -273,7 +274,11 @@ class OutputCommit:
         self.previous: dict | None = None
         self.existed = self.fs.exists("")  # a run that fails before writing removes the directory it created
         self.touched = False
-        self.entries: set[str] = set()  # what sparkcurate wrote here before (the manifest)
+        # What sparkcurate wrote here before (the manifest): paths under OUT, the inputs they hold, and how they
+        # were written (format, table, layout, file name column, compression; None: unknown, an older version).
+        self.entries: set[str] = set()
+        self.names: set[str] = set()
+        self.config: dict | None = None
         self.pruned: list[str] = []
         self._body: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -284,7 +289,7 @@ class OutputCommit:
         commit = cls(spark, output)
         commit._acquire(command, started)
         try:
-            commit.entries = read_manifest(commit.fs)
+            commit.entries, commit.names, commit.config = read_manifest(commit.fs)
             foreign = foreign_entries(commit.fs, commit.entries)
             if foreign:
                 shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -359,26 +364,40 @@ class OutputCommit:
         under its name with the case swapped)."""
         return self.fs.exists(RUNNING_MARKER.swapcase())
 
-    def touch(self, entries: set[str]) -> None:
+    def touch(self, outputs: "RunOutputs") -> None:
         """The output is about to change: from here the manifest lists what it may hold (the earlier entries
         and this run's), so a run killed while writing leaves nothing unaccounted."""
         self.check_owner()
         self.touched = True
-        write_manifest(self.fs, self.entries | entries, self.run_id, complete=False)
+        names = set(outputs.names) | (self.names if _same_output(self.config, outputs.config) else set())
+        write_manifest(self.fs, self.entries | outputs.entries, names, outputs.config, self.run_id, complete=False)
 
-    def prune(self, entries: set[str]) -> list[str]:
-        """Remove every earlier output that this run did not produce (``entries``: what it wrote, relative to
-        OUT) and record ``entries`` as the manifest."""
-        for rel in sorted(self.entries - entries):
-            if any(e.startswith(rel.rstrip("/") + "/") for e in entries):
-                continue  # a folder that holds this run's output (manifests of older versions)
-            if self.fs.exists(rel):
-                log.info("removing %s: this run did not produce it", rel)
-                self.fs.delete(rel)
-                _remove_empty_parents(self.fs, rel)
-            self.pruned.append(rel)
-        write_manifest(self.fs, entries, self.run_id, complete=True)
-        self.entries = set(entries)
+    def prune(self, spark: "SparkSession", outputs: "RunOutputs", sink: "Sink") -> list[str]:
+        """Remove every earlier output that this run did not produce and record this run's as the manifest.
+
+        Paths under OUT are deleted (never a folder that holds this run's output); a sink that removes an
+        input's output itself (a Delta table's ``DELETE``, a catalog table's ``DROP PARTITION``) is asked to,
+        for the inputs it held last time and does not hold now, and its folders under OUT stay its own."""
+        keep = set(outputs.entries)
+        if removes_by_name(sink) and (self.config is None or _same_output(self.config, outputs.config)):
+            stale_names = sorted(self.names - outputs.names)
+            if stale_names:
+                cfg = outputs.config
+                sink.remove_outputs(spark, self.output, cfg["layout"], cfg["file_name_column"], stale_names,
+                                    cfg["compression"])
+                self.pruned.extend(stale_names)
+            keep |= {rel for rel in self.entries if self.fs.exists(rel)}  # the table's folders: its log decides
+        else:
+            for rel in sorted(self.entries - keep):
+                if any(e.startswith(rel.rstrip("/") + "/") for e in keep):
+                    continue  # a folder that holds this run's output (manifests of older versions)
+                if self.fs.exists(rel):
+                    log.info("removing %s: this run did not produce it", rel)
+                    self.fs.delete(rel)
+                    _remove_empty_parents(self.fs, rel)
+                self.pruned.append(rel)
+        write_manifest(self.fs, keep, outputs.names, outputs.config, self.run_id, complete=True)
+        self.entries, self.names, self.config = keep, set(outputs.names), outputs.config
         return self.pruned
 
     def failed(self, explained: bool = False) -> None:
@@ -433,32 +452,36 @@ class OutputCommit:
 # --- what sparkcurate wrote ------------------------------------------------------------------------------------
 
 
-def read_manifest(fs: "HadoopFS") -> set[str]:
-    """The outputs sparkcurate wrote under OUT (relative paths: partition folders, mirror files). An output of
-    an older version (a ``_summary.json``, no manifest) counts as wholly sparkcurate's."""
+def read_manifest(fs: "HadoopFS") -> tuple[set[str], set[str], dict | None]:
+    """(paths under OUT, input names, output settings) of what sparkcurate wrote here before. An output of an
+    older version (a ``_summary.json``, no manifest) counts its partition folders and data files as
+    sparkcurate's."""
     data = fs.read_json(MANIFEST_FILE)
     if isinstance(data, dict) and isinstance(data.get("entries"), list):
-        return {str(e) for e in data["entries"]}
+        config = data.get("output") if isinstance(data.get("output"), dict) else None
+        return {str(e) for e in data["entries"]}, {str(n) for n in data.get("file_names") or []}, config
     if fs.exists(SUMMARY_FILE):
         found = [e for e in visible_entries(fs) if _looks_like_output(e)]
         if found:
-            log.warning("%s has no %s (written by an older sparkcurate): its %d partition folders and JSON files "
+            log.warning("%s has no %s (written by an older sparkcurate): its %d partition folders and data files "
                         "are taken as sparkcurate's output", fs.root, MANIFEST_FILE, len(found))
-        return set(found)
-    return set()
+        return set(found), set(), None
+    return set(), set(), None
 
 
 _OUTPUT_SUFFIXES = tuple(s + c for s in (".jsonl", ".json", ".ndjson") for c in ("", ".gz", ".bz2", ".deflate"))
 
 
 def _looks_like_output(rel: str) -> bool:
-    """What an older sparkcurate wrote: partition folders (``k=v``) and JSON-lines files (mirror layout)."""
+    """What an older sparkcurate wrote: partition folders (``k=v``), JSON-lines and Parquet files (mirror)."""
     name = posixpath.basename(rel)
-    return "=" in name or name.endswith(_OUTPUT_SUFFIXES)
+    return "=" in name or name.endswith(_OUTPUT_SUFFIXES + (".parquet",))
 
 
-def write_manifest(fs: "HadoopFS", entries: set[str], run_id: str, complete: bool) -> None:
-    fs.write_json(MANIFEST_FILE, {"run_id": run_id, "complete": complete, "entries": sorted(entries)})
+def write_manifest(fs: "HadoopFS", entries: set[str], names: set[str], config: dict, run_id: str,
+                   complete: bool) -> None:
+    fs.write_json(MANIFEST_FILE, {"run_id": run_id, "complete": complete, "output": config,
+                                  "entries": sorted(entries), "file_names": sorted(names)})
 
 
 def visible_entries(fs: "HadoopFS", rel: str = "") -> list[str]:
@@ -500,13 +523,45 @@ def _remove_empty_parents(fs: "HadoopFS", rel: str) -> None:
         parent = posixpath.dirname(parent)
 
 
-def output_entries(spark: "SparkSession", opts: Any, counts: Any) -> set[str]:
-    """Where this run's kept records go, relative to OUT: one entry per input file that keeps a record (the
-    sink says where, in the run's layout). ``opts``: the run's ``pipeline.JobOptions``; ``counts``: its
-    ``report.summary.Counts`` (neither imported: both sit above this module)."""
-    sink = get_sink(opts.output_format)
-    kept = {fname for fname, status, _reason, n in counts.by_status_file if status == "kept" and n > 0}
-    return {sink.target(spark, opts.layout, opts.file_name_column, f, opts.compression) for f in kept}
+@dataclass(frozen=True)
+class RunOutputs:
+    """What one run writes: ``entries`` (paths under OUT: partition folders, mirror files; none for a catalog
+    table), ``names`` (the inputs they hold) and ``config`` (how they were written)."""
+
+    entries: set[str]
+    names: set[str]
+    config: dict
+
+
+def written_names(opts: Any, counts: Any) -> set[str]:
+    """The inputs this run writes an output for: those that keep a record (attribute files: every input with a
+    record). ``opts``: the run's ``pipeline.JobOptions``; ``counts``: its ``report.summary.Counts`` (neither
+    imported: both sit above this module)."""
+    every = getattr(opts, "output_mode", "records") == "attributes"  # attribute files: a row for every record
+    return {fname for fname, status, _reason, n in counts.by_status_file if (every or status == "kept") and n > 0}
+
+
+def run_outputs(spark: "SparkSession", opts: Any, counts: Any, sink: "Sink") -> RunOutputs:
+    """This run's outputs (``RunOutputs``): the sink says where each input's output lives under OUT."""
+    names = written_names(opts, counts)
+    table = getattr(opts, "output_table", None)
+    entries = set() if table else {sink.target(spark, opts.layout, opts.file_name_column, n, opts.compression)
+                                   for n in names}
+    config = {"format": opts.output_format, "table": table, "layout": opts.layout,
+              "file_name_column": opts.file_name_column, "compression": opts.compression}
+    return RunOutputs(entries, names, config)
+
+
+def removes_by_name(sink: "Sink") -> bool:
+    """Whether ``sink`` removes an input's output itself (a table's rows) instead of its path under OUT."""
+    return type(sink).remove_outputs is not Sink.remove_outputs
+
+
+def _same_output(a: dict | None, b: dict | None) -> bool:
+    """Whether two runs wrote the same dataset (format, table and file name column; a codec change is not a
+    new dataset)."""
+    keys = ("format", "table", "file_name_column")
+    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in keys)
 
 
 def _remove_if_empty(fs) -> None:
@@ -538,3 +593,17 @@ def write_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run
     fs.rename(staging, REJECTS_DIR)
     if not fs.list("_staging"):
         fs.delete("_staging")
+
+
+def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any,
+                        sink: "Sink | None" = None) -> None:
+    """Remove the earlier output of input files that keep nothing this time (every record filtered out or
+    rejected; in attribute mode, files with no record): Spark writes no partition for them, so the old one would
+    otherwise survive a re-run. ``opts``: the run's ``pipeline.JobOptions``; ``counts``: its
+    ``report.summary.Counts`` (neither imported: both sit above this module); ``sink``: where the output goes
+    (says how an input's output is removed; by default the one ``opts.output_format`` names)."""
+    kept = written_names(opts, counts)
+    sink = sink or get_sink(opts.output_format)
+    stale = [f.file_name for f in listing.files if f.file_name not in kept]
+    if stale:
+        sink.remove_outputs(spark, opts.output, opts.layout, opts.file_name_column, stale, opts.compression)

@@ -86,6 +86,17 @@ class HadoopFS:
         return json.loads(text) if text else None
 
 
+def data_bytes(spark: "SparkSession", root: str) -> int:
+    """Bytes of the data under the output ``root``: every entry except ``_`` and ``.`` names (rejects, summary,
+    report, markers), which readers skip too."""
+    fs = HadoopFS(spark, root)
+    total = 0
+    for name, _ in fs.list():
+        if not name.startswith(("_", ".")):
+            total += int(fs.fs.getContentSummary(fs.path(name)).getLength())
+    return total
+
+
 def local_path(uri: str) -> "Path | None":
     """The local path that a Spark path names (a plain path or ``file:`` URI), or None for another file system
     (``s3a://``, ``hdfs://``, ``gs://``, ...), which only Spark's Hadoop client can reach.

@@ -4,7 +4,8 @@
 - ``file_name`` is the path relative to the input root, so ``a/x.jsonl`` and ``b/x.jsonl`` stay apart. It is
   derived from Spark's own file listing, joined on the path Spark reports for each record
   (``with_file_names``), so it is exact for any character in a name.
-- Files under the input that are not read (hidden names, other suffixes) are listed with the reason.
+- Files under the input that are not read (hidden names, other suffixes, broken symbolic links) are listed
+  with the reason.
 - Symbolic links under a local input: a link to a folder is followed once, and never into a folder that is
   read already (a loop such as ``a/b -> a``, or a link to a sibling folder: those files are read once, under
   their real folder's name); a link to a file already read is not read again; a broken link is listed as not
@@ -34,7 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SOURCE_COLUMN = "_source_path"
+# A temporary column of with_file_names, in the job's namespace (sources.base.INTERNAL_PREFIX, where input fields are
+# refused), so it can never replace an input field called "_source_path".
+SOURCE_COLUMN = "__sparkcurate_source_path"
 
 
 class InputError(ValueError):
@@ -224,6 +227,8 @@ def list_input_files(spark: "SparkSession", path: str, suffixes: tuple[str, ...]
         raise
     if found is None:  # no JVM handle (Spark Connect): Spark's own listing (it leaves out empty files)
         found = _binary_file_listing(spark, path, suffixes)
+        if local:  # elsewhere the local walk (_walk_local) lists broken links itself
+            ignored.extend(broken_links(path))
     root = input_root(path)
     files = sorted((InputFile(p, partition_safe_name(relative_name(p, root)), size) for p, size in found),
                    key=lambda f: f.file_name)
@@ -236,6 +241,37 @@ def list_input_files(spark: "SparkSession", path: str, suffixes: tuple[str, ...]
                     path, skipped[0])
     return InputListing(root=root, files=files, source=path, ignored=skipped,
                         links=tuple(sorted(relative_name(p, root) for p in links)))
+
+
+def broken_link_reason(path: str) -> str:
+    import os
+
+    return f"broken symbolic link: its target {os.readlink(path)} does not exist"
+
+
+def broken_links(path: str) -> list[tuple[str, str]]:
+    """Symbolic links under a local directory input (or the directories a glob matches) whose target does not
+    exist, with why. Hadoop's listing passes over them without a word; reported in ``ignored_files``, a link
+    that points nowhere is not a file silently missing from the run. Folder links are followed, each real folder
+    walked once."""
+    import os
+
+    local = urlparse(path).path if path.startswith("file:") else path
+    tops = _glob.glob(local, recursive=True) if _has_glob(path) else [local]
+    seen: set[str] = set()
+    found: list[tuple[str, str]] = []
+    for top in (t for t in tops if os.path.isdir(t)):
+        for folder, dirs, files in os.walk(top, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            for name in files:  # a link whose target is missing is no folder: os.walk lists it with the files
+                full = os.path.join(folder, name)
+                if os.path.islink(full) and not os.path.exists(full):
+                    found.append((os.path.abspath(full), broken_link_reason(full)))
+    return found
 
 
 def splittable(name: str) -> bool:
@@ -367,7 +403,7 @@ def _walk_local(root_uri: str, suffixes: tuple[str, ...], kind: str, ignored: li
                 if any(spark_skips(p) for p in rel.split("/")):
                     ignored.append((f"{prefix}/{rel}", HIDDEN_REASON))
                 elif not os.path.exists(entry.path):
-                    ignored.append((f"{prefix}/{rel}", f"broken link (to {os.readlink(entry.path)!r})"))
+                    ignored.append((f"{prefix}/{rel}", broken_link_reason(entry.path)))
                 elif entry.is_dir():
                     pending_dirs.append(rel)
                 else:

@@ -459,7 +459,9 @@ def _setting(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-_RAPIDS_TITLES = {"settings": "Settings the check read", "warnings": "Warnings"}
+_RAPIDS_TITLES = {"settings": "Settings the check read", "warnings": "Warnings",
+                  "gpu_operators": "Operators that ran on the GPU (from the executed plans)",
+                  "cpu_operators": "Operators that ran on the CPU (from the executed plans)"}
 
 
 def _rapids(rapids: Mapping[str, Any]) -> str:
@@ -477,6 +479,7 @@ def _rapids(rapids: Mapping[str, Any]) -> str:
                                                 '<p class="muted">none</p>'))
         elif isinstance(value, list):
             items = "".join(f"<li>{_e(_setting(v))}</li>" for v in value)
-            parts.append(f"<h4>{title}</h4>" + (f'<ul class="warn">{items}</ul>' if items else
+            css = ' class="warn"' if key == "warnings" else ""
+            parts.append(f"<h4>{title}</h4>" + (f'<ul{css}>{items}</ul>' if items else
                                                 '<p class="muted">none</p>'))
     return "".join(parts)

@@ -124,6 +124,8 @@ def build_summary(spark: "SparkSession", opts: Any, counts: Counts, models: list
         "output": opts.output,
         "command": opts.command,
         "layout": opts.layout,
+        "output_format": opts.output_format,
+        "output_table": getattr(opts, "output_table", None),  # where the kept rows went, when not under output
         "input_files": len(listing.files),
         "input_bytes": listing.total_bytes,
         "empty_files": sorted(f.file_name for f in listing.files if f.size == 0),
@@ -149,7 +151,7 @@ def build_summary(spark: "SparkSession", opts: Any, counts: Counts, models: list
         "models": [{"classifier": m["classifier"], "model": m["model"], "revision": m["revision"],
                     "fingerprint": m["fingerprint"]} for m in models],
         "versions": versions(),
-        "rapids": _rapids(spark),
+        "rapids": _rapids(spark, started),
         **opts.extra,
     }
 
@@ -167,13 +169,15 @@ def _spark_facts(spark) -> dict[str, Any]:
             "executor_gpu_amount": conf.get("spark.executor.resource.gpu.amount", None)}
 
 
-def _rapids(spark) -> dict[str, Any]:
+def _rapids(spark, started: float) -> dict[str, Any]:
+    """The RAPIDS check, plus which operators of this run's queries (those started since ``started``) ran on the
+    GPU and which on the CPU, read from their executed plans."""
     try:
-        from sparkcurate.spark.rapids import detect_rapids
+        from sparkcurate.spark.rapids import detect_rapids, executed_operators
     except ImportError:
         return {"enabled": None}
     try:
-        return detect_rapids(spark)
+        return {**detect_rapids(spark), **executed_operators(spark, started)}
     except Exception as exc:  # never fail a finished job over a report detail
         return {"enabled": None, "error": str(exc)}
 

@@ -10,12 +10,18 @@ under ``"rapids"`` so a slow or failed run can be explained afterwards.
 The logic lives in :func:`assess_rapids`, a pure function over a configuration mapping and a
 class-check callable, because Spark refuses to start when ``spark.plugins`` names a missing class, so
 that case cannot be produced with a real session in tests.
+
+Whether the plugin is present says little about what it did: a setting or a data type can push any operator
+back to the CPU. :func:`executed_operators` therefore reads the physical plans of the queries the run executed
+(Spark's SQL status store, the same plans the SQL tab of the UI shows) and lists the operators that ran on
+the GPU (``Gpu*`` nodes) and those that ran on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,7 @@ UNKNOWN = "unknown"
 RAPIDS_KEYS: tuple[str, ...] = (
     "spark.plugins",
     "spark.rapids.sql.enabled",
+    "spark.rapids.sql.mode",
     "spark.rapids.memory.gpu.pool",
     "spark.rapids.memory.gpu.allocFraction",
     "spark.rapids.memory.gpu.maxAllocFraction",
@@ -92,6 +99,11 @@ def _setting_warnings(conf: Mapping[str, str | None]) -> list[str]:
     warnings += _memory_warnings(
         conf.get("spark.rapids.memory.gpu.pool"), conf.get("spark.rapids.memory.gpu.allocFraction")
     )
+    if (conf.get("spark.rapids.sql.mode") or "").strip().lower() == "explainonly":
+        warnings.append(
+            "spark.rapids.sql.mode=explainOnly: the plugin only logs what would run on the GPU; everything "
+            "runs on the CPU"
+        )
     if _is_true(conf.get("spark.sql.execution.arrow.useLargeVarTypes"), default=False):
         warnings.append(
             "spark.sql.execution.arrow.useLargeVarTypes=true makes RAPIDS fall back to the CPU for "
@@ -207,3 +219,129 @@ def detect_rapids(spark: Any) -> dict[str, Any]:
     for warning in result["warnings"]:
         log.warning("RAPIDS: %s", warning)
     return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which operators ran on the GPU: read from the executed physical plans
+# ----------------------------------------------------------------------------------------------------------
+
+#: Plan nodes that only frame the real operators (adaptive execution's wrapper and its stage boundaries).
+_FRAME_NODES = ("AdaptiveSparkPlan",)
+_FRAME_SUFFIXES = ("QueryStage",)
+#: A node line of Spark's "formatted" plan tree: tree drawing, an optional codegen star, the node, "(N)".
+_FORMATTED_NODE = re.compile(r"^(?P<indent>[\s:|]*(?:[+:]- )?)(?:\*(?:\(\d+\))? )?(?P<node>[A-Za-z][^()\[]*?)\s*\(\d+\)")
+#: A node line of the other explain modes ("simple", "extended"): "+- *(2) Project [a#1, ...]".
+_SIMPLE_NODE = re.compile(r"^(?P<indent>[\s:|]*(?:[+:]- )?)(?:\*\(\d+\) )?(?P<node>[A-Za-z]\w*(?: \w+)?)")
+
+
+def _operator_name(node: str) -> str:
+    """The operator's name without its arguments ("BroadcastHashJoin LeftOuter BuildRight" -> its first word);
+    scans keep their format ("Scan json", "GpuFileGpuScan parquet") and commands their kind ("Execute X")."""
+    words = node.split()
+    if len(words) > 1 and (words[0] == "Execute" or words[0].endswith("Scan")):
+        return " ".join(words[:2])
+    return words[0]
+
+
+def _plan_tree(plan: str) -> list[str]:
+    """The tree lines of a plan description, final adaptive plan only.
+
+    Adaptive execution shows the final plan and the initial one; the initial plan is the one before the
+    plugin replaced operators stage by stage, so it must not count. The node details that "formatted" mode
+    prints after the tree start after the first blank line.
+    """
+    lines = plan.splitlines()
+    if lines and lines[0].startswith("== Physical Plan =="):
+        lines = lines[1:]
+    tree: list[str] = []
+    for line in lines:
+        if not line.strip() or "== Initial Plan ==" in line:
+            break
+        if "== Final Plan ==" in line or "== Current Plan ==" in line:
+            continue
+        tree.append(line)
+    return tree
+
+
+def plan_operators(plan: str) -> list[str]:
+    """Operator names in a physical plan description, in tree order, each once.
+
+    Understands Spark's ``formatted`` explain mode (the default of ``spark.sql.ui.explainMode``, what the
+    SQL status store keeps) and, more loosely, the ``simple``/``extended`` modes. A node's inner children are
+    drawn deeper than a child would be: under a cached table (``InMemoryRelation``) they are the physical plan
+    that filled the cache and count; under a command (``Execute CreateViewCommand``) they are a logical plan
+    that did not run, and are skipped.
+    """
+    names: list[str] = []
+    path: list[tuple[int, str]] = []  # (column, node) of the nodes above the current line
+    skip_below: int | None = None
+    for line in _plan_tree(plan):
+        match = _FORMATTED_NODE.match(line) or _SIMPLE_NODE.match(line)
+        if match is None:
+            continue
+        column, node = len(match.group("indent")), match.group("node").strip()
+        if skip_below is not None and column > skip_below:
+            continue
+        skip_below = None
+        while path and path[-1][0] >= column:
+            path.pop()
+        if path and column - path[-1][0] > 3 and path[-1][1].startswith("Execute "):
+            skip_below = path[-1][0]  # a command's logical plan
+            continue
+        path.append((column, node))
+        name = _operator_name(node)
+        if name in _FRAME_NODES or name.endswith(_FRAME_SUFFIXES) or name in names:
+            continue
+        names.append(name)
+    return names
+
+
+def is_gpu_operator(name: str) -> bool:
+    """RAPIDS names every operator it puts on the GPU ``Gpu...`` (writes: ``Execute Gpu...Command``)."""
+    return name.startswith("Gpu") or name.startswith("Execute Gpu")
+
+
+def split_operators(plans: Iterable[str]) -> dict[str, list[str]]:
+    """``{"gpu_operators": [...], "cpu_operators": [...]}`` over several plans, sorted, each name once."""
+    names = {name for plan in plans for name in plan_operators(plan)}
+    return {"gpu_operators": sorted(n for n in names if is_gpu_operator(n)),
+            "cpu_operators": sorted(n for n in names if not is_gpu_operator(n))}
+
+
+def executed_plans(spark: Any, since_ms: int) -> list[str] | None:
+    """Physical plans of the SQL queries that started at or after ``since_ms`` (epoch milliseconds).
+
+    From Spark's SQL status store (kept with or without the UI); the listener bus is drained first so the
+    last write's plan is in it. None where there is no JVM to ask (Spark Connect, serverless).
+    """
+    jvm_session = getattr(spark, "_jsparkSession", None)
+    if _session_jvm(spark) is None or jvm_session is None:
+        return None
+    try:
+        spark.sparkContext._jsc.sc().listenerBus().waitUntilEmpty()
+    except Exception as exc:  # noqa: BLE001 - a busy bus only risks missing the newest plan
+        log.debug("could not drain Spark's listener bus: %s", exc)
+    executions = jvm_session.sharedState().statusStore().executionsList()
+    plans = []
+    for i in range(executions.size()):
+        execution = executions.apply(i)
+        if execution.submissionTime() >= since_ms:
+            plans.append(str(execution.physicalPlanDescription()))
+    return plans
+
+
+def executed_operators(spark: Any, since_s: float) -> dict[str, Any]:
+    """Which operators of the queries run since ``since_s`` (epoch seconds) ran on the GPU and which on the CPU.
+
+    ``{"gpu_operators": [...], "cpu_operators": [...], "queries": N}``; the lists are None (and "queries" 0)
+    where the plans cannot be read. In ``spark.rapids.sql.mode=explainOnly`` everything runs on the CPU, so
+    ``gpu_operators`` is empty: the plugin's own log says what would have run on the GPU.
+    """
+    try:
+        plans = executed_plans(spark, int(since_s * 1000))
+    except Exception as exc:  # noqa: BLE001 - never fail a finished job over a report detail
+        log.warning("could not read the executed plans: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        plans = None
+    if plans is None:
+        return {"gpu_operators": None, "cpu_operators": None, "queries": 0}
+    return {**split_operators(plans), "queries": len(plans)}

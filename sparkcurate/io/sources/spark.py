@@ -22,7 +22,8 @@ from sparkcurate.io.failures import explain_failure
 from sparkcurate.io.listing import (RECORD_PATH_SQL, InputError, InputFile, InputListing, canonical_path,
                                     glob_escape, point_reader, readable_paths, relative_name, with_file_names)
 from sparkcurate.io.names import partition_safe_name
-from sparkcurate.io.sources.base import CORRUPT_COLUMN, REASON_COLUMN, Source, text_reject_reason
+from sparkcurate.io.sources.base import (CORRUPT_COLUMN, REASON_COLUMN, Source, check_input_fields,
+                                         text_reject_reason, with_record_positions)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, DataFrameReader, SparkSession
@@ -60,6 +61,8 @@ class SparkFileSource(Source):
         df = self._load(reader, listing)  # Spark's failures here are explained by the job (explain_failure)
         check_text_column(df.schema, text_field, self.label, spark)
         check_free_column(df, file_name_column)
+        if self.record_positions:  # attribute files: each row's place in its file
+            df = with_record_positions(df)
         df = with_file_names(spark, df, listing, file_name_column)
         return typed_records(df, text_field, file_name_column)
 
@@ -174,14 +177,11 @@ def _find_field(schema: "StructType", name: str, spark: "SparkSession | None"):
 
 
 def typed_records(df: "DataFrame", text_field: str, file_name_column: str) -> "DataFrame":
-    """``df`` with the columns every source provides: ``_corrupt_record`` (always null: a typed record always
-    parses) and ``_reject_reason`` (``text_missing``, ``text_empty``)."""
+    """``df`` with the columns every source provides: ``CORRUPT_COLUMN`` (always null: a typed record always
+    parses) and ``REASON_COLUMN`` (``text_missing``, ``text_empty``). Both are in the job's namespace, which
+    ``check_free_column`` refused in the input's columns."""
     from pyspark.sql import functions as F
 
-    clash = [c for c in (CORRUPT_COLUMN, REASON_COLUMN) if c in df.columns]
-    if clash:
-        raise InputError(f"the input has a column named {clash[0]!r}, which the job uses for its own bookkeeping; "
-                         f"rename it before classifying")
     df = df.withColumn(CORRUPT_COLUMN, F.lit(None).cast("string"))
     return df.withColumn(REASON_COLUMN, text_reject_reason(text_field))
 
@@ -311,5 +311,6 @@ def _decoded(path: str) -> str:
 
 
 def check_free_column(df: "DataFrame", file_name_column: str) -> None:
-    if file_name_column in df.columns:
-        raise InputError(f"the input already has a {file_name_column!r} column: choose another --file-name-column")
+    """The input's columns, before any is added: one named like the file-name column (in any case) or in the
+    job's namespace is refused (``check_input_fields``: a usage error, exit 2), never overwritten."""
+    check_input_fields(df.columns, [file_name_column])
