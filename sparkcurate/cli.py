@@ -261,8 +261,6 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise ValueError(f"--waves takes 0 (Spark's own splitting) or more, got {args.waves}")
         check_text_field(args.text_field, args.file_name_column)
         check_output_path(args.output)
-        if args.input:
-            check_paths_apart(args.input, args.output)
         output_format, compression = check_output_options(args)
         if args.output_mode == "attributes" and args.filter_by:
             raise ValueError("--filter-by does not apply to --output-mode attributes: every record gets its "
@@ -270,6 +268,8 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
         wait_seconds(conf)
+        if args.input:  # before Spark starts; a table input's location is checked by the job
+            check_paths_apart(args.input, args.output)
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE

@@ -17,6 +17,8 @@ import pytest
 
 from sparkcurate.io import commit as commit_mod
 from sparkcurate.io.commit import RUNNING_MARKER, OutputBusy, OutputCommit, OutputNotOurs, host_key
+from sparkcurate.io.sinks import SINKS
+from sparkcurate.io.sinks.jsonl import JsonlSink
 from sparkcurate.pipeline import JobOptions, run
 from tests.test_bad_input import LengthClassifier
 
@@ -259,3 +261,28 @@ def test_an_output_of_an_older_version_is_adopted(spark, tmp_path):
     summary = _run(spark, inp, out)
     assert summary["output_records"] == spark.read.json(str(out)).count() == 10
     assert summary["pruned_outputs"] == ["file_name=a.jsonl"]
+
+
+class RecordingTableSink(JsonlSink):
+    """A sink that removes an input's output itself (as Delta's DELETE or a table's DROP PARTITION do): the job
+    must ask it, never delete its folders by path."""
+
+    name = "recording-table"
+    removed: list[list[str]] = []
+
+    def remove_outputs(self, spark, out, layout, file_name_column, file_names, compression):
+        RecordingTableSink.removed.append(sorted(file_names))
+
+
+def test_a_sink_that_removes_by_name_is_asked_and_keeps_its_folders(spark, tmp_path, monkeypatch):
+    monkeypatch.setitem(SINKS, RecordingTableSink.name, RecordingTableSink)
+    monkeypatch.setattr(RecordingTableSink, "removed", [])
+    inp, out = _input(tmp_path / "in"), tmp_path / "out"
+    _run(spark, inp, out, output_format="recording-table")
+    (inp / "b.jsonl").unlink()
+    summary = _run(spark, inp, out, output_format="recording-table")
+    assert RecordingTableSink.removed == [["b.jsonl"]] and summary["pruned_outputs"] == ["b.jsonl"]
+    assert (out / "file_name=b.jsonl").is_dir()  # the table's own folder: its log decides, not a path delete
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert "file_name=b.jsonl" in manifest["entries"] and manifest["file_names"] == ["a.jsonl", "c.jsonl"]
+    _run(spark, inp, out, output_format="recording-table")  # its folders are never called foreign
