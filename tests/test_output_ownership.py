@@ -286,3 +286,20 @@ def test_a_sink_that_removes_by_name_is_asked_and_keeps_its_folders(spark, tmp_p
     manifest = json.loads((out / "_manifest.json").read_text())
     assert "file_name=b.jsonl" in manifest["entries"] and manifest["file_names"] == ["a.jsonl", "c.jsonl"]
     _run(spark, inp, out, output_format="recording-table")  # its folders are never called foreign
+
+
+def test_a_run_whose_lock_was_taken_over_stops_before_touching_and_leaves_the_new_marker(spark, tmp_path):
+    from sparkcurate.io.commit import RunOutputs
+
+    out = tmp_path / "out"
+    stalled = OutputCommit.start(spark, str(out), "stalled", time.time())
+    try:
+        taker = _marker(out, host="elsewhere", host_key="elsewhere|x|y", pid=1, heartbeat_at=_iso(time.time()))
+        with pytest.raises(OutputBusy, match="no longer names this run"):
+            stalled.touch(RunOutputs({"file_name=a.jsonl"}, {"a.jsonl"}, {"format": "jsonl"}))
+        stalled.failed()
+        assert json.loads((out / RUNNING_MARKER).read_text()) == taker
+        assert not (out / "_manifest.json").exists()
+    finally:
+        stalled.release()
+    assert json.loads((out / RUNNING_MARKER).read_text()) == taker

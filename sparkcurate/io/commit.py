@@ -409,9 +409,10 @@ class OutputCommit:
                 log.error("the run failed before writing anything: %s keeps its earlier content", self.output)
         else:
             try:
-                self._body["state"] = "failed"
-                self._body["failed_at"] = _iso(time.time())
-                self.marker.overwrite(self._body)
+                if self._owns_marker():  # never another run's marker (one that took over a stalled run)
+                    self._body["state"] = "failed"
+                    self._body["failed_at"] = _iso(time.time())
+                    self.marker.overwrite(self._body)
             except Exception as exc:  # never hide the real failure
                 log.warning("could not mark %s as failed: %s", RUNNING_MARKER, exc)
             log.error("the run failed while replacing the output: %s/%s marks it as unfinished", self.output,
@@ -425,10 +426,13 @@ class OutputCommit:
     def release(self) -> None:
         """Drop the lock (after the summary and the report are written)."""
         self._stop_heartbeat()
-        found, _ = self.marker.read()
-        if found and found.get("run_id") == self.run_id:
+        if self._owns_marker():
             self.marker.delete()
         _ACTIVE_RUNS.discard(self.run_id)
+
+    def _owns_marker(self) -> bool:
+        found, _ = self.marker.read()
+        return bool(found) and found.get("run_id") == self.run_id
 
     def _stop_heartbeat(self) -> None:
         self._stop.set()
@@ -438,7 +442,9 @@ class OutputCommit:
     def _release_untouched(self) -> None:
         """Undo this run's marker: the output is as it was, including an earlier run's unfinished state."""
         try:
-            if self.previous:
+            if not self._owns_marker():
+                pass  # another run holds OUT now: its marker stays
+            elif self.previous:
                 self.marker.overwrite(self.previous)
             else:
                 self.marker.delete()
