@@ -92,12 +92,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
     # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
     check_resources(spark, [c.device for c in opts.classifiers])
-    source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
-    sink.check(opts.layout, opts.compression)
-    attributes = opts.output_mode == "attributes"
-    source.keep_lines = attributes or (opts.jsonl_mode == "exact" and sink.name == "jsonl")
-    source.record_positions = attributes
-    source.key_fields = (opts.id_field,) if attributes and opts.id_field else ()
+    source, sink, attributes = _source_and_sink(opts)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)
     splits = contextlib.ExitStack()  # Spark's split settings, put back however the run ends
@@ -145,14 +140,32 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
                             meters.devices.value)
     summary.update(previous_run_unfinished=commit.previous or None, timings_s=laps.timings,
                    input_splits=plan.as_dict() if plan is not None else None, **meters.summary(progress),
-                   output_mode=opts.output_mode,
-                   jsonl_mode=opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
-                   output_bytes=None if opts.output_table else data_bytes(spark, opts.output),
-                   attribute_key=[opts.file_name_column, key] if attributes else None)
+                   **_output_facts(spark, opts, source, sink, key))
     commit.finish(summary)
     if opts.report:
         write_report(opts.output)
     return summary
+
+
+def _source_and_sink(opts: JobOptions):
+    """The run's source and sink, set for its modes (a line source for exact JSONL and attribute files), and
+    whether it writes attribute files."""
+    source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
+    sink.check(opts.layout, opts.compression)
+    attributes = opts.output_mode == "attributes"
+    source.keep_lines = attributes or (opts.jsonl_mode == "exact" and sink.name == "jsonl")
+    source.record_positions = attributes
+    source.key_fields = (opts.id_field,) if attributes and opts.id_field else ()
+    return source, sink, attributes
+
+
+def _output_facts(spark: "SparkSession", opts: JobOptions, source, sink, key: str | None) -> dict[str, Any]:
+    """The summary's facts about what was written: mode, JSONL mode, bytes, and the attribute files' key."""
+    attributes = opts.output_mode == "attributes"
+    return {"output_mode": opts.output_mode,
+            "jsonl_mode": opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
+            "output_bytes": None if opts.output_table else data_bytes(spark, opts.output),
+            "attribute_key": [opts.file_name_column, key] if attributes else None}
 
 
 def check_modes(opts: JobOptions) -> None:
