@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from sparkcurate.engine.kernels.usage import split_task_counts
 from sparkcurate.io.commit import OutputCommit, prune_stale_outputs, run_outputs, write_rejects
 from sparkcurate.io.failures import check_no_vanished_files
-from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
 from sparkcurate.io.fs import data_bytes
+from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
 from sparkcurate.io.sources.base import UsageError
@@ -97,12 +97,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
     # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
     check_resources(spark, [c.device for c in opts.classifiers])
-    source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
-    sink.check(opts.layout, opts.compression)
-    attributes = opts.output_mode == "attributes"
-    source.keep_lines = attributes or (opts.jsonl_mode == "exact" and sink.name == "jsonl")
-    source.record_positions = attributes
-    source.key_fields = (opts.id_field,) if attributes and opts.id_field else ()
+    source, sink, attributes = _source_and_sink(opts)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)
     splits = contextlib.ExitStack()  # Spark's split settings, put back however the run ends
@@ -154,20 +149,22 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
                                 meters.devices.value)
         summary.update(previous_run_unfinished=commit.previous or None, pruned_outputs=commit.pruned[:1000],
                        timings_s=laps.timings, input_splits=plan.as_dict() if plan is not None else None,
-                       **meters.summary(progress), output_mode=opts.output_mode,
-                       jsonl_mode=opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
-                       output_bytes=None if opts.output_table else data_bytes(spark, opts.output),
-                       attribute_key=[opts.file_name_column, key] if attributes else None)
+                       **meters.summary(progress), **_output_facts(spark, opts, source, sink, key))
         commit.finish(summary)
     except BaseException:
         commit.failed()
         raise
+    _report_and_release(opts, commit)
+    return summary
+
+
+def _report_and_release(opts: JobOptions, commit: OutputCommit) -> None:
+    """The report, then the output's lock dropped: the lock covers the report (a second run would rewrite it)."""
     try:
         if opts.report:
             write_report(opts.output)
     finally:
-        commit.release()  # the lock covers the report too: a second run would rewrite it
-    return summary
+        commit.release()
 
 
 def _check_listing(spark: "SparkSession", opts: JobOptions, listing, sink, ignores_case: bool) -> None:
@@ -178,6 +175,27 @@ def _check_listing(spark: "SparkSession", opts: JobOptions, listing, sink, ignor
     check_listing_outside(listing, opts.output)
     check_distinct_outputs(listing, lambda name: sink.target(spark, opts.layout, opts.file_name_column, name,
                                                              opts.compression), opts.layout, ignores_case)
+
+
+def _source_and_sink(opts: JobOptions):
+    """The run's source and sink, set for its modes (a line source for exact JSONL and attribute files), and
+    whether it writes attribute files."""
+    source, sink = get_source(opts.input_format), get_sink(opts.output_format, opts.output_table)
+    sink.check(opts.layout, opts.compression)
+    attributes = opts.output_mode == "attributes"
+    source.keep_lines = attributes or (opts.jsonl_mode == "exact" and sink.name == "jsonl")
+    source.record_positions = attributes
+    source.key_fields = (opts.id_field,) if attributes and opts.id_field else ()
+    return source, sink, attributes
+
+
+def _output_facts(spark: "SparkSession", opts: JobOptions, source, sink, key: str | None) -> dict[str, Any]:
+    """The summary's facts about what was written: mode, JSONL mode, bytes, and the attribute files' key."""
+    attributes = opts.output_mode == "attributes"
+    return {"output_mode": opts.output_mode,
+            "jsonl_mode": opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
+            "output_bytes": None if opts.output_table else data_bytes(spark, opts.output),
+            "attribute_key": [opts.file_name_column, key] if attributes else None}
 
 
 def check_modes(opts: JobOptions) -> None:

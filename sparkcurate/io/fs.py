@@ -8,6 +8,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
