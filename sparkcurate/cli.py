@@ -1,7 +1,8 @@
 """The ``sparkcurate`` command: ``classify``, ``list``, ``report``.
 
 Exit codes: 0 done; 1 the job failed; 2 bad arguments; 3 a model failed its pre-flight check; 4 bad input path;
-5 no executor, GPU or CUDA device the job asks for (nothing written).
+5 no executor, GPU or CUDA device the job asks for (nothing written); 6 another run that is alive is writing to
+the output (nothing was touched).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("sparkcurate")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_RESOURCES = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_RESOURCES, EXIT_BUSY = 0, 1, 2, 3, 4, 5, 6
 
 # pyspark >= 4.1 warns "PySpark does not yet fully support pandas >= 3.0.0" whenever an Arrow UDF is built (our
 # mapInArrow included) and on import of its test helpers. sparkcurate hands data to Python as Arrow batches and
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read JSONL, classify every document, keep the filter's labels, write JSONL by source file.",
         epilog="Exit codes: 0 done, 1 job failed, 2 bad arguments, 3 model pre-flight failed, 4 bad input, 5 no "
                "executor/GPU/CUDA the job asks for (executors are awaited spark.sparkcurate.executorWaitTimeout, "
-               "default 120s).",
+               "default 120s), 6 another run is writing to the output.",
     ))
     lst = sub.add_parser("list", help="show the classifiers, their models, limits and columns")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -246,7 +247,9 @@ def check_output_options(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from sparkcurate.io.commit import OutputBusy, OutputNotOurs
     from sparkcurate.io.failures import InputError
+    from sparkcurate.io.listing import check_paths_apart
     from sparkcurate.io.sources.base import UsageError, check_text_field, parse_schema
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
@@ -265,6 +268,8 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         classifiers = make_classifiers(args)
         conf = parse_conf(args.conf)
         wait_seconds(conf)
+        if args.input:  # before Spark starts; a table input's location is checked by the job
+            check_paths_apart(args.input, args.output)
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
@@ -304,6 +309,12 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except InputError as exc:
         log.error("input: %s", exc)
         return EXIT_INPUT
+    except OutputBusy as exc:
+        log.error("output: %s", exc)
+        return EXIT_BUSY
+    except OutputNotOurs as exc:
+        log.error("output: %s", exc)
+        return EXIT_USAGE
     except ModelArtifactError as exc:
         log.error("model check failed: %s", exc)
         return EXIT_MODEL

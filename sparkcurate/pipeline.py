@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sparkcurate.engine.kernels.usage import split_task_counts
-from sparkcurate.io.commit import OutputCommit, prune_stale_outputs, write_rejects
+from sparkcurate.io.commit import OutputCommit, prune_stale_outputs, run_outputs, write_rejects
 from sparkcurate.io.failures import check_no_vanished_files
 from sparkcurate.io.fs import data_bytes
+from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
 from sparkcurate.io.sources.base import UsageError
@@ -84,11 +85,15 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
 
     Order matters for exactly-once output: every record is read and classified, and counted, *before* the output
     directory is touched, so a bad model, a corrupt or vanished input file or a dead executor fails the run with
-    the earlier output intact. ``_RUNNING.json`` marks the window in which the output is being replaced; a run
-    that finds one says so (log and summary) and cleans the leftovers.
+    the earlier output intact. ``_RUNNING.json`` locks the output for the run (a second run refuses while this
+    one is alive); a run that finds a dead run's marker says so (log and summary) and cleans the leftovers.
+    Afterwards OUT holds exactly this run's output: earlier outputs it did not produce are removed
+    (``_manifest.json`` lists what sparkcurate wrote; an OUT holding anything else is refused).
     """
     started = time.time()
     check_modes(opts)
+    if opts.input_format != "table":  # a table's location is checked once listed (_check_listing)
+        check_paths_apart(opts.input, opts.output)  # before anything is read or written
     models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
     # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
     check_resources(spark, [c.device for c in opts.classifiers])
@@ -100,6 +105,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     try:
         text_field = _common_text_field(opts.classifiers)
         listing = source.list_files(spark, opts.input)
+        _check_listing(spark, opts, listing, sink, commit.ignores_case())
         plan = plan_for_session(spark, [(f.size, source.splittable(f)) for f in listing.files], opts.waves)
         splits.enter_context(planned_splits(spark, plan))
         df = source.read(spark, listing, text_field, opts.file_name_column, opts.schema, opts.sampling_ratio)
@@ -118,9 +124,11 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
             key = attribute_key(rows, opts.id_field, opts.file_name_column) if attributes else None
             written = (attribute_rows(rows, opts.classifiers, opts.file_name_column, key) if attributes
                        else output_rows(rows, opts.classifiers))
-            commit.touch()
+            outputs = run_outputs(spark, opts, counts, sink)
+            commit.touch(outputs)
             sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
             laps("write_output")
+            commit.prune(spark, outputs, sink)
             prune_stale_outputs(spark, opts, listing, counts, sink)
             write_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
                           commit.run_id)
@@ -136,15 +144,37 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         raise
     finally:
         splits.close()
-    summary = build_summary(spark, opts, counts, models, listing, started, time.time() - started,
-                            meters.devices.value)
-    summary.update(previous_run_unfinished=commit.previous or None, timings_s=laps.timings,
-                   input_splits=plan.as_dict() if plan is not None else None, **meters.summary(progress),
-                   **_output_facts(spark, opts, source, sink, key))
-    commit.finish(summary)
-    if opts.report:
-        write_report(opts.output)
+    try:
+        summary = build_summary(spark, opts, counts, models, listing, started, time.time() - started,
+                                meters.devices.value)
+        summary.update(previous_run_unfinished=commit.previous or None, pruned_outputs=commit.pruned[:1000],
+                       timings_s=laps.timings, input_splits=plan.as_dict() if plan is not None else None,
+                       **meters.summary(progress), **_output_facts(spark, opts, source, sink, key))
+        commit.finish(summary)
+    except BaseException:
+        commit.failed()
+        raise
+    _report_and_release(opts, commit)
     return summary
+
+
+def _report_and_release(opts: JobOptions, commit: OutputCommit) -> None:
+    """The report, then the output's lock dropped: the lock covers the report (a second run would rewrite it)."""
+    try:
+        if opts.report:
+            write_report(opts.output)
+    finally:
+        commit.release()
+
+
+def _check_listing(spark: "SparkSession", opts: JobOptions, listing, sink, ignores_case: bool) -> None:
+    """Refusals that need the listing, before anything is read: a table input whose location overlaps the output,
+    an input file that is (through a link) inside the output, two inputs whose outputs would meet."""
+    if opts.input_format == "table" and listing.root:
+        check_paths_apart(listing.root, opts.output)
+    check_listing_outside(listing, opts.output)
+    check_distinct_outputs(listing, lambda name: sink.target(spark, opts.layout, opts.file_name_column, name,
+                                                             opts.compression), opts.layout, ignores_case)
 
 
 def _source_and_sink(opts: JobOptions):

@@ -37,6 +37,7 @@ def test_run_failing_before_writing_keeps_an_existing_output_folder(spark, deber
     empty.mkdir()
     (full / "file_name=a.jsonl").mkdir(parents=True)
     (full / "file_name=a.jsonl" / "part-0.json").write_text('{"text": "old"}\n')
+    (full / "_summary.json").write_text('{"output_records": 1}\n')  # an earlier run's (else OUT is not ours)
     for out in (empty, full):
         before = sorted(p.relative_to(out) for p in out.rglob("*"))
         assert main(["classify", "--input", str(tmp_path / "nowhere"), "--output", str(out), *common]) == \

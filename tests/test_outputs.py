@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sparkcurate.io.failures import InputError
 from sparkcurate.pipeline import JobOptions, run
 from tests.conftest import write_jsonl
 from tests.test_bad_input import LengthClassifier
@@ -82,11 +83,12 @@ def test_parquet_reruns_replace_only_what_they_rewrite(spark, typed_input, tmp_p
     run(spark, _opts(typed_input, out))
     assert sorted(_rows(spark.read.parquet(str(out)))) == [6]
     assert not list(out.glob("file_name=a.jsonl"))
-    # ... and an input that is not part of a run keeps its earlier output (dynamic partition overwrite).
+    # ... and an input that is not part of a run loses its earlier output: OUT holds exactly what the run's
+    # summary counts (issue 25, class 7; OUT/_manifest.json says what sparkcurate wrote there).
     other = tmp_path / "other"
     write_jsonl(other / "c.jsonl", [_record(7, "seventh long text")])
-    run(spark, _opts(other, out))
-    assert sorted(_rows(spark.read.parquet(str(out)))) == [6, 7]
+    summary = run(spark, _opts(other, out))
+    assert sorted(_rows(spark.read.parquet(str(out)))) == [7] and summary["output_records"] == 1
 
 
 def test_parquet_mirror_one_file_per_input_with_the_asked_codec(spark, typed_input, tmp_path):
@@ -121,7 +123,8 @@ def test_two_inputs_on_one_mirror_name_fail_before_anything_moves(spark, tmp_pat
     write_jsonl(src / "x.jsonl", [_record(1, "a long text")])
     (src / "x.jsonl.gz").write_bytes(__import__("gzip").compress(json.dumps(_record(2, "long too")).encode()))
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="would both be written to 'x.jsonl.parquet'"):
+    # refused after listing, before anything is read (issue 25, class 1), naming both inputs
+    with pytest.raises(InputError, match="'x.jsonl' and 'x.jsonl.gz' would both be written to OUT/x.jsonl.parquet"):
         run(spark, _opts(src, out, layout="mirror"))
     assert not list(out.rglob("*.parquet"))
 

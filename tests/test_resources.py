@@ -187,10 +187,10 @@ def test_task_without_its_device_is_one_line_and_leaves_no_directory(spark, tmp_
 def test_failed_run_keeps_an_output_directory_that_existed(spark, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    (out / ".keep").write_text("mine")  # a visible file sparkcurate did not write is refused (OutputNotOurs)
     with pytest.raises(ResourceUnavailable):
         run(spark, JobOptions(input=str(SAMPLES), output=str(out), classifiers=[DeviceLessOnExecutors()]))
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".keep"]
 
 
 def test_a_task_device_error_is_explained_in_one_line():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 import unicodedata
 
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".lz4", ".snappy")
@@ -28,11 +29,22 @@ def partition_dir_bytes(value: str) -> int:
     )
 
 
+# Characters Spark never escapes in a partition value on any platform (it escapes some ASCII only, and ' ' '<' '>'
+# '|' on Windows): a name made of these is its own directory name, with no call into the JVM.
+_PLAIN = re.compile("[A-Za-z0-9._\\-\u0080-\U0010ffff]*")
+_CATALOG_UTILS: dict[int, object] = {}
+
+
 def partition_dir_name(spark, column: str, value: str) -> str:
     """The directory Spark's ``partitionBy(column)`` writes for ``value`` (Spark's own escaping, from the JVM
-    when there is one)."""
+    when there is one; the class handle is kept, since the job asks once per input file)."""
+    if _PLAIN.fullmatch(column) and _PLAIN.fullmatch(value):
+        return f"{column}={value}"
     try:
-        utils = spark.sparkContext._jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils
+        jvm = spark.sparkContext._jvm
+        utils = _CATALOG_UTILS.get(id(jvm))
+        if utils is None:
+            utils = _CATALOG_UTILS[id(jvm)] = jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils
         return f"{utils.escapePathName(column)}={utils.escapePathName(value)}"
     except Exception:  # no JVM handle: the same rule in Python
         def esc(text: str) -> str:

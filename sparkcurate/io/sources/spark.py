@@ -217,7 +217,7 @@ def explain_typed_failure(exc: Exception, fmt: str, spark: "SparkSession | None"
 
 def _is_directory_source(listing: InputListing) -> bool:
     src = listing.source
-    return bool(src) and not any(ch in src for ch in "*?[{") and \
+    return bool(src) and not listing.links and not any(ch in src for ch in "*?[{") and \
         canonical_path(src).rstrip("/") == canonical_path(listing.root).rstrip("/")
 
 
