@@ -142,7 +142,7 @@ def config_problems(config: DebertaConfig) -> list[str]:
     if config.num_attention_heads <= 0 or config.hidden_size % config.num_attention_heads:
         problems.append(f"hidden_size {config.hidden_size} is not a multiple of {config.num_attention_heads} heads")
     else:
-        from sparkcurate.engine.deberta_packed import KERNEL_HEAD_DIMS
+        from sparkcurate.engine.kernels.backends import KERNEL_HEAD_DIMS
 
         if config.head_dim not in KERNEL_HEAD_DIMS:
             problems.append(f"head dimension {config.head_dim} is not one of {KERNEL_HEAD_DIMS}")

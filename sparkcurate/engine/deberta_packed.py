@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparkcurate.engine.kernels import dflash_attention, reference_attention, relative_attention, switches, usage
 from sparkcurate.engine.kernels.backends import (
+    KERNEL_HEAD_DIMS,
     AttentionBackend,
     LastLayerTables,
     PackedInfo,
@@ -69,8 +70,6 @@ ATTENTION_IMPLS = ("kernel", *ATTENTION_BACKENDS)
 GPU_KERNELS = tuple(name for name, backend in ATTENTION_BACKENDS.items() if backend.gpu_kernel)
 #: Environment variable that picks the GPU kernel behind attention_impl="kernel" (default: triton).
 KERNEL_ENV = switches.ATTENTION_KERNEL
-#: Head dimensions the Triton kernel is compiled for.
-KERNEL_HEAD_DIMS = (32, 64, 128)
 #: Which rows of the last hidden state :func:`packed_last_hidden` returns.
 ROW_MODES = ("all", "first")
 
