@@ -180,6 +180,7 @@ import numpy as np, torch
 from sparkcurate.classifiers import DomainClassifier
 from sparkcurate.engine.deberta_packed import packed_last_hidden
 engine = DomainClassifier(model=sys.argv[1], device="cpu", precision="fp32").load_engine("cpu")
+print(json.dumps("torch._dynamo" in sys.modules))
 out = engine.predict(["The football team won the match.", "Stocks fell as inflation rose."])
 tokens = engine.tokenize(["The football team won.", "A long day at the bank."])
 flat = torch.from_numpy(np.concatenate(tokens.ids).astype(np.int64))
@@ -198,7 +199,8 @@ def test_a_fresh_interpreter_loads_and_runs_the_lean_engine_without_transformers
     done = subprocess.run([sys.executable, "-c", LEAN_RUN, str(deberta_dir)], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    module_line, imported = done.stdout.strip().splitlines()[-2:]
+    dynamo, module_line, imported = done.stdout.strip().splitlines()[-3:]
+    assert json.loads(dynamo) is False  # nor torch._dynamo (4 s), which a meta-device embedding init imports
     assert module_line.startswith("sparkcurate.engine.deberta ")
     assert not [name for name in json.loads(imported) if name.startswith("transformers.models")], imported
     assert json.loads(imported) == [], imported  # not even transformers' top-level package (1.5 s)

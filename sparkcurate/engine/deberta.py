@@ -337,17 +337,27 @@ class Layer(nn.Module):
         return self.output(self.intermediate(attention_output), attention_output)
 
 
+def _embedding(rows: int, width: int, padding_idx: int | None = None) -> nn.Embedding:
+    """An ``nn.Embedding`` whose weight is left uninitialised (``torch.empty``; a meta tensor under
+    ``torch.device("meta")``): the strict load assigns every tensor.
+
+    Why: ``nn.Embedding``'s random init on the meta device runs through torch's Python reference kernels, whose
+    first call imports ``torch._dynamo``: 4 s of a fresh worker's load, measured, for values never used.
+    """
+    return nn.Embedding(rows, width, padding_idx=padding_idx, _weight=torch.empty(rows, width))
+
+
 class Embeddings(nn.Module):
     """Word (+ absolute position, token type) embeddings, projection and LayerNorm (``DebertaV2Embeddings``)."""
 
     def __init__(self, config: DebertaConfig):
         super().__init__()
         size = config.embedding_size or config.hidden_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
+        self.word_embeddings = _embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
         self.position_biased_input = config.position_biased_input
-        self.position_embeddings = (nn.Embedding(config.max_position_embeddings, size)
+        self.position_embeddings = (_embedding(config.max_position_embeddings, size)
                                     if config.position_biased_input else None)
-        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, size)
+        self.token_type_embeddings = (_embedding(config.type_vocab_size, size)
                                       if config.type_vocab_size > 0 else None)
         self.embed_proj = nn.Linear(size, config.hidden_size, bias=False) if size != config.hidden_size else None
         self.LayerNorm = nn.LayerNorm(config.hidden_size, config.layer_norm_eps)
@@ -381,7 +391,7 @@ class Encoder(nn.Module):
         self.max_relative_positions = (config.max_relative_positions if config.max_relative_positions >= 1
                                        else config.max_position_embeddings)
         self.position_buckets = config.position_buckets
-        self.rel_embeddings = nn.Embedding(config.span * 2, config.hidden_size)
+        self.rel_embeddings = _embedding(config.span * 2, config.hidden_size)
         self.norm_rel_ebd = _norm_types(config)
         if "layer_norm" in self.norm_rel_ebd:
             self.LayerNorm = nn.LayerNorm(config.hidden_size, config.layer_norm_eps, elementwise_affine=True)
