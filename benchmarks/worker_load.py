@@ -12,7 +12,8 @@ Rows: ``lean`` (``SPARKCURATE_LEAN_LOAD=on``: this package's DeBERTa modules, ``
 ``full`` (``=off``: transformers' modules and ``AutoTokenizer``; its DeBERTa import timed apart, as before), each
 with an empty Triton cache (the first batch compiles the kernels: a fresh machine), and ``lean_triton_cached``: the
 lean path again on the cache the first row filled (a second worker on the same node, or a cache kept on the node's
-disk). Writes one JSON document (device, date, command, rows of phase -> seconds) to ``--out`` (default
+disk). Writes one JSON document (device, date, command, rows of phase -> seconds, and how far each lean row's
+first-batch probabilities are from the full row's) to ``--out`` (default
 ``benchmarks/results/<date>-<card>-worker-load.json``) and prints it. The checkpoint is DeBERTa-v3-base-shaped
 (``--smoke``: tiny), written first; writing it is not part of a load. On a machine without CUDA the rows run on the
 CPU in fp32 (imports and CPU load only; the lean row is forced on there).
@@ -85,7 +86,7 @@ def child(model: str, fingerprint: str, path: str) -> dict:
     engine = clf.make_engine(module, tokenizer, device)
     phases.mark("engine_to_device")
     load_total = phases.since_start()
-    engine.predict(TEXTS)
+    outputs = engine.predict(TEXTS)
     if device != "cpu":
         torch.cuda.synchronize()
     phases.mark("first_predict_kernel_compile_or_cache_load")
@@ -104,6 +105,7 @@ def child(model: str, fingerprint: str, path: str) -> dict:
         "tokenizer": type(tokenizer).__name__,
         "transformers_modules_imported": sum(1 for m in sys.modules if m.split(".")[0] == "transformers"),
         "kernels": engine.active_kernels(),
+        "outputs": outputs.round(6).tolist(),
     }
 
 
@@ -148,13 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint = artifacts_fingerprint(ckpt)
     caches = {"lean": work / "triton-lean", "full": work / "triton-full", "lean_triton_cached": work / "triton-lean"}
     results = [run_row(row, str(ckpt), fingerprint, caches[row]) for row in rows]
+    import numpy as np  # here, not at the top: a child times its own numpy import
+
     card = next((r["card"] for r in results if "card" in r), "cpu")
+    outputs = {r["name"]: np.asarray(r.pop("outputs")) for r in results if "outputs" in r}
+    agreement = {f"{name}_vs_full": {"max_abs_diff": float(np.abs(out - outputs["full"]).max()),
+                                     "argmax_agreement": float((out.argmax(1) == outputs["full"].argmax(1)).mean())}
+                 for name, out in outputs.items() if name != "full" and "full" in outputs}
     doc = {"device": card, "date": date.today().isoformat(),
            "command": "python3 -m benchmarks.worker_load " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "checkpoint": "tiny (smoke)" if args.smoke else "DeBERTa-v3-base-shaped, 26 labels",
            "write_checkpoint_not_part_of_a_load_s": write_s,
            "target": "load in a worker, imports included (load_total_s) <= 3 s (issue 23)",
-           "results": results}
+           "results": results, "outputs_agreement": agreement}
     name = "cpu-smoke" if args.smoke else card.replace(" ", "-")
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / \
         f"{doc['date']}-{name}-worker-load.json"

@@ -204,3 +204,4 @@ def test_worker_load_smoke(tmp_path):
     assert rows["lean"]["tokenizer"] == "RustTokenizer" and rows["lean"]["transformers_modules_imported"] == 0
     assert rows["full"]["backbone"].startswith("transformers.") and rows["full"]["transformers_modules_imported"]
     assert all(r["load_total_s"] > 0 and "import_torch" in r["seconds"] for r in rows.values())
+    assert doc["outputs_agreement"]["lean_vs_full"]["max_abs_diff"] < 1e-5  # fp32 on the CPU: the same numbers
