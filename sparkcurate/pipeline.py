@@ -1,14 +1,17 @@
-"""The whole job as one story: list -> plan -> read -> classify -> count -> commit -> summary.
+"""The whole job as one story: list -> plan units -> (per commit group: read -> classify -> count -> write ->
+commit the group's units) -> make the run current -> summary.
 
 Every input record ends in exactly one place: the output (kept), the filtered count (classified, not kept) or
 ``OUT/_rejects`` (with a reason); ``OUT/_summary.json`` says how many of each, and the numbers are counted from
-the very rows that were written. The classified rows are persisted once, so the model runs once per record
-even though the output, the rejects and the counts are three Spark actions.
+the very rows that were written (a reused unit's from its record, counted when it was written). Within a commit
+group the classified rows are persisted once, so the model runs once per record even though the output, the
+rejects and the counts are three Spark actions; only one group's rows are persisted at a time.
 
-Who does each step: ``io.sources`` (list and read one input format), ``spark.planning`` (cut the input into
-tasks), ``spark.stage`` and ``spark.outcome`` (classify; kept, filtered or rejected), ``report.summary`` (count
-and summarise), ``io.sinks`` (write one output format), ``io.commit`` (make the output current) and
-``io.failures`` (say which input file Spark could not read).
+Who does each step: ``io.sources`` (list and read one input format), ``io.units`` (which units a re-run reuses,
+and their records), ``groups`` (one commit group as one Spark job), ``spark.planning`` (cut a group into tasks),
+``spark.stage`` and ``spark.outcome`` (classify; kept, filtered or rejected), ``report.summary`` (count and
+summarise), ``io.sinks`` (write one output format), ``io.commit`` (the lock, the manifest, making the output
+current) and ``io.failures`` (say which input file Spark could not read).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Making a run's output current, and only when everything was classified and counted: the ``_RUNNING.json``
-lock around the run, the leftovers of an interrupted run, ``OUT/_rejects`` (staged, then swapped in), the
+"""Making a run's output current, one commit group at a time (each once its rows are classified and counted):
+the ``_RUNNING.json`` lock around the run, the leftovers of an interrupted run, ``OUT/_rejects`` (one set of files
+per input unit, staged, then moved in), the
 ``_manifest.json`` of what sparkcurate wrote (and the removal of every earlier output this run did not
 produce), and ``OUT/_summary.json`` last.
 
