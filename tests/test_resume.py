@@ -206,3 +206,13 @@ def test_a_record_is_never_half_written(spark, tmp_path):
     assert set(store.read()) == {"a"}
     store.compact("run3", {"b": {"fingerprint": "f"}})
     assert set(store.read()) == {"b"} and len(os.listdir(tmp_path / UNITS_DIR)) >= 1
+
+
+def test_the_report_shows_the_units(tmp_path):
+    from sparkcurate.report import charts as charts_mod
+    from sparkcurate.report.html import render_html
+
+    units = {"total": 10, "reused": 6, "redone": 1, "new": 3, "removed": 2, "groups": 2}
+    page = render_html({"output": "OUT", "units": units}, charts_mod.ChartWriter(tmp_path))
+    assert "Input units" in page and "reused from an earlier run" in page
+    assert render_html({"output": "OUT"}, charts_mod.ChartWriter(tmp_path)).count("Input units") == 0

@@ -612,12 +612,14 @@ def write_unit_rejects(spark: "SparkSession", rejected: "DataFrame", output: str
     fs = HadoopFS(spark, output)
     staging = f"_staging/rejects-{run_id}-{uuid.uuid4().hex[:8]}"
     key = F.substring(F.sha2(F.col("file_name"), 256), 1, 16).alias(_UNIT_COLUMN)
-    rejected.select("*", key).write.mode("overwrite").partitionBy(_UNIT_COLUMN).json(f"{output.rstrip('/')}/{staging}")
+    rejected.select("*", key).write.mode("overwrite").partitionBy(_UNIT_COLUMN).json(
+        f"{output.rstrip('/')}/{staging}")
     staged: dict[str, list[str]] = {}
     for dirname, is_dir in fs.list(staging):
         if is_dir and dirname.startswith(_UNIT_COLUMN + "="):
-            staged[dirname.split("=", 1)[1]] = sorted(f"{staging}/{dirname}/{p}" for p, d in
-                                                      fs.list(f"{staging}/{dirname}") if not d and p.startswith("part-"))
+            folder = f"{staging}/{dirname}"
+            staged[dirname.split("=", 1)[1]] = sorted(f"{folder}/{p}" for p, d in fs.list(folder)
+                                                      if not d and p.startswith("part-"))
     keys = {unit_key(n) for n in file_names}
     try:
         for name, is_dir in fs.list(REJECTS_DIR):
