@@ -114,9 +114,26 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"classify tasks per GPU (task slot): the input is cut so every slot gets N equal tasks, "
                         f"more when a split would pass spark.sql.files.maxPartitionBytes (default {DEFAULT_WAVES}; "
                         "0 keeps Spark's own splitting)")
+    p.add_argument("--commit-every-bytes", type=byte_size, metavar="SIZE",
+                   help="commit the output every SIZE of input (e.g. 4g, 500m; 0: once, at the end); a re-run of "
+                        "the same command resumes after the last commit (default: 16 tasks of "
+                        "spark.sql.files.maxPartitionBytes per task slot, e.g. 2g for one GPU)")
+    p.add_argument("--restart", action="store_true",
+                   help="redo every input file, even those an earlier run into --output committed already")
     p.add_argument("--no-report", action="store_true", help="do not build OUT/_report/index.html")
     p.add_argument("--quiet", action="store_true", help="no progress lines (for scheduled jobs)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def byte_size(text: str) -> int:
+    """``--commit-every-bytes``: a whole number of bytes, optionally with k, m, g or t (powers of 1024)."""
+    import argparse
+    import re
+
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)b?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (such as 4g, 500m or 1048576)")
+    return int(match[1]) * 1024 ** " kmgt".index(match[2] or " ")
 
 
 def parse_filters(items: Sequence[str] | None, names: Sequence[str]) -> dict[str, list[str]]:
@@ -299,6 +316,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
         input_format="table" if args.input_table else args.input_format,
         output_format=output_format, output_table=args.output_table, jsonl_mode=args.jsonl_mode,
         output_mode=args.output_mode, id_field=args.id_field or None,
+        commit_every_bytes=args.commit_every_bytes, restart=args.restart,
         command="sparkcurate " + " ".join(shlex.quote(a) for a in argv),
     )
     try:

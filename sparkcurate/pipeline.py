@@ -1,37 +1,40 @@
-"""The whole job as one story: list -> plan -> read -> classify -> count -> commit -> summary.
+"""The whole job as one story: list -> plan units -> (per commit group: read -> classify -> count -> write ->
+commit the group's units) -> make the run current -> summary.
 
 Every input record ends in exactly one place: the output (kept), the filtered count (classified, not kept) or
 ``OUT/_rejects`` (with a reason); ``OUT/_summary.json`` says how many of each, and the numbers are counted from
-the very rows that were written. The classified rows are persisted once, so the model runs once per record
-even though the output, the rejects and the counts are three Spark actions.
+the very rows that were written (a reused unit's from its record, counted when it was written). Within a commit
+group the classified rows are persisted once, so the model runs once per record even though the output, the
+rejects and the counts are three Spark actions; only one group's rows are persisted at a time.
 
-Who does each step: ``io.sources`` (list and read one input format), ``spark.planning`` (cut the input into
-tasks), ``spark.stage`` and ``spark.outcome`` (classify; kept, filtered or rejected), ``report.summary`` (count
-and summarise), ``io.sinks`` (write one output format), ``io.commit`` (make the output current) and
-``io.failures`` (say which input file Spark could not read).
+Who does each step: ``io.sources`` (list and read one input format), ``io.units`` (which units a re-run reuses,
+and their records), ``groups`` (one commit group as one Spark job), ``spark.planning`` (cut a group into tasks),
+``spark.stage`` and ``spark.outcome`` (classify; kept, filtered or rejected), ``report.summary`` (count and
+summarise), ``io.sinks`` (write one output format), ``io.commit`` (the lock, the manifest, making the output
+current) and ``io.failures`` (say which input file Spark could not read).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sparkcurate.engine.kernels.usage import split_task_counts
-from sparkcurate.io.commit import OutputCommit, prune_stale_outputs, run_outputs, write_rejects
-from sparkcurate.io.failures import check_no_vanished_files
+from sparkcurate.groups import GroupJob, output_options, plan_dict
+from sparkcurate.io.commit import OutputCommit, prune_rejects, run_outputs
 from sparkcurate.io.fs import data_bytes
 from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
 from sparkcurate.io.sources.base import UsageError
+from sparkcurate.io.units import UnitStore, commit_groups, fingerprint, plan_units, unit_identities
 from sparkcurate.report.progress import ProgressReporter
-from sparkcurate.report.summary import build_summary, classified_count, count_rows, task_stats_summary, write_report
-from sparkcurate.spark.attributes import attribute_key, attribute_rows
-from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows, without_line_copies
-from sparkcurate.spark.planning import DEFAULT_WAVES, plan_for_session, planned_splits
+from sparkcurate.report.summary import build_summary, counts_of_units, task_stats_summary, write_report
+from sparkcurate.spark.attributes import attribute_key
+from sparkcurate.spark.outcome import classified_rows, output_rows
+from sparkcurate.spark.planning import DEFAULT_WAVES, commit_group_bytes
 from sparkcurate.spark.resources import check_resources, explain_device_failure
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
 
@@ -78,17 +81,26 @@ class JobOptions:
     output_mode: str = "records"
     # The attribute files' key when every record has it, unique within its file (else the record's position).
     id_field: str | None = "id"
+    # Commit the output every this many input bytes (a commit group: sparkcurate.groups); None: the plan's
+    # default (spark.planning.commit_group_bytes); 0: one group for the whole input.
+    commit_every_bytes: int | None = None
+    # Redo every unit, even those committed by an earlier run with the same input and options.
+    restart: bool = False
+    # Test-only: stop (raise groups.StoppedForTest) after this many commit groups, as a killed driver would.
+    stop_after_groups: int | None = None
 
 
 def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     """Run the job and return the summary (also written to ``OUT/_summary.json``).
 
-    Order matters for exactly-once output: every record is read and classified, and counted, *before* the output
-    directory is touched, so a bad model, a corrupt or vanished input file or a dead executor fails the run with
-    the earlier output intact. ``_RUNNING.json`` locks the output for the run (a second run refuses while this
-    one is alive); a run that finds a dead run's marker says so (log and summary) and cleans the leftovers.
-    Afterwards OUT holds exactly this run's output: earlier outputs it did not produce are removed
-    (``_manifest.json`` lists what sparkcurate wrote; an OUT holding anything else is refused).
+    The input's units (its files) are done in commit groups (``sparkcurate.groups``), each its own Spark job that
+    writes and commits its units before the next starts; a re-run of the same command reuses the units committed
+    with the same input and options (``--restart`` redoes all). Within a group every record is read, classified
+    and counted before OUT is touched, so a bad model, a corrupt or vanished input file or a dead executor fails
+    the run with the committed units intact. ``_RUNNING.json`` locks the output for the run (a second run refuses
+    while this one is alive); a run that finds a dead run's marker says so (log and summary) and cleans the
+    leftovers. Afterwards OUT holds exactly this run's output, reused units' included: earlier outputs it did not
+    produce are removed (``_manifest.json`` lists what sparkcurate wrote; an OUT holding anything else is refused).
     """
     started = time.time()
     check_modes(opts)
@@ -100,41 +112,27 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     source, sink, attributes = _source_and_sink(opts)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)
-    splits = contextlib.ExitStack()  # Spark's split settings, put back however the run ends
-    plan = listing = None
+    listing = job = None
     try:
         text_field = _common_text_field(opts.classifiers)
         listing = source.list_files(spark, opts.input)
         _check_listing(spark, opts, listing, sink, commit.ignores_case())
-        plan = plan_for_session(spark, [(f.size, source.splittable(f)) for f in listing.files], opts.waves)
-        splits.enter_context(planned_splits(spark, plan))
-        df = source.read(spark, listing, text_field, opts.file_name_column, opts.schema, opts.sampling_ratio)
+        whole = source.read(spark, listing, text_field, opts.file_name_column, opts.schema, opts.sampling_ratio)
+        if not attributes:  # the output can take the rows: checked before classifying (lazy frame)
+            sink.check_target(output_rows(classified_rows(whole, opts.classifiers), opts.classifiers),
+                              opts.file_name_column)
+        key = attribute_key(whole, opts.id_field, opts.file_name_column) if attributes else None
+        job = _group_job(spark, opts, source, sink, listing, whole, text_field, attributes, key, models, meters,
+                         commit, laps)
         laps("list_and_infer_schema")
-        rows = classified_rows(df, opts.classifiers, meters.docs, meters.devices, meters.stats)
-        rows = without_line_copies(rows, [text_field], attributes).persist(_disk_level())
-        try:
-            if not attributes:
-                sink.check_target(output_rows(rows, opts.classifiers), opts.file_name_column)  # before classifying
-            with ProgressReporter(spark.sparkContext, meters.docs, None, opts.progress_interval_s, opts.quiet,
-                                  log) as progress:
-                counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
-                progress.set_done(classified_count(counts))
-            laps("read_classify_count")
-            check_no_vanished_files(spark, listing, counts)
-            key = attribute_key(rows, opts.id_field, opts.file_name_column) if attributes else None
-            written = (attribute_rows(rows, opts.classifiers, opts.file_name_column, key) if attributes
-                       else output_rows(rows, opts.classifiers))
-            outputs = run_outputs(spark, opts, counts, sink)
-            commit.touch(outputs)
-            sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
-            laps("write_output")
-            commit.prune(spark, outputs, sink)
-            prune_stale_outputs(spark, opts, listing, counts, sink)
-            write_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
-                          commit.run_id)
-            laps("write_rejects")
-        finally:
-            rows.unpersist()
+        # An input that cannot be read in parts (a catalog table, a view without files) is one group, always.
+        groups = commit_groups(job.units.todo, _group_bytes(spark, opts)) if job.resumable else [list(listing.files)]
+        with ProgressReporter(spark.sparkContext, meters.docs, None, opts.progress_interval_s, opts.quiet,
+                              log) as progress:
+            records = job.run(groups, progress)
+            progress.set_done(job.classified)
+        counts = _commit_run(spark, opts, sink, commit, job, records)
+        laps("commit")
     except BaseException as exc:
         explained = _explain(exc, source, spark, listing)
         # A UsageError (a field that clashes with the job's columns) is the command's one line of its own.
@@ -142,13 +140,12 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         if explained is not None:
             raise explained from exc
         raise
-    finally:
-        splits.close()
     try:
         summary = build_summary(spark, opts, counts, models, listing, started, time.time() - started,
                                 meters.devices.value)
         summary.update(previous_run_unfinished=commit.previous or None, pruned_outputs=commit.pruned[:1000],
-                       timings_s=laps.timings, input_splits=plan.as_dict() if plan is not None else None,
+                       timings_s=laps.timings, input_splits=plan_dict(job.plans),
+                       units=job.units.summary(len(listing.files), len(groups)),
                        **meters.summary(progress), **_output_facts(spark, opts, source, sink, key))
         commit.finish(summary)
     except BaseException:
@@ -156,6 +153,41 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         raise
     _report_and_release(opts, commit)
     return summary
+
+
+def _group_job(spark, opts: JobOptions, source, sink, listing, whole, text_field: str, attributes: bool,
+               key: str | None, models: list[dict], meters: "TaskMeters", commit: OutputCommit, laps: "Laps"
+               ) -> GroupJob:
+    """The run's commit groups' shared state: which units are reused (same input file, same options: their
+    records under ``OUT/_units``), which are to do and which are removed."""
+    store = UnitStore(commit.fs)
+    fp = fingerprint(output_options(opts, models, whole.schema, key))
+    units = plan_units(listing, unit_identities(spark, listing), store.read(), fp, opts.restart,
+                       source.resumable(listing))
+    return GroupJob(spark, opts, source, sink, listing, whole, text_field, attributes, key, meters, commit, store,
+                    units, laps, resumable=source.resumable(listing))
+
+
+def _group_bytes(spark: "SparkSession", opts: JobOptions) -> int:
+    """The commit group budget: ``commit_every_bytes`` (0: one group), else the plan's (``commit_group_bytes``)."""
+    if opts.commit_every_bytes is not None:
+        return max(0, int(opts.commit_every_bytes))
+    return commit_group_bytes(spark)
+
+
+def _commit_run(spark: "SparkSession", opts: JobOptions, sink, commit: OutputCommit, job: GroupJob,
+                records: dict[str, dict[str, Any]]):
+    """The final step that makes the run current, once every unit is committed: the counts of every unit
+    (reused ones from their records), the outputs and rejects of removed units and of earlier runs pruned, the
+    unit records compacted into one index; the summary follows (``commit.finish``)."""
+    current = {**job.units.reused, **records}
+    counts = counts_of_units({n: r.get("counts") or {} for n, r in current.items()}, opts.classifiers)
+    outputs = run_outputs(spark, opts, counts, sink)
+    commit.touch(outputs)
+    commit.prune(spark, outputs, sink)
+    prune_rejects(spark, opts.output, set(current))
+    job.store.compact(commit.run_id, current)
+    return counts
 
 
 def _report_and_release(opts: JobOptions, commit: OutputCommit) -> None:
@@ -212,7 +244,8 @@ def check_modes(opts: JobOptions) -> None:
 
 
 class Laps:
-    """Where the time went, for the summary (and for tuning): seconds since the previous lap, by step name."""
+    """Where the time went, for the summary (and for tuning): seconds since the previous lap, by step name (a
+    step that every commit group takes is summed over the groups)."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -220,7 +253,7 @@ class Laps:
 
     def __call__(self, name: str) -> None:
         now = time.perf_counter()
-        self.timings[name] = round(now - self._clock, 3)
+        self.timings[name] = round(self.timings.get(name, 0.0) + now - self._clock, 3)  # summed over groups
         self._clock = now
 
 
@@ -254,9 +287,3 @@ def _common_text_field(classifiers: Sequence["DistributedDataClassifier"]) -> st
     if len(fields) != 1:
         raise ValueError(f"all classifiers in one pass must read the same text field, got {sorted(fields)}")
     return fields.pop()
-
-
-def _disk_level():
-    from pyspark import StorageLevel
-
-    return StorageLevel.DISK_ONLY

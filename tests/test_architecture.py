@@ -32,7 +32,7 @@ PACKAGE = ROOT / "sparkcurate"
 
 LAYERS: list[set[str]] = [
     {"sparkcurate", "cli"},
-    {"pipeline"},
+    {"pipeline", "groups"},  # groups: the commit groups pipeline.run does
     {"report"},  # report.summary counts the job's rows (Spark) and reads its listing (io)
     {"classifiers"},
     {"io", "spark"},

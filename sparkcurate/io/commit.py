@@ -1,5 +1,6 @@
-"""Making a run's output current, and only when everything was classified and counted: the ``_RUNNING.json``
-lock around the run, the leftovers of an interrupted run, ``OUT/_rejects`` (staged, then swapped in), the
+"""Making a run's output current, one commit group at a time (each once its rows are classified and counted):
+the ``_RUNNING.json`` lock around the run, the leftovers of an interrupted run, ``OUT/_rejects`` (one set of files
+per input unit, staged, then moved in), the
 ``_manifest.json`` of what sparkcurate wrote (and the removal of every earlier output this run did not
 produce), and ``OUT/_summary.json`` last.
 
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import socket
 import threading
 import time
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparkcurate.io.listing import spark_skips
 from sparkcurate.io.sinks import Sink, get_sink
+from sparkcurate.io.units import unit_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -280,6 +283,9 @@ class OutputCommit:
         self.names: set[str] = set()
         self.config: dict | None = None
         self.pruned: list[str] = []
+        # What this run's commit groups may have written so far (``touch``), for the manifest.
+        self._touched_entries: set[str] = set()
+        self._touched_names: set[str] = set()
         self._body: dict[str, Any] = {}
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -365,12 +371,16 @@ class OutputCommit:
         return self.fs.exists(RUNNING_MARKER.swapcase())
 
     def touch(self, outputs: "RunOutputs") -> None:
-        """The output is about to change: from here the manifest lists what it may hold (the earlier entries
-        and this run's), so a run killed while writing leaves nothing unaccounted."""
+        """The output is about to change (a commit group is about to write ``outputs``): from here the manifest
+        lists what it may hold (the earlier entries and every group's of this run so far), so a run killed while
+        writing leaves nothing unaccounted."""
         self.check_owner()
         self.touched = True
-        names = set(outputs.names) | (self.names if _same_output(self.config, outputs.config) else set())
-        write_manifest(self.fs, self.entries | outputs.entries, names, outputs.config, self.run_id, complete=False)
+        self._touched_entries |= outputs.entries
+        self._touched_names |= outputs.names
+        names = self._touched_names | (self.names if _same_output(self.config, outputs.config) else set())
+        write_manifest(self.fs, self.entries | self._touched_entries, names, outputs.config, self.run_id,
+                       complete=False)
 
     def prune(self, spark: "SparkSession", outputs: "RunOutputs", sink: "Sink") -> list[str]:
         """Remove every earlier output that this run did not produce and record this run's as the manifest.
@@ -547,9 +557,11 @@ def written_names(opts: Any, counts: Any) -> set[str]:
     return {fname for fname, status, _reason, n in counts.by_status_file if (every or status == "kept") and n > 0}
 
 
-def run_outputs(spark: "SparkSession", opts: Any, counts: Any, sink: "Sink") -> RunOutputs:
-    """This run's outputs (``RunOutputs``): the sink says where each input's output lives under OUT."""
-    names = written_names(opts, counts)
+def run_outputs(spark: "SparkSession", opts: Any, counts: Any, sink: "Sink", names: set[str] | None = None
+                ) -> RunOutputs:
+    """This run's outputs (``RunOutputs``): the sink says where each input's output lives under OUT. ``names``:
+    the inputs written (by default those ``counts`` says keep a record)."""
+    names = written_names(opts, counts) if names is None else names
     table = getattr(opts, "output_table", None)
     entries = set() if table else {sink.target(spark, opts.layout, opts.file_name_column, n, opts.compression)
                                    for n in names}
@@ -587,18 +599,70 @@ def clean_leftovers(fs) -> None:
             fs.delete(name)
 
 
-def write_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run_id: str) -> None:
-    """``OUT/_rejects/``: one JSON line per rejected record (``spark.outcome.rejected_rows``). Written to a
-    staging folder, then swapped in, so a failed run keeps the old."""
+def write_unit_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run_id: str,
+                       file_names: list[str]) -> None:
+    """The rejects of one commit group's units (``spark.outcome.rejected_rows``): one JSON line per rejected
+    record, in ``OUT/_rejects/part-<unit key>-<n>.json`` (``units.unit_key``), so a unit's rejects are replaced
+    or removed with the unit. Staged first, then each unit's earlier files are removed and its new ones moved in:
+    a failure while staging leaves the earlier rejects as they were."""
+    from pyspark.sql import functions as F
+
     from sparkcurate.io.fs import HadoopFS
 
     fs = HadoopFS(spark, output)
-    staging = f"_staging/rejects-{run_id}"
-    rejected.write.mode("overwrite").json(f"{output.rstrip('/')}/{staging}")
-    fs.delete(REJECTS_DIR)
-    fs.rename(staging, REJECTS_DIR)
-    if not fs.list("_staging"):
-        fs.delete("_staging")
+    staging = f"_staging/rejects-{run_id}-{uuid.uuid4().hex[:8]}"
+    key = F.substring(F.sha2(F.col("file_name"), 256), 1, 16).alias(_UNIT_COLUMN)
+    rejected.select("*", key).write.mode("overwrite").partitionBy(_UNIT_COLUMN).json(
+        f"{output.rstrip('/')}/{staging}")
+    staged: dict[str, list[str]] = {}
+    for dirname, is_dir in fs.list(staging):
+        if is_dir and dirname.startswith(_UNIT_COLUMN + "="):
+            folder = f"{staging}/{dirname}"
+            staged[dirname.split("=", 1)[1]] = sorted(f"{folder}/{p}" for p, d in fs.list(folder)
+                                                      if not d and p.startswith("part-"))
+    keys = {unit_key(n) for n in file_names}
+    try:
+        for name, is_dir in fs.list(REJECTS_DIR):
+            if not is_dir and _rejects_key(name) in keys:
+                fs.delete(f"{REJECTS_DIR}/{name}")
+        for key_, parts in sorted(staged.items()):
+            for i, src in enumerate(parts):
+                fs.rename(src, f"{REJECTS_DIR}/part-{key_}-{i:05d}.json")
+        if not fs.exists(REJECTS_DIR):
+            fs.mkdirs(REJECTS_DIR)
+    finally:
+        fs.delete(staging)
+        if not fs.list("_staging"):
+            fs.delete("_staging")
+
+
+def prune_rejects(spark: "SparkSession", output: str, file_names: set[str]) -> int:
+    """Remove from ``OUT/_rejects`` every file that holds no current unit's rejects (units removed since, and
+    files of older versions, which wrote the rejects as one Spark output); returns how many."""
+    from sparkcurate.io.fs import HadoopFS
+
+    fs = HadoopFS(spark, output)
+    keys = {unit_key(n) for n in file_names}
+    removed = 0
+    for name, is_dir in fs.list(REJECTS_DIR):
+        if name.startswith("."):
+            continue  # checksum files go with their file
+        if is_dir or _rejects_key(name) not in keys:
+            fs.delete(f"{REJECTS_DIR}/{name}")
+            removed += 1
+    if not fs.exists(REJECTS_DIR):
+        fs.mkdirs(REJECTS_DIR)
+    return removed
+
+
+_UNIT_COLUMN = "__sparkcurate_unit"
+_REJECTS_NAME = re.compile(r"^part-([0-9a-f]{16})-\d+\.json$")
+
+
+def _rejects_key(name: str) -> str | None:
+    """The unit key of a rejects file of ours (``part-<key>-<n>.json``), else None."""
+    match = _REJECTS_NAME.match(name)
+    return match.group(1) if match else None
 
 
 def prune_stale_outputs(spark: "SparkSession", opts: Any, listing: "InputListing", counts: Any,

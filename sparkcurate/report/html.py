@@ -299,7 +299,19 @@ def _throughput(s: Mapping[str, Any]) -> str:
                                    ("devices", str(len(devices)) if devices else "—")]
     if rate is not None and len(devices) > 1:
         rows.append(("documents per second per device, whole run", f"{rate / len(devices):,.1f}"))
-    return "<h2>Throughput</h2>" + _table(["measure", "value"], rows, numeric=[1]) + _splits(s)
+    return "<h2>Throughput</h2>" + _table(["measure", "value"], rows, numeric=[1]) + _units(s) + _splits(s)
+
+
+def _units(s: Mapping[str, Any]) -> str:
+    """The input units (files) this run did and reused (``units``): a resumed run reuses what an earlier one
+    committed."""
+    units = _dict(s.get("units"))
+    if not units:
+        return ""
+    rows = [("units (input files)", _n(units.get("total"))), ("reused from an earlier run", _n(units.get("reused"))),
+            ("redone (input or options changed)", _n(units.get("redone"))), ("new", _n(units.get("new"))),
+            ("removed (input gone)", _n(units.get("removed"))), ("commit groups", _n(units.get("groups")))]
+    return "<h3>Input units</h3>" + _table(["measure", "value"], rows, numeric=[1])
 
 
 def _splits(s: Mapping[str, Any]) -> str:

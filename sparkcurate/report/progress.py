@@ -62,11 +62,16 @@ def format_progress(
     tasks_total: int | None = None,
     *,
     name: str = "classify",
+    units: tuple[int, int] | None = None,
+    units_left_s: float | None = None,
 ) -> str:
     """One progress line, e.g. ``classify: 12,345 docs done (40% of tasks), 812 docs/s, ~1m20s left``.
 
     Pure (no Spark, no clock) so it can be tested exactly. ``total`` adds a document
-    percentage and the time left; ``tasks_*`` come from Spark's status tracker.
+    percentage and the time left; ``tasks_*`` come from Spark's status tracker. ``units``
+    (done, total input units: reused ones count as done) adds ``units 3/10`` and, with
+    ``units_left_s`` (the job's estimate from the bytes of the units left), the time left for the
+    whole input.
     """
     done = max(0, int(done))
     if total is not None and total > 0:
@@ -77,6 +82,9 @@ def format_progress(
         tasks_done = max(0, min(tasks_done or 0, tasks_total))
         head += f" ({100 * tasks_done // tasks_total}% of tasks, {tasks_done:,}/{tasks_total:,})"
     parts = [f"{name}: {head}"]
+    if units is not None:
+        parts.append(f"units {max(0, units[0]):,}/{units[1]:,} done"
+                     + (f" (~{format_duration(units_left_s)} left)" if units_left_s is not None else ""))
     if done == 0 or elapsed_s <= 0:
         parts.append("waiting for the first tasks to finish")
         return ", ".join(parts)
@@ -85,6 +93,14 @@ def format_progress(
         left = max(0, total - done) * elapsed_s / done
         parts.append(f"~{format_duration(left)} left" if left > 0 else "finishing")
     return ", ".join(parts)
+
+
+def units_left_s(elapsed_s: float, bytes_done: int, bytes_left: int) -> float | None:
+    """Time left for the units not done yet, from this run's pace so far (seconds per input byte of the units it
+    committed): None until a unit is committed. Reused units cost nothing, so they are in neither figure."""
+    if bytes_done <= 0 or elapsed_s <= 0:
+        return None
+    return max(0, bytes_left) * elapsed_s / bytes_done
 
 
 def format_final(done: int, elapsed_s: float, *, name: str = "classify", failed: bool = False) -> str:
@@ -148,6 +164,9 @@ class ProgressReporter:
         self._thread: threading.Thread | None = None
         self.last_line: str | None = None
         self._exact_done: int | None = None
+        # Input units done / in all, and the time left for the rest (``set_units``), when the job commits units.
+        self.units: tuple[int, int] | None = None
+        self.units_left_s: float | None = None
         # What the closing line reported (set when the block ends): documents, seconds, docs/s.
         self.final_done: int | None = None
         self.final_elapsed_s: float | None = None
@@ -173,6 +192,10 @@ class ProgressReporter:
         counter is a live estimate (a retried task adds its documents again)."""
         self._exact_done = int(done)
 
+    def set_units(self, done: int, total: int, left_s: float | None = None) -> None:
+        """Units done (reused ones included) out of ``total``, and the estimated time left for the rest."""
+        self.units, self.units_left_s = (int(done), int(total)), left_s
+
     def elapsed_s(self) -> float:
         return 0.0 if self._start is None else max(0.0, self._clock() - self._start)
 
@@ -180,7 +203,8 @@ class ProgressReporter:
         """The current progress line (reads the counter and the status tracker)."""
         tasks = self._tasks()
         return format_progress(self._done(), self.elapsed_s(), self.total,
-                               tasks[0] if tasks else None, tasks[1] if tasks else None, name=self.name)
+                               tasks[0] if tasks else None, tasks[1] if tasks else None, name=self.name,
+                               units=self.units, units_left_s=self.units_left_s)
 
     def tick(self) -> str:
         """Compute and log one line (INFO; nothing when quiet); returns it for callers/tests."""

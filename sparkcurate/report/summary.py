@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from sparkcurate.io.sources.base import REASON_COLUMN
 from sparkcurate.report.progress import docs_per_s
@@ -31,6 +31,8 @@ class Counts:
     by_status_file: list[tuple[str, str, str | None, int]]  # (file, status, reason, n)
     labels: dict[str, list[tuple[str, str | None, str, int]]]  # classifier -> (file, label, status, n)
     histograms: dict[str, list[int]]
+    # classifier -> file -> histogram (the unit records keep each file's, so a resumed run can add them up)
+    file_histograms: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 def count_rows(rows: "DataFrame", classifiers, file_name_column: str) -> Counts:
@@ -54,7 +56,7 @@ def count_rows(rows: "DataFrame", classifiers, file_name_column: str) -> Counts:
         bucket = F.least(F.floor(conf * HISTOGRAM_BINS), F.lit(HISTOGRAM_BINS - 1)).cast("int")
         columns[f"l{i}"] = F.col(c.pred_column).cast("string")
         columns[f"b{i}"] = F.when((status != "rejected") & conf.isNotNull(), bucket)
-        sets += [("labels", c.name, ("f", f"l{i}", "s")), ("hist", c.name, (f"b{i}",))]
+        sets += [("labels", c.name, ("f", f"l{i}", "s")), ("hist", c.name, ("f", f"b{i}"))]
     names = list(columns)
     gid_of = {sum(1 << (len(names) - 1 - j) for j, n in enumerate(names) if n not in cols): (kind, name)
               for kind, name, cols in sets}
@@ -75,6 +77,7 @@ def _counts_from_sets(result, gid_of: dict[int, tuple[str, str | None]], classif
     by_status: list[tuple[str, str, str | None, int]] = []
     labels: dict[str, list] = {c.name: [] for c in classifiers}
     hists: dict[str, list[int]] = {c.name: [0] * HISTOGRAM_BINS for c in classifiers}
+    file_hists: dict[str, dict[str, list[int]]] = {c.name: {} for c in classifiers}
     index = {c.name: i for i, c in enumerate(classifiers)}
     for r in result:
         kind, name = gid_of[r["gid"]]
@@ -87,7 +90,47 @@ def _counts_from_sets(result, gid_of: dict[int, tuple[str, str | None]], classif
             b = r[f"b{index[name]}"]
             if b is not None and 0 <= b < HISTOGRAM_BINS:
                 hists[name][b] += int(r["n"])
-    return Counts(by_status, labels, hists)
+                file_hists[name].setdefault(r["f"], [0] * HISTOGRAM_BINS)[b] += int(r["n"])
+    return Counts(by_status, labels, hists, file_hists)
+
+
+def unit_counts(counts: Counts, file_names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``counts`` split by input file, as plain JSON values (the unit records, ``io.units``): per file its
+    ``status`` rows ([status, reason, n]), ``labels`` (classifier -> [label, status, n]) and ``hist``
+    (classifier -> bins). Every name of ``file_names`` has an entry (an empty file's holds nothing)."""
+    out: dict[str, dict[str, Any]] = {n: {"status": [], "labels": {}, "hist": {}} for n in file_names}
+
+    def entry(name: str) -> dict[str, Any]:
+        return out.setdefault(name, {"status": [], "labels": {}, "hist": {}})
+
+    for fname, status, reason, n in counts.by_status_file:
+        entry(fname)["status"].append([status, reason, n])
+    for cname, rows in counts.labels.items():
+        for fname, label, status, n in rows:
+            entry(fname)["labels"].setdefault(cname, []).append([label, status, n])
+    for cname, per_file in counts.file_histograms.items():
+        for fname, hist in per_file.items():
+            entry(fname)["hist"][cname] = list(hist)
+    return out
+
+
+def counts_of_units(units: dict[str, dict[str, Any]], classifiers) -> Counts:
+    """The run's ``Counts`` from every unit's counts (``unit_counts``; reused units' from their records)."""
+    by_status: list[tuple[str, str, str | None, int]] = []
+    labels: dict[str, list] = {c.name: [] for c in classifiers}
+    hists: dict[str, list[int]] = {c.name: [0] * HISTOGRAM_BINS for c in classifiers}
+    file_hists: dict[str, dict[str, list[int]]] = {c.name: {} for c in classifiers}
+    for fname in sorted(units):
+        entry = units[fname]
+        by_status.extend((fname, s, r, int(n)) for s, r, n in entry.get("status", []))
+        for cname, rows in entry.get("labels", {}).items():
+            labels.setdefault(cname, []).extend((fname, label, s, int(n)) for label, s, n in rows)
+        for cname, hist in entry.get("hist", {}).items():
+            total = hists.setdefault(cname, [0] * HISTOGRAM_BINS)
+            for b, n in enumerate(hist[:HISTOGRAM_BINS]):
+                total[b] += int(n)
+            file_hists.setdefault(cname, {})[fname] = list(hist)
+    return Counts(by_status, labels, hists, file_hists)
 
 
 def build_summary(spark: "SparkSession", opts: Any, counts: Counts, models: list[dict], listing: "InputListing",

@@ -312,3 +312,20 @@ def planned_splits(spark: "SparkSession", plan: SplitPlan | None) -> Iterator[Sp
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
+
+
+# A commit group (the job commits its output one group of input units at a time): this many tasks of
+# maxPartitionBytes per task slot. Large enough that a group's last wave (where slots finish one by one and idle)
+# is a small share of it; small enough that a group, persisted on the executors' local disks while its output is
+# written, is a bounded share of a large input, and that a driver lost mid-run loses at most one group's work.
+GROUP_TASKS_PER_SLOT = 16
+
+
+def commit_group_bytes(spark: "SparkSession", slots: int | None = None) -> int:
+    """The default commit group size in input bytes: ``GROUP_TASKS_PER_SLOT`` tasks of Spark's
+    ``maxPartitionBytes`` (128 MB by default) for each task slot (``slots``, else Spark's default parallelism):
+    e.g. 2 GB for one GPU, 16 GB for eight."""
+    if not slots:
+        executors = expected_executors(spark)
+        slots = task_slots(spark, executors) if executors else spark.sparkContext.defaultParallelism
+    return max(1, int(slots)) * GROUP_TASKS_PER_SLOT * _int_conf(spark, MAX_SPLIT_KEY, _SPARK_DEFAULT_MAX_SPLIT)

@@ -122,6 +122,13 @@ class Source:
         """Whether Spark can cut ``f`` into several tasks (for the split plan)."""
         return splittable(f.file_name)
 
+    def resumable(self, listing: InputListing) -> bool:
+        """Whether any subset of the listed files can be read on its own, given the whole input's schema as
+        ``read``'s ``schema``, and give the same records as in the whole: then the job commits the input in
+        groups of files and a re-run reuses the files it committed. A source that is not a set of independent
+        files (a catalog table, a Delta snapshot) says False: it is read, and redone, whole."""
+        return bool(listing.files)
+
     def read(self, spark: "SparkSession", listing: InputListing, text_field: str, file_name_column: str,
              schema=None, sampling_ratio: float = 1.0) -> "DataFrame":
         """Every record of the listed files, with the columns the module docstring lists. ``schema`` (a DDL

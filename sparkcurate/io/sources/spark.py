@@ -87,6 +87,10 @@ class SparkFileSource(Source):
                         listing: InputListing | None = None) -> Exception | None:
         return explain_typed_failure(exc, self.format, spark, listing)
 
+    def resumable(self, listing: InputListing) -> bool:
+        """Not where partition folders give columns (Spark discovers them only when it reads the folder)."""
+        return bool(listing.files) and not _partition_folders(listing)
+
 
 class SparkFormatSource(Source):
     """Any Spark data source by name (``format``), loaded as Spark loads it: ``spark.read.format(F).load(PATH)``.
@@ -123,6 +127,9 @@ class SparkFormatSource(Source):
 
     def splittable(self, f: InputFile) -> bool:
         return True  # columnar formats split at row groups / stripes; Spark decides
+
+    def resumable(self, listing: InputListing) -> bool:
+        return False  # the data source decides which rows its files hold now (a Delta snapshot's deletions)
 
     def explain_failure(self, exc: Exception, spark: "SparkSession | None" = None,
                         listing: InputListing | None = None) -> Exception | None:

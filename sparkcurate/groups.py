@@ -1,0 +1,185 @@
+"""The job's commit groups: the input units a run has to do, cut into groups, each done as its own Spark job and
+committed before the next starts (issue: "A job of many hours: commit as it goes, resume where it stopped").
+
+For each group: read its files (with the whole input's schema) -> classify -> persist *that group's* rows on the
+executors' local disks -> count -> write its output (the sink replaces only its inputs' outputs), drop the output
+of its inputs that keep nothing now, write its rejects -> record its units as committed (``io.units``) ->
+unpersist. So local disk holds one group at a time, and a driver lost in hour 8 loses at most the group in
+flight: the same command again reuses every committed unit.
+
+Where a run can die, and what the next run finds (the points a fault test aims at):
+
+1. before a group's write: the group's units are not recorded: done again;
+2. during a group's write: the same, and the manifest (``io.commit``) already lists what the write may leave;
+3. after the write, before the record: done again (the sinks replace an input's output whole);
+4. after the record: reused;
+5. in the final step (``pipeline``: prune, rejects of removed units, record index, summary): every unit is
+   reused; the final step runs again.
+
+Python workers keep their loaded models between the groups' jobs: ``spark.stage`` caches each engine in the
+worker process, and Spark reuses Python workers across jobs (``spark.python.worker.reuse``, on by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from sparkcurate.io.commit import prune_stale_outputs, run_outputs, write_unit_rejects
+from sparkcurate.io.failures import check_no_vanished_files
+from sparkcurate.io.sources.base import INTERNAL_PREFIX
+from sparkcurate.report.progress import units_left_s
+from sparkcurate.report.summary import Counts, classified_count, count_rows, unit_counts
+from sparkcurate.spark.attributes import attribute_rows
+from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows, without_line_copies
+from sparkcurate.spark.planning import plan_for_session, planned_splits
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+    from sparkcurate.io.commit import OutputCommit
+    from sparkcurate.io.listing import InputFile, InputListing
+    from sparkcurate.io.units import UnitPlan, UnitStore
+    from sparkcurate.report.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
+
+# Classifier settings that do not change a prediction (how fast, where, from which cache): left out of the
+# options fingerprint, so changing them does not redo committed units.
+_NOT_OUTPUT = {"batch_size", "token_budget", "device", "packed", "cache_dir", "allow_pickle", "trust_remote_code",
+               "preflight_info", "model_fingerprint"}
+
+
+class StoppedForTest(RuntimeError):
+    """Raised by the test-only hook ``JobOptions.stop_after_groups``: the run stops as a killed driver would,
+    between two commit groups."""
+
+
+def output_options(opts: Any, models: list[dict], schema: "StructType", key: str | None) -> dict[str, Any]:
+    """Everything besides the input file that changes a unit's output (its fingerprint, ``io.units``): the
+    classifiers' settings and models (``_NOT_OUTPUT`` left out), the formats, layout, compression and modes, the
+    columns, and the schema the records are read with. ``opts``: the run's ``pipeline.JobOptions``."""
+    classifiers = []
+    for c in opts.classifiers:
+        values = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name not in _NOT_OUTPUT}
+        classifiers.append({"class": f"{type(c).__module__}.{type(c).__qualname__}", **values})
+    return {"classifiers": classifiers, "models": models, "input_format": opts.input_format,
+            "output_format": opts.output_format, "output_table": opts.output_table, "layout": opts.layout,
+            "compression": opts.compression, "jsonl_mode": opts.jsonl_mode, "output_mode": opts.output_mode,
+            "attribute_key": key, "file_name_column": opts.file_name_column, "schema": schema.simpleString()}
+
+
+def group_schema(schema: "StructType", file_name_column: str) -> "StructType":
+    """The input's own fields as the whole input was read (``schema`` of the source's DataFrame, less the
+    file-name column and the job's columns): every group is read with it, so a group's records have the columns
+    the whole input gives them, not only those its own files hold."""
+    from pyspark.sql import types as T
+
+    return T.StructType([f for f in schema.fields
+                         if f.name != file_name_column and not f.name.startswith(INTERNAL_PREFIX)])
+
+
+@dataclass
+class GroupJob:
+    """What every commit group of one run shares (``pipeline.run`` builds it)."""
+
+    spark: "SparkSession"
+    opts: Any  # pipeline.JobOptions (above this module)
+    source: Any
+    sink: Any
+    listing: "InputListing"
+    whole: "DataFrame"  # the source's DataFrame of the whole listing (read as one group when it is one)
+    text_field: str
+    attributes: bool
+    key: str | None
+    meters: Any  # pipeline.TaskMeters
+    commit: "OutputCommit"
+    store: "UnitStore"
+    units: "UnitPlan"
+    laps: Any  # pipeline.Laps
+    resumable: bool = True  # the source reads any group of its files alone (Source.resumable)
+    plans: list[Any] = field(default_factory=list)  # each group's split plan (None where Spark's is kept)
+    classified: int = 0  # records classified by this run's groups
+
+    def run(self, groups: list[list["InputFile"]], progress: "ProgressReporter") -> dict[str, dict[str, Any]]:
+        """Do and commit every group in order; the new unit records, by file name."""
+        total = len(self.listing.files)
+        done_units = len(self.units.reused)
+        bytes_left = sum(f.size for g in groups for f in g)
+        bytes_done, started = 0, time.monotonic()
+        progress.set_units(done_units, total)
+        records: dict[str, dict[str, Any]] = {}
+        for index, files in enumerate(groups):
+            records.update(self.run_group(index, files))
+            done_units += len(files)
+            size = sum(f.size for f in files)
+            bytes_done, bytes_left = bytes_done + size, bytes_left - size
+            left = units_left_s(time.monotonic() - started, bytes_done, bytes_left)
+            progress.set_units(done_units, total, left)
+            log.info("commit group %d/%d: %d unit(s) committed; units %d/%d done", index + 1, len(groups),
+                     len(files), done_units, total)
+            stop = getattr(self.opts, "stop_after_groups", None)
+            if stop is not None and index + 1 >= stop and index + 1 < len(groups):
+                raise StoppedForTest(f"test hook: stopped after {index + 1} commit group(s)")
+        return records
+
+    def run_group(self, index: int, files: list["InputFile"]) -> dict[str, dict[str, Any]]:
+        """One group as one Spark job: read, classify, persist, count, write, commit. Returns its records."""
+        names = [f.file_name for f in files]
+        whole = len(files) == len(self.listing.files)
+        sub = self.listing if whole else dataclasses.replace(self.listing, files=list(files), source="", ignored=())
+        if self.resumable and not any(f.size > 0 for f in files):  # empty files hold no record: no Spark job
+            counts = Counts([], {c.name: [] for c in self.opts.classifiers}, {})
+        else:
+            plan = plan_for_session(self.spark, [(f.size, self.source.splittable(f)) for f in files],
+                                    self.opts.waves)
+            self.plans.append(plan)
+            with planned_splits(self.spark, plan):
+                counts = self._classify_and_write(sub, whole)
+        # Every file the counts name (a source read whole may name its records otherwise: a view's, its name).
+        committed = {n: {"identity": self.units.identities.get(n), "fingerprint": self.units.fingerprint,
+                         "counts": c} for n, c in unit_counts(counts, names).items()}
+        self.store.commit(self.commit.run_id, index, committed)
+        return committed
+
+    def _classify_and_write(self, sub: "InputListing", whole: bool):
+        opts, spark = self.opts, self.spark
+        df = self.whole if whole else self.source.read(
+            spark, sub, self.text_field, opts.file_name_column,
+            None if self.source.keep_lines else group_schema(self.whole.schema, opts.file_name_column),
+            opts.sampling_ratio)
+        rows = classified_rows(df, opts.classifiers, self.meters.docs, self.meters.devices, self.meters.stats)
+        rows = without_line_copies(rows, [self.text_field], self.attributes).persist(_disk_level())
+        try:
+            counts = count_rows(rows, opts.classifiers, opts.file_name_column)  # classifies every record
+            self.classified += classified_count(counts)
+            self.laps("read_classify_count")
+            check_no_vanished_files(spark, sub, counts)
+            written = (attribute_rows(rows, opts.classifiers, opts.file_name_column, self.key) if self.attributes
+                       else output_rows(rows, opts.classifiers))
+            self.commit.touch(run_outputs(spark, opts, counts, self.sink))
+            self.sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
+            prune_stale_outputs(spark, opts, sub, counts, self.sink)
+            self.laps("write_output")
+            write_unit_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
+                               self.commit.run_id, [f.file_name for f in sub.files])
+            self.laps("write_rejects")
+        finally:
+            rows.unpersist()
+        return counts
+
+
+def plan_dict(plans: Sequence[Any]) -> dict[str, Any] | None:
+    """The summary's ``input_splits``: the first group's split plan (the whole input's when it is one group)."""
+    first = next((p for p in plans if p is not None), None)
+    return first.as_dict() if first is not None else None
+
+
+def _disk_level():
+    from pyspark import StorageLevel
+
+    return StorageLevel.DISK_ONLY
