@@ -1,0 +1,152 @@
+"""benchmarks/trained_precision.py: the corpus rules on a fake site-packages, the training helpers, and a CPU smoke
+of the whole harness (train, save in the published layout, load as the domain classifier, measure every row)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import trained_precision as tp
+from tests.conftest import REPO
+
+WORDS = " ".join(f"word{i}" for i in range(25))  # inside the 20-400 word range
+
+
+def _package(root: Path, name: str, files: dict[str, str]) -> None:
+    for rel, source in {"__init__.py": "", **files}.items():
+        path = root / name / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+
+
+def test_docstrings_finds_nested_definitions_with_their_names():
+    import ast
+
+    tree = ast.parse(textwrap.dedent('''
+        """module doc"""
+        class A:
+            """class doc"""
+            def f(self):
+                """method doc"""
+                def inner():
+                    """inner doc"""
+        if True:
+            def g():
+                """conditional doc"""
+        try:
+            class B:
+                """in try"""
+        except ImportError:
+            pass
+        def h():
+            pass
+    '''))
+    assert dict(tp.docstrings(tree)) == {"<module>": "module doc", "A": "class doc", "A.f": "method doc",
+                                         "A.f.inner": "inner doc", "g": "conditional doc", "B": "in try"}
+
+
+def test_corpus_rules_on_a_fake_site_packages(tmp_path, monkeypatch):
+    """Word range, vendored code skipped, a text in two packages dropped from both, repeats kept once, an
+    unparsable file counted (not silently lost), labels by size with a floor, a stable hash split."""
+    site = tmp_path / "site-packages"
+    many = "\n".join(f'def f{i}():\n    """{WORDS} alpha{i}"""\n' for i in range(12))
+    _package(site, "alpha", {"mod.py": many + 'def short():\n    """too short"""\n',
+                             "sub/more.py": f'def shared():\n    """{WORDS} shared"""\n'
+                                            f'def again():\n    """{WORDS} alpha0"""\n',
+                             "_vendor/other.py": f'def v():\n    """{WORDS} vendored"""\n',
+                             "broken.py": "def (:\n"})
+    _package(site, "beta", {"mod.py": "\n".join(f'def g{i}():\n    """{WORDS} beta{i}"""\n' for i in range(10))
+                            + f'def shared():\n    """{WORDS} shared"""\n'})
+    _package(site, "gamma", {"mod.py": f'def g():\n    """{WORDS} gamma"""\n'})  # under --min-docs
+    monkeypatch.setattr(tp, "site_package_dirs", lambda: [site])
+    args = tp.parse_args(["--min-docs", "5", "--max-per-label", "11", "--heldout-pct", "30", "--workers", "1"])
+    docs, facts = tp.build_corpus(args)
+    assert facts["labels"] == ["alpha", "beta"]
+    assert facts["packages_below_min_docs"] == {"gamma": 1}
+    read = facts["read"]
+    assert read["files"] == 8  # 3 packages' __init__.py, alpha's mod, sub/more and broken, beta's mod; no _vendor
+    assert read["unreadable_files"] == 1 and "broken.py" in read["unreadable_examples"][0]
+    assert read["outside_word_range"] == 1 and read["repeats_in_package"] == 1 and read["in_several_packages"] == 2
+    texts = [d.text for d in docs]
+    assert not any("shared" in t or "vendored" in t for t in texts)
+    assert facts["per_label"]["alpha"]["available"] == 12 and sum(d.label == "alpha" for d in docs) == 11
+    assert {d.split for d in docs} == {"train", "heldout"}
+    assert all(d.split == tp.split_of(d.text, 30) for d in docs)
+    again, _ = tp.build_corpus(args)
+    assert again == docs  # the same packages give the same corpus, in the same order
+
+
+def test_choose_labels_takes_the_largest_then_sorts_by_name():
+    by_label = {"b": dict.fromkeys("123"), "a": dict.fromkeys("12"), "c": dict.fromkeys("1234"), "d": {}}
+    assert tp.choose_labels(by_label, max_labels=2, min_docs=2) == ["b", "c"]
+    assert tp.choose_labels(by_label, max_labels=5, min_docs=3) == ["b", "c"]
+
+
+def test_epoch_batches_cover_every_document_once_under_the_budget():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 300, size=1000)
+    batches = tp.epoch_batches(lengths, budget=2048, max_rows=32, rng=np.random.default_rng(1))
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(1000))
+    assert all(len(b) <= 32 and (len(b) == 1 or len(b) * lengths[b].max() <= 2048) for b in batches)
+    again = tp.epoch_batches(lengths, budget=2048, max_rows=32, rng=np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    assert tp.lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert tp.lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert tp.lr_at(10, 1.0, 10, None) == 1.0  # step count not fixed yet: no decay
+    assert tp.lr_at(55, 1.0, 10, 100) == pytest.approx(0.5)
+    assert tp.lr_at(100, 1.0, 10, 100) == 0.0
+
+
+def test_compare_counts_documents_past_the_target():
+    ref = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    probs = np.array([[0.905, 0.095], [0.45, 0.55], [0.2, 0.8]])
+    out = tp.compare(probs, ref, np.array([0, 0, 1]))
+    assert out["docs_over_1e2"] == 1 and out["argmax_disagreements"] == 1
+    assert out["argmax_agreement_pct"] == pytest.approx(100 * 2 / 3, abs=1e-3)
+    assert out["max_prob_abs_diff"] == pytest.approx(0.15) and out["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_smoke_trains_saves_loads_and_measures_every_row(tmp_path):
+    """The whole harness on the CPU: a tiny model trained above the majority label's share, saved in the published
+    layout and loaded back by the domain classifier (same probabilities), every precision row measured."""
+    out, keep = tmp_path / "tp.json", tmp_path / "keep"
+    res = subprocess.run([sys.executable, "-m", "benchmarks.trained_precision", "--smoke", "--out", str(out),
+                          "--keep", str(keep)], capture_output=True, text=True, timeout=1200, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "done" and doc["device"] == "cpu" and "--smoke" in doc["command"]
+    assert set(doc["phases_s"]) == {"corpus", "tokenizer", "training", "checkpoint", "reference", "engine"}
+    corpus, training = doc["corpus"], doc["training"]
+    assert corpus["n_labels"] >= 2 and corpus["measured_docs"] == corpus["heldout_docs"] > 0
+    assert doc["tokenizer"]["heldout_tokens"]["mean"] > 10 and doc["tokenizer"]["unk_share"] < 0.05
+    assert training["heldout_accuracy_fp32"] > training["majority_share"]
+    assert doc["roundtrip"]["max_prob_abs_diff_vs_trained_model"] < 1e-4
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert set(rows) == {"hf_fp32_reference", "hf_autocast_fp16_nemo", "engine_fp16", "engine_bf16",
+                         "engine_fp16_split", "engine_fp32"}
+    for r in rows.values():
+        assert r["docs"] == corpus["measured_docs"] and r["docs_per_s"] > 0
+        assert 0 <= r["docs_over_1e2"] <= r["docs"] and 0 <= r["argmax_agreement_pct"] <= 100
+    assert rows["hf_fp32_reference"]["max_prob_abs_diff"] == 0
+    assert rows["engine_fp32"]["max_prob_abs_diff"] < 1e-4 and rows["engine_fp32"]["argmax_agreement_pct"] == 100
+    assert rows["engine_bf16"]["max_prob_abs_diff"] > 0  # the half-precision rows really ran in half precision
+    assert [r["default"] for n, r in rows.items() if n.startswith("engine")] == [False, False, False, True]
+    assert rows["engine_fp16_split"]["precision"] == "fp16-split"
+    lines = (keep / "heldout" / "part-00000.jsonl").read_text().splitlines()
+    assert len(lines) == corpus["measured_docs"] and set(json.loads(lines[0])) == {"id", "text", "label"}
+    probs = np.load(keep / "heldout_fp32_probs.npy", allow_pickle=False)
+    assert probs.shape == (corpus["measured_docs"], corpus["n_labels"])
+    for name in ("config.json", "model.safetensors", "base_model/config.json", "tokenizer.json"):
+        assert (keep / "model" / name).is_file(), name
+    assert json.loads((keep / "model" / "config.json").read_text())["base_model"] == "base_model"
