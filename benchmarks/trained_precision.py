@@ -526,8 +526,9 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def padded_forward(model, tokens, batches: list[np.ndarray], device, pad_id: int, autocast_dtype=None) -> np.ndarray:
-    """``ClsHeadModel.forward`` (the HF DeBERTa forward) over ``batches``; probabilities in input order."""
+def forward_batches(model, tokens, batches: list[np.ndarray], device, pad_id: int, autocast_dtype=None) -> list:
+    """``(indices, probabilities on the device)`` of ``ClsHeadModel.forward`` (the HF DeBERTa forward) per batch,
+    padded; under ``torch.autocast(autocast_dtype)`` when one is given."""
     import torch
 
     outs = []
@@ -537,6 +538,14 @@ def padded_forward(model, tokens, batches: list[np.ndarray], device, pad_id: int
             with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
                                 enabled=autocast_dtype is not None):
                 outs.append((idx, model(ids.to(device), mask.to(device)).float()))
+    return outs
+
+
+def padded_forward(model, tokens, batches: list[np.ndarray], device, pad_id: int, autocast_dtype=None) -> np.ndarray:
+    """:func:`forward_batches` over every document: probabilities in input order, one copy to the host."""
+    import torch
+
+    outs = forward_batches(model, tokens, batches, device, pad_id, autocast_dtype)
     values = torch.cat([p for _, p in outs]).cpu().numpy()
     order = np.concatenate([i for i, _ in outs])
     probs = np.empty_like(values)
@@ -559,12 +568,13 @@ def compare(probs: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict[str, Any]
     return out
 
 
-def timed(device, work, passes: int) -> tuple[Any, float, list[float], float | None]:
-    """``work()`` after one warm-up call (compilation, allocator): the last output, the median seconds of ``passes``
-    timed calls, each call's seconds, and the peak GPU memory (GB) of the timed calls."""
+def timed(device, work, passes: int, warm=None) -> tuple[Any, float, list[float], float | None]:
+    """``work()`` after one warm-up call (``warm()`` if given, else ``work()``: compilation, allocator): the last
+    output, the median seconds of ``passes`` timed calls, each call's seconds, and the peak GPU memory (GB) of the
+    timed calls."""
     import torch
 
-    work()
+    (warm or work)()
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -601,16 +611,20 @@ def hf_rows(clf, ckpt: Path, tokens, y, device, args, pad_id: int) -> tuple[np.n
     module, length-sorted micro-batches under a padded-token budget (CrossFit's way)."""
     import torch
 
+    from benchmarks.gpu_stage import warm_subset
     from sparkcurate.engine.batching import plan_microbatches
 
     model = clf.load_module(ckpt).to(device, torch.float32).eval()
     batches = plan_microbatches(tokens.lengths, args.ref_token_budget, 256, padded=True)
-    ref, secs, passes, peak = timed(device, lambda: padded_forward(model, tokens, batches, device, pad_id), 1)
+    spread = warm_subset(batches, 3)  # eager PyTorch compiles nothing: a few batches warm the allocator and cuBLAS
+    ref, secs, passes, peak = timed(device, lambda: padded_forward(model, tokens, batches, device, pad_id), 1,
+                                    warm=lambda: forward_batches(model, tokens, spread, device, pad_id))
     rows = [row("hf_fp32_reference", ref, ref, y, tokens, secs, passes, peak, precision="fp32",
                 path="HF DeBERTa forward, padded, sorted micro-batches", token_budget=args.ref_token_budget)]
     half = torch.float16
     probs, secs, passes, peak = timed(
-        device, lambda: padded_forward(model, tokens, batches, device, pad_id, autocast_dtype=half), 1)
+        device, lambda: padded_forward(model, tokens, batches, device, pad_id, autocast_dtype=half), 1,
+        warm=lambda: forward_batches(model, tokens, spread, device, pad_id, autocast_dtype=half))
     rows.append(row("hf_autocast_fp16_nemo", probs, ref, y, tokens, secs, passes, peak, precision="fp16 autocast",
                     path="HF DeBERTa forward under torch.autocast(float16) on fp32 weights, padded, sorted "
                          "micro-batches (NeMo Curator / CrossFit style)", token_budget=args.ref_token_budget))
@@ -741,7 +755,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     g.add_argument("--heldout-pct", type=int, default=20)
     g.add_argument("--max-files", type=int, default=None, help="source files read per package (hash order)")
     g.add_argument("--workers", type=int, default=None, help="processes reading sources (default: CPU count)")
-    g.add_argument("--eval-docs", type=int, default=10_000, help="held-out documents measured at most")
+    g.add_argument("--eval-docs", type=int, default=6_000, help="held-out documents measured at most")
     g.add_argument("--max-chars", type=int, default=None, help="character cut (default: the domain classifier's)")
     g.add_argument("--max-tokens", type=int, default=None, help="token limit (default: the domain classifier's)")
     g.add_argument("--tokenizer", choices=("corpus", "benchmark"), default="corpus")
