@@ -36,11 +36,12 @@ fails or is stopped still says how far it got and why. ``--keep DIR`` also write
 ``DIR/heldout_fp32_probs.npy`` (the reference, rows in that file's order), so the Spark job can be measured
 against the same fp32 probabilities later.
 
-On the GPU machine, from the repository root (about 7 minutes on an H100: corpus ~0.5 min, tokenizer ~0.2,
-training 4, checkpoint and reference ~0.5, the five measured rows ~1.5)::
+On the GPU machine, from the repository root (an estimate, not yet measured: 7-8 minutes on an H100: imports and
+corpus ~0.5 min, tokenizer ~0.2, training 4, checkpoint and reference ~0.5, the engine rows ~2 with Triton's first
+compilations; every phase's seconds are in the results)::
 
-    HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 python3 -m benchmarks.trained_precision --train-minutes 4 \\
-        --out $OUT/trained-precision.json --keep /tmp/trained 2>&1 | tee $OUT/trained-precision.log
+    set -o pipefail; HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 python3 -m benchmarks.trained_precision \\
+        --train-minutes 4 --out $OUT/trained-precision.json --keep /tmp/trained 2>&1 | tee $OUT/trained-precision.log
 
     python3 -m benchmarks.trained_precision --smoke --out /tmp/tp.json   # CPU, tiny model, seconds (CI)
 """
@@ -420,7 +421,6 @@ def train(model, tokens, y: np.ndarray, args, device, pad_id: int) -> dict[str, 
     says so (``stopped_at_time_limit``).
     """
     import torch
-    import torch.nn.functional as F
 
     rng = np.random.default_rng(args.seed)
     opt = optimizer(model, args.lr)
@@ -441,20 +441,12 @@ def train(model, tokens, y: np.ndarray, args, device, pad_id: int) -> dict[str, 
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, args.lr, warmup, total)
-            ids, mask = pad(tokens.ids, idx, pad_id)
-            target = labels[idx].to(device, non_blocking=True)
-            with autocast:
-                logits = logits_of(model, ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
-            loss = F.cross_entropy(logits, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            loss, correct = train_step(model, opt, autocast, tokens, labels, idx, device, pad_id)
             step += 1
             docs_seen += len(idx)
             tokens_seen += int(tokens.lengths[idx].sum())
-            run_loss += loss.detach() * len(idx)
-            run_correct += (logits.argmax(1) == target).sum()
+            run_loss += loss * len(idx)
+            run_correct += correct
             run_docs += len(idx)
             if total is None and step == 10:
                 sync(device)
@@ -488,8 +480,30 @@ def train(model, tokens, y: np.ndarray, args, device, pad_id: int) -> dict[str, 
             "repeat_with": f"--train-steps {step}"}
 
 
+def train_step(model, opt, autocast, tokens, labels, idx: np.ndarray, device, pad_id: int):
+    """One optimizer step on documents ``idx``: (mean loss, correct predictions), both left on the device (no sync
+    per step)."""
+    import torch
+    import torch.nn.functional as F
+
+    ids, mask = pad(tokens.ids, idx, pad_id)
+    target = labels[idx].to(device, non_blocking=True)
+    with autocast:
+        logits = logits_of(model, ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+    loss = F.cross_entropy(logits, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach(), (logits.argmax(1) == target).sum()
+
+
 def log_progress(step, total, epoch, run_loss, run_correct, run_docs, opt, start, docs_seen) -> dict[str, float]:
+    """Log and return the mean loss and batch accuracy since the last call; a non-finite loss stops the run (a
+    diverged model would otherwise be measured as if trained)."""
     elapsed = time.perf_counter() - start
+    if not math.isfinite(float(run_loss)):
+        raise FloatingPointError(f"training loss is {float(run_loss)} at step {step}: lower --lr")
     row = {"step": step, "epoch": epoch, "loss": round(float(run_loss) / max(run_docs, 1), 4),
            "train_acc": round(float(run_correct) / max(run_docs, 1), 4), "lr": opt.param_groups[0]["lr"],
            "elapsed_s": round(elapsed, 1)}

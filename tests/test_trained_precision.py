@@ -150,3 +150,44 @@ def test_smoke_trains_saves_loads_and_measures_every_row(tmp_path):
     for name in ("config.json", "model.safetensors", "base_model/config.json", "tokenizer.json"):
         assert (keep / "model" / name).is_file(), name
     assert json.loads((keep / "model" / "config.json").read_text())["base_model"] == "base_model"
+
+
+def test_a_diverged_loss_stops_the_run():
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(FloatingPointError, match="step 7"):
+        tp.log_progress(7, 10, 0, torch.tensor(float("nan")), torch.tensor(0), 4, opt, 0.0, 4)
+
+
+@pytest.mark.slow
+def test_time_budget_fixes_the_step_count_and_decays_to_zero():
+    """``--train-minutes``: the step count is set from the pace of the first steps, recorded, and the learning rate
+    reaches ~0 at the last step; a separable toy task is learnt."""
+    import argparse
+
+    import torch
+
+    from benchmarks.gpu_stage import backbone_config
+    from sparkcurate.engine.tokenize import Tokenized
+    from sparkcurate.models.heads import ClsHeadModel
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    ids = [np.concatenate([[1], rng.integers(10 + 30 * c, 40 + 30 * c, size=10), [2]]).astype(np.int32) for c in y]
+    tokens = Tokenized(ids, np.array([len(i) for i in ids]))
+    args = argparse.Namespace(seed=0, lr=2e-3, train_minutes=0.15, train_steps=None, warmup_steps=5,
+                              train_token_budget=192, train_max_rows=16, log_every=10)
+    torch.manual_seed(0)
+    model = ClsHeadModel(backbone_config(True, 128), 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: a second thread only adds waiting on a busy machine
+    try:
+        facts = tp.train(model, tokens, y, args, torch.device("cpu"), pad_id=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert facts["planned_steps"] > tp.PROBE_STEPS and facts["repeat_with"] == f"--train-steps {facts['steps']}"
+    assert facts["steps"] == facts["planned_steps"] or facts["stopped_at_time_limit"]
+    last = facts["history"][-1]
+    assert last["step"] == facts["steps"] and last["lr"] < 0.1 * args.lr
+    assert last["loss"] < facts["history"][0]["loss"] and not model.training
