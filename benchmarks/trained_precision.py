@@ -43,7 +43,7 @@ compilations; every phase's seconds are in the results)::
     set -o pipefail; HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 python3 -m benchmarks.trained_precision \\
         --train-minutes 4 --out $OUT/trained-precision.json --keep /tmp/trained 2>&1 | tee $OUT/trained-precision.log
 
-    python3 -m benchmarks.trained_precision --smoke --out /tmp/tp.json   # CPU, tiny model, seconds (CI)
+    python3 -m benchmarks.trained_precision --smoke --out /tmp/tp.json   # CPU, tiny model (CI; ~2.5 min on a busy 2-core box)
 """
 
 from __future__ import annotations
@@ -756,7 +756,7 @@ def default_out(device, smoke: bool) -> Path:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few packages: seconds (CI)")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few packages: the code path (CI)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/DATE-CARD-...)")
     p.add_argument("--keep", type=Path, default=None,
                    help="also write the checkpoint (DIR/model), the held-out JSONL (DIR/heldout) and the fp32 "
