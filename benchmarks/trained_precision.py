@@ -43,7 +43,7 @@ compilations; every phase's seconds are in the results)::
     set -o pipefail; HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 python3 -m benchmarks.trained_precision \\
         --train-minutes 4 --out $OUT/trained-precision.json --keep /tmp/trained 2>&1 | tee $OUT/trained-precision.log
 
-    python3 -m benchmarks.trained_precision --smoke --out /tmp/tp.json   # CPU, tiny model (CI; ~2.5 min on a busy 2-core box)
+    python3 -m benchmarks.trained_precision --smoke --out /tmp/tp.json   # CPU, tiny model (CI; minutes)
 """
 
 from __future__ import annotations
