@@ -34,7 +34,9 @@ One results JSON (``--out``) is rewritten after every phase (``status`` running 
 fails or is stopped still says how far it got and why. ``--keep DIR`` also writes ``DIR/model`` (the checkpoint),
 ``DIR/heldout/part-00000.jsonl`` (``id``, ``text``, ``label``: the Spark job's input) and
 ``DIR/heldout_fp32_probs.npy`` (the reference, rows in that file's order), so the Spark job can be measured
-against the same fp32 probabilities later.
+against the same fp32 probabilities later: run the job on ``DIR/heldout`` with ``DIR/model`` and a probability
+column, then ``--compare-job JOB_OUT --keep DIR --prob-column probs`` matches its output to the reference by id
+(every document exactly once) and writes the ``spark_job`` row (no training, no GPU).
 
 On the GPU machine, from the repository root (an estimate, not yet measured: 7-8 minutes on an H100: imports and
 corpus ~0.5 min, tokenizer ~0.2, training 4, checkpoint and reference ~0.5, the engine rows ~2 with Triton's first
@@ -43,7 +45,16 @@ compilations; every phase's seconds are in the results)::
     set -o pipefail; HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 python3 -m benchmarks.trained_precision \\
         --train-minutes 4 --out $OUT/trained-precision.json --keep /tmp/trained 2>&1 | tee $OUT/trained-precision.log
 
-    python3 -m benchmarks.trained_precision --smoke --out /tmp/tp.json   # CPU, tiny model (CI; minutes)
+and then, where pyspark and Java are there, the Spark job on the same documents (its default fp16 on the GPU)::
+
+    python3 -m sparkcurate.cli classify --input /tmp/trained/heldout --output /tmp/trained/job --classifier domain \\
+        --model /tmp/trained/model --prob-column probs --no-report --quiet
+    python3 -m benchmarks.trained_precision --compare-job /tmp/trained/job --keep /tmp/trained --prob-column probs \\
+        --out $OUT/trained-precision-spark-job.json
+
+The CPU smoke (CI, tests/test_trained_precision.py; minutes on a 2-core machine)::
+
+    python3 -m benchmarks.trained_precision --smoke --out /tmp/tp.json
 """
 
 from __future__ import annotations
@@ -750,6 +761,79 @@ def default_out(device, smoke: bool) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# A Spark job's output against the kept fp32 reference (--compare-job)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def job_records(out: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every JSON record a job wrote under ``out`` (``.json``/``.jsonl`` files, gzip too), skipping ``_summary``,
+    ``_report``, rejects and other ``_``- or ``.``-prefixed entries (Spark's ``.crc`` files)."""
+    import gzip
+
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        if any(part.startswith(("_", ".")) for part in path.relative_to(out).parts):
+            continue
+        if not path.name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
+            raise ValueError(f"{path}: not a JSONL output file (.json, .jsonl, gzipped or not): compare JSONL "
+                             "outputs only")
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield path, json.loads(line)
+
+
+def compare_job(keep: Path, job_out: Path, pred_column: str, prob_column: str | None) -> dict[str, Any]:
+    """The job's predictions (and probabilities, if it wrote ``prob_column``) against the kept fp32 reference,
+    matched by document id; every held-out document must be there exactly once."""
+    heldout = [json.loads(line) for line in (keep / "heldout" / "part-00000.jsonl").read_text().splitlines()]
+    ref = np.load(keep / "heldout_fp32_probs.npy", allow_pickle=False)
+    config = json.loads((keep / "model" / "config.json").read_text())
+    labels = [config["id2label"][k] for k in sorted(config["id2label"], key=int)]
+    index = {d["id"]: i for i, d in enumerate(heldout)}
+    found: dict[int, dict[str, Any]] = {}
+    for path, rec in job_records(job_out):
+        i = index.get(rec.get("id"))
+        if i is None:
+            raise ValueError(f"{path}: id {rec.get('id')!r} is not a kept held-out document")
+        if i in found:
+            raise ValueError(f"{path}: id {rec['id']!r} written twice")
+        found[i] = rec
+    if len(found) != len(heldout):
+        missing = [heldout[i]["id"] for i in range(len(heldout)) if i not in found]
+        raise ValueError(f"the job wrote {len(found)} of {len(heldout)} documents; missing e.g. {missing[:3]}")
+    y = np.array([labels.index(d["label"]) for d in heldout])
+    pred = np.array([labels.index(found[i][pred_column]) for i in range(len(heldout))])
+    same = pred == ref.argmax(1)
+    out = {"name": "spark_job", "docs": len(heldout), "argmax_agreement": float(same.mean()),
+           "argmax_agreement_pct": round(100 * float(same.mean()), 3), "argmax_disagreements": int((~same).sum()),
+           "accuracy": round(float((pred == y).mean()), 5), "job_output": str(job_out)}
+    if prob_column:
+        probs = np.array([found[i][prob_column] for i in range(len(heldout))], dtype=np.float64)
+        if not np.array_equal(probs.argmax(1), pred):
+            raise ValueError(f"{prob_column}'s argmax differs from {pred_column} in the job's own output")
+        out.update(compare(probs, ref, y))
+    log.info("spark job: argmax %.3f%% of %d documents, largest difference %s, past 1e-2: %s",
+             out["argmax_agreement_pct"], out["docs"], out.get("max_prob_abs_diff"), out.get("docs_over_1e2"))
+    return out
+
+
+def compare_job_main(args, argv: Sequence[str]) -> int:
+    """``--compare-job OUT --keep DIR``: one results JSON with the job's row (no training, no GPU)."""
+    if args.keep is None:
+        raise SystemExit("--compare-job needs --keep DIR (the run whose checkpoint the job used)")
+    row_ = compare_job(args.keep, args.compare_job, args.pred_column, args.prob_column)
+    out = args.out or args.keep / "spark-job-vs-fp32.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"date": dt.date.today().isoformat(), "keep": str(args.keep),
+                               "command": "python3 -m benchmarks.trained_precision "
+                                          + " ".join(shlex.quote(a) for a in argv),
+                               "rows": [row_]}, indent=2, default=_json_default) + "\n")
+    log.info("wrote %s", out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------------------------
 
@@ -761,6 +845,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--keep", type=Path, default=None,
                    help="also write the checkpoint (DIR/model), the held-out JSONL (DIR/heldout) and the fp32 "
                         "probabilities (DIR/heldout_fp32_probs.npy) here")
+    p.add_argument("--compare-job", type=Path, default=None, metavar="OUT",
+                   help="instead of a run: compare a Spark job's JSONL output (run on --keep DIR's held-out "
+                        "documents with its checkpoint) with the kept fp32 probabilities")
+    p.add_argument("--pred-column", default="domain_pred", help="--compare-job: the job's prediction column")
+    p.add_argument("--prob-column", default=None, help="--compare-job: the job's probability column, if written")
     g = p.add_argument_group("corpus")
     g.add_argument("--packages", nargs="+", default=None, help="read only these top-level packages")
     g.add_argument("--max-labels", type=int, default=40)
@@ -810,6 +899,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.compare_job is not None:
+        return compare_job_main(args, argv)
     import torch
     import transformers
 

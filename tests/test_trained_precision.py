@@ -191,3 +191,61 @@ def test_time_budget_fixes_the_step_count_and_decays_to_zero():
     last = facts["history"][-1]
     assert last["step"] == facts["steps"] and last["lr"] < 0.1 * args.lr
     assert last["loss"] < facts["history"][0]["loss"] and not model.training
+
+
+def _kept_run(keep: Path) -> np.ndarray:
+    """A --keep directory as the harness leaves it: held-out JSONL, fp32 probabilities, the config's labels."""
+    (keep / "heldout").mkdir(parents=True)
+    (keep / "model").mkdir()
+    docs = [{"id": f"d{i}", "text": f"text {i}", "label": "b" if i % 3 else "a"} for i in range(6)]
+    (keep / "heldout" / "part-00000.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.45, 0.55], [0.1, 0.9]])
+    np.save(keep / "heldout_fp32_probs.npy", ref, allow_pickle=False)
+    (keep / "model" / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b"}}))
+    return ref
+
+
+def _job_file(path: Path, ref: np.ndarray, rows: list[int], shift: float = 0.0) -> None:
+    import gzip
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in rows:
+        probs = ref[i] + np.array([shift, -shift]) * (i == 4)
+        lines.append(json.dumps({"id": f"d{i}", "text": "t", "pred": "ab"[int(probs.argmax())],
+                                 "probs": probs.tolist()}) + "\n")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt") as fh:
+        fh.write("".join(lines))
+
+
+def test_compare_job_matches_documents_by_id_across_files(tmp_path):
+    """A job's partitioned output (a gzipped part too; _summary, _rejects and .crc files skipped) against the kept
+    reference: the one document moved past 0.5 is the one disagreement and the one past 1e-2."""
+    keep, out = tmp_path / "keep", tmp_path / "job"
+    ref = _kept_run(keep)
+    _job_file(out / "file_name=a" / "part-00000-x.c000.json", ref, [5, 0, 1], shift=0.1)
+    _job_file(out / "file_name=b" / "part-00001-x.c000.json.gz", ref, [2, 3, 4], shift=0.1)
+    (out / "_summary.json").write_text("{}")
+    (out / "_rejects").mkdir()
+    (out / "file_name=a" / ".part-00000-x.c000.json.crc").write_text("crc")
+    r = tp.compare_job(keep, out, "pred", "probs")
+    assert r["docs"] == 6 and r["argmax_disagreements"] == 1 and r["docs_over_1e2"] == 1
+    assert r["max_prob_abs_diff"] == pytest.approx(0.1) and r["accuracy"] == pytest.approx(5 / 6, abs=1e-4)
+    labels_only = tp.compare_job(keep, out, "pred", None)
+    assert labels_only["argmax_disagreements"] == 1 and "max_prob_abs_diff" not in labels_only
+
+
+def test_compare_job_refuses_missing_repeated_or_unknown_documents(tmp_path):
+    keep = tmp_path / "keep"
+    ref = _kept_run(keep)
+    _job_file(tmp_path / "missing" / "part.json", ref, [0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="5 of 6 documents; missing e.g. \\['d5'\\]"):
+        tp.compare_job(keep, tmp_path / "missing", "pred", "probs")
+    _job_file(tmp_path / "twice" / "a.json", ref, [0, 1, 2, 3, 4, 5])
+    _job_file(tmp_path / "twice" / "b.json", ref, [3])
+    with pytest.raises(ValueError, match="'d3' written twice"):
+        tp.compare_job(keep, tmp_path / "twice", "pred", "probs")
+    _job_file(tmp_path / "other" / "a.parquet", ref, [0])
+    with pytest.raises(ValueError, match="not a JSONL output file"):
+        tp.compare_job(keep, tmp_path / "other", "pred", "probs")
