@@ -190,3 +190,18 @@ def test_jsonl_exact_smoke(tmp_path):
     assert set(rows) == {"reserialize", "exact", "attributes"}
     assert all(r["input_records"] == 2000 and r["output_bytes"] > 0 for r in rows.values())
     assert rows["attributes"]["output_bytes"] < rows["exact"]["output_bytes"]
+
+
+@pytest.mark.slow
+def test_worker_load_smoke(tmp_path):
+    """Both loads run in fresh interpreters and say which modules they built; the lean one imports no
+    transformers module."""
+    doc = _run("benchmarks.worker_load", ["--smoke", "--rows", "lean,full", "--out", str(tmp_path / "load.json")],
+               tmp_path)
+    assert {"device", "date", "command", "results"} <= set(doc)
+    rows = {r["name"]: r for r in doc["results"]}
+    assert rows["lean"]["backbone"] == "sparkcurate.engine.deberta.DebertaBackbone"
+    assert rows["lean"]["tokenizer"] == "RustTokenizer" and rows["lean"]["transformers_modules_imported"] == 0
+    assert rows["full"]["backbone"].startswith("transformers.") and rows["full"]["transformers_modules_imported"]
+    assert all(r["load_total_s"] > 0 and "import_torch" in r["seconds"] for r in rows.values())
+    assert doc["outputs_agreement"]["lean_vs_full"]["max_abs_diff"] < 1e-5  # fp32 on the CPU: the same numbers

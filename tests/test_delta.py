@@ -193,22 +193,26 @@ def test_delta_output_counts_and_types(delta_run):
 
 
 @pytest.mark.slow
-def test_delta_reruns_replace_only_the_partitions_they_write(delta_run):
+def test_delta_reruns_hold_exactly_their_inputs(delta_run):
     assert delta_run["rerun"] == delta_run["first"]  # idempotent
-    assert delta_run["with_other"] == delta_run["first"] + [[7, "c.jsonl"]]
-    # a.jsonl keeps nothing: its rows are deleted; sub/b.jsonl is replaced; c.jsonl (not read) stays.
-    assert delta_run["changed"] == [[6, "sub/b.jsonl"], [7, "c.jsonl"]]
+    # OUT holds exactly what its last summary counts (docs/reliability.md): another input into the same OUT
+    # replaces the inputs the previous run held and this one does not read.
+    assert delta_run["with_other"] == [[7, "c.jsonl"]]
+    # a.jsonl keeps nothing (and was already dropped); sub/b.jsonl is written again; c.jsonl (not read) goes.
+    assert delta_run["changed"] == [[6, "sub/b.jsonl"]]
     history = delta_run["history"]
-    assert [h["operation"] for h in history] == ["WRITE", "WRITE", "WRITE", "WRITE", "DELETE"]
-    assert all(h["parameters"]["mode"] == "Overwrite" for h in history[:4])
-    # Delta's log: each commit removed the files of the partitions it wrote, and only those.
+    assert [h["operation"] for h in history] == ["WRITE", "WRITE", "WRITE", "DELETE", "WRITE", "DELETE"]
+    assert all(history[i]["parameters"]["mode"] == "Overwrite" for i in (0, 1, 2, 4))
+    # Delta's log: each write replaced the partitions it wrote, and only those; each DELETE dropped the inputs the
+    # previous run held and this one did not.
     both = ["a.jsonl", "sub/b.jsonl"]
     assert log_partitions(delta_run["out"]) == [
         {"add": both, "remove": []},                      # first run
         {"add": both, "remove": both},                    # identical re-run: the same partitions replaced
-        {"add": ["c.jsonl"], "remove": []},               # another input: nothing of the others touched
-        {"add": ["sub/b.jsonl"], "remove": ["sub/b.jsonl"]},  # changed: b replaced (a keeps nothing) ...
-        {"add": [], "remove": ["a.jsonl"]},               # ... and a's rows deleted
+        {"add": ["c.jsonl"], "remove": []},               # another input: its partition written ...
+        {"add": [], "remove": both},                      # ... then the earlier inputs' rows deleted
+        {"add": ["sub/b.jsonl"], "remove": []},           # changed: b written (a keeps nothing) ...
+        {"add": [], "remove": ["c.jsonl"]},               # ... and c's rows deleted
     ]
 
 

@@ -49,7 +49,15 @@ def test_usable_only_for_half_precision_cuda_gelu_blocks(monkeypatch):
     assert not gelu_epilogue.usable(block, FakeCuda(torch.bfloat16))  # weights of another dtype
     assert not gelu_epilogue.usable(intermediate("relu").half(), FakeCuda(torch.float16))
     custom = intermediate().half()
-    custom.intermediate_act_fn = nn.GELU()  # not transformers' own class: could be configured differently
+    custom.intermediate_act_fn = nn.GELU()  # torch's own GELU (engine/deberta.py's blocks): either form is GELU
+    assert gelu_epilogue.usable(custom, FakeCuda(torch.float16))
+
+    class OwnGELU(nn.GELU):  # a subclass could compute anything
+        pass
+
+    custom.intermediate_act_fn = OwnGELU()
+    assert not gelu_epilogue.usable(custom, FakeCuda(torch.float16))
+    custom.intermediate_act_fn = nn.SiLU()
     assert not gelu_epilogue.usable(custom, FakeCuda(torch.float16))
     monkeypatch.setenv(gelu_epilogue.EPILOGUE_ENV, "off")
     assert not gelu_epilogue.usable(block, FakeCuda(torch.float16))

@@ -38,6 +38,7 @@ def _readers():
     from sparkcurate.engine import deberta_packed
     from sparkcurate.engine.kernels import dflash_attention, gelu_epilogue, relative_attention, residual_norm
     from sparkcurate.engine.kernels import relative_attention_smem as smem
+    from sparkcurate.models import lean
 
     return {
         switches.ATTENTION_KERNEL: deberta_packed.gpu_kernel,
@@ -46,6 +47,7 @@ def _readers():
         switches.DFLASH_TUNING: dflash_attention.tuning_mode,
         switches.FUSED_NORM: residual_norm.mode,
         switches.GELU_EPILOGUE: gelu_epilogue.mode,
+        switches.LEAN_LOAD: lean.mode,
     }
 
 

@@ -129,3 +129,67 @@ def test_same_tokenizer_other_limits_tokenizes_once_and_exactly(deberta_dir, sam
     # characters again, for each engine that cuts there
     assert longer and calls[0] == (len(texts), 1024, 6000)
     assert sorted(calls[1:]) == [(longer, 64, 2000), (longer, 128, 2000), (longer, 512, 2000)]
+
+
+def _slow_to_load(deberta_dir, input_started, seen: list):
+    """A domain classifier whose load waits (up to 5 s) for the task to start reading its input, and notes
+    whether it did: the task reads its first batch while the model loads only if the load runs beside it."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class SlowToLoad(DomainClassifier):
+        def load_engine(self, device: str):
+            seen.append(input_started.wait(timeout=5))
+            return super().load_engine(device)
+
+    clf = SlowToLoad(model=str(deberta_dir), device="cpu")
+    clf.preflight()
+    return clf
+
+
+def test_the_model_loads_while_the_first_batch_is_read(deberta_dir, sample_texts):
+    import threading
+
+    import pyarrow as pa
+
+    from sparkcurate.spark import stage
+
+    input_started, seen = threading.Event(), []
+    clf = _slow_to_load(deberta_dir, input_started, seen)
+
+    def batches():
+        input_started.set()
+        yield pa.RecordBatch.from_pydict({"text": sample_texts})
+
+    stats = {}
+
+    class Stats:
+        def add(self, value):
+            stats.update(value)
+
+    (out,) = list(stage.make_partition_function([clf], task_stats=Stats())(batches()))
+    assert seen == [True]  # the input was being read while the model loaded
+    assert out.num_rows == len(sample_texts) and None not in out.column(out.schema.get_field_index(
+        "domain_pred")).to_pylist()
+    assert stats["model_load_s"] > 0 and stats["docs"] == len(sample_texts)
+
+
+def test_a_load_error_still_fails_the_task_and_an_empty_partition_still_loads(deberta_dir):
+    import threading
+
+    from sparkcurate.models.loading import ModelArtifactError
+    from sparkcurate.spark import stage
+
+    loads = []
+
+    class Broken(DomainClassifier):
+        def load_engine(self, device: str):
+            loads.append(device)
+            raise ModelArtifactError("the weights are gone")
+
+    broken = Broken(model=str(deberta_dir), device="cpu")
+    with pytest.raises(ModelArtifactError, match="the weights are gone"):
+        list(stage.make_partition_function([broken])(iter([])))
+    assert loads == ["cpu"]
+    clf = _slow_to_load(deberta_dir, threading.Event(), [])
+    assert list(stage.make_partition_function([clf])(iter([]))) == []

@@ -271,8 +271,48 @@ class DistributedDataClassifier:
         return self.make_engine(module, tokenizer, device)
 
     def load_model(self, model_dir: Path, extra: list[Path], device: str):
-        """Hook: (module with its weights, tokenizer). Default: ``load_module`` and the model's tokenizer."""
+        """Hook: (module with its weights, tokenizer). Default: the lean load where it applies
+        (:meth:`load_lean`), else ``load_module`` and the model's tokenizer."""
+        lean = self.load_lean(model_dir, device)
+        if lean is not None:
+            return lean
         return self.load_module(model_dir), self.load_tokenizer(model_dir)
+
+    def load_lean(self, model_dir: Path, device: str):
+        """(module, tokenizer) of the published DeBERTa head built without importing transformers
+        (:mod:`sparkcurate.models.lean`), or None where that load does not apply: a family with its own module
+        or tokenizer, the CPU, fp32, ``packed=off``, pickles, a backbone the packed engine cannot run.
+
+        Why: in a fresh worker transformers' imports were most of the model load (10 s of ~13 s on the H100);
+        the packed GPU engine needs none of it. Equal outputs: tests/test_lean_deberta.py.
+        """
+        own = DistributedDataClassifier
+        if any(getattr(type(self), hook) is not getattr(own, hook)
+               for hook in ("build_module", "load_module", "load_tokenizer")):
+            return None
+        from sparkcurate.models.lean import build_cls_head, lean_config, lean_problem, lean_tokenizer, load_lean_strict
+
+        why = lean_problem(device, self.precision, self.packed, model_dir)
+        if why is not None:
+            log.info("%s: transformers' modules (%s)", self.name, why)
+            return None
+        config = self.read_config(model_dir)
+        labels = self.resolve_labels(config)
+        backbone, about = lean_config(backbone_config_dict(config, model_dir, self.load_options), model_dir)
+        if backbone is None:
+            log.info("%s: transformers' modules (%s)", self.name, about)
+            return None
+        if self.labels is None:
+            self.labels = labels
+        log.info("%s: sparkcurate's own modules, %s", self.name, about)
+        head = build_cls_head(backbone, len(labels), float(config.get("fc_dropout", 0.2)))
+        module = load_lean_strict(head, model_dir, self.load_options)
+        tokenizer = lean_tokenizer(model_dir)
+        if tokenizer is None:
+            log.info("%s: no tokenizer.json in %s: transformers' AutoTokenizer loads the tokenizer", self.name,
+                     model_dir)
+            tokenizer = self.load_tokenizer(model_dir)
+        return module, tokenizer
 
     def load_module(self, model_dir: Path):
         """``build_module`` with the checkpoint's weights, loaded strictly."""

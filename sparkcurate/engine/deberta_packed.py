@@ -9,8 +9,9 @@ layer is per token, and attention only needs the sequence boundaries
 
 The attention runs through one of the back-ends of :data:`ATTENTION_BACKENDS`
 (each a module of :mod:`sparkcurate.engine.kernels`); the embeddings, attention
-output, intermediate and output blocks are the Hugging Face modules of the
-backbone, called on ``[T, H]`` tensors (their residual + LayerNorm and GELU fused
+output, intermediate and output blocks are the backbone's own modules
+(transformers' ``DebertaV2Model`` or this package's :mod:`.deberta`, which has the
+same names and arithmetic), called on ``[T, H]`` tensors (their residual + LayerNorm and GELU fused
 where the kernels allow: :func:`_fused_tails`).
 
 Heads that read only the first ([CLS]) token of each sequence ask for
@@ -27,10 +28,9 @@ Entry points:
   disentangled-flash's (:mod:`.kernels.dflash_attention`;
   ``SPARKCURATE_ATTENTION_KERNEL`` picks; both CUDA only), ``"torch"``
   disentangled-flash's PyTorch backend (loops over sequences; runs on CPU) and
-  ``"reference"`` loops over sequences through transformers' own
-  ``DisentangledSelfAttention`` (:mod:`.kernels.reference_attention`; needs only
-  transformers; used by the CPU tests to check the packing glue against the
-  padded HF forward).
+  ``"reference"`` loops over sequences through the backbone's own padded
+  ``DisentangledSelfAttention`` (:mod:`.kernels.reference_attention`; used by the
+  CPU tests to check the packing glue against the padded forward).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparkcurate.engine.kernels import dflash_attention, reference_attention, relative_attention, switches, usage
 from sparkcurate.engine.kernels.backends import (
+    KERNEL_HEAD_DIMS,
     AttentionBackend,
     LastLayerTables,
     PackedInfo,
@@ -69,8 +70,6 @@ ATTENTION_IMPLS = ("kernel", *ATTENTION_BACKENDS)
 GPU_KERNELS = tuple(name for name, backend in ATTENTION_BACKENDS.items() if backend.gpu_kernel)
 #: Environment variable that picks the GPU kernel behind attention_impl="kernel" (default: triton).
 KERNEL_ENV = switches.ATTENTION_KERNEL
-#: Head dimensions the Triton kernel is compiled for.
-KERNEL_HEAD_DIMS = (32, 64, 128)
 #: Which rows of the last hidden state :func:`packed_last_hidden` returns.
 ROW_MODES = ("all", "first")
 
@@ -310,29 +309,40 @@ def _layer_tail(
 
 
 def _fused_tails(layers: list, hidden: torch.Tensor) -> TailFusion:
-    """Which fusions every layer's tail can run with. The residual + LayerNorm kernel: HF's own DeBERTa-v2
-    output blocks (a subclass could change the forward) whose LayerNorms the kernel takes on this device
-    (:func:`.kernels.residual_norm.usable`). The GELU epilogue: HF's own intermediate blocks that
-    :func:`.kernels.gelu_epilogue.usable` takes."""
-    from transformers.models.deberta_v2.modeling_deberta_v2 import (
-        DebertaV2Intermediate,
-        DebertaV2Output,
-        DebertaV2SelfOutput,
-    )
-
+    """Which fusions every layer's tail can run with. The residual + LayerNorm kernel: output blocks of exactly
+    transformers' or this package's DeBERTa classes (a subclass could change the forward) whose LayerNorms the
+    kernel takes on this device (:func:`.kernels.residual_norm.usable`). The GELU epilogue: intermediate blocks of
+    those classes that :func:`.kernels.gelu_epilogue.usable` takes."""
     from sparkcurate.engine.kernels import gelu_epilogue
     from sparkcurate.engine.kernels.residual_norm import usable
 
     norm = bool(layers) and all(
-        type(layer.attention.output) is DebertaV2SelfOutput and type(layer.output) is DebertaV2Output
+        _is_block(layer.attention.output, "SelfOutput", "DebertaV2SelfOutput")
+        and _is_block(layer.output, "Output", "DebertaV2Output")
         and usable(layer.attention.output.LayerNorm, hidden) and usable(layer.output.LayerNorm, hidden)
         for layer in layers
     )
     gelu = bool(layers) and all(
-        type(layer.intermediate) is DebertaV2Intermediate and gelu_epilogue.usable(layer.intermediate, hidden)
+        _is_block(layer.intermediate, "Intermediate", "DebertaV2Intermediate")
+        and gelu_epilogue.usable(layer.intermediate, hidden)
         for layer in layers
     )
     return TailFusion(norm=norm, gelu=gelu)
+
+
+#: Where the DeBERTa blocks whose forwards the fused tails reproduce are defined.
+_OWN_BLOCKS = "sparkcurate.engine.deberta"
+_HF_BLOCKS = "transformers.models.deberta_v2.modeling_deberta_v2"
+
+
+def _is_block(module: Any, own: str, hf: str) -> bool:
+    """``module`` is exactly this package's class ``own`` or transformers' class ``hf`` (never a subclass).
+
+    Why by module and name: comparing with transformers' class objects would import its modeling stack, ~10 s in
+    a fresh worker, for a model that is built from this package's modules (:mod:`.deberta`).
+    """
+    cls = type(module)
+    return (cls.__module__, cls.__qualname__) in ((_OWN_BLOCKS, own), (_HF_BLOCKS, hf))
 
 
 # --------------------------------------------------------------------------- [CLS]-only last layer
@@ -345,7 +355,7 @@ _FIRST_ROW_SLOTS: dict[tuple, tuple[Any, Any]] = {}
 def _first_row_buckets(attention: nn.Module, length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Position-table slots for query 0 against keys ``0..length-1`` (``[length]`` each).
 
-    Built with HF's own ``build_relative_position`` (same log buckets): c2p
+    Built with :func:`.deberta.build_relative_position` (transformers' log buckets, operation for operation): c2p
     reads slot ``bucket(0 - j) + span`` of the query's row, p2c reads slot
     ``-bucket(j - 0) + span`` of key j's row (HF: ``r_pos[j, 0]``), both clamped.
 
@@ -366,9 +376,8 @@ def _first_row_buckets(attention: nn.Module, length: int, device: Any) -> tuple[
 def _build_first_row_buckets(attention: nn.Module, length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_first_row_buckets` uncached."""
     import torch
-    from transformers.models.deberta_v2.modeling_deberta_v2 import (
-        build_relative_position,
-    )
+
+    from sparkcurate.engine.deberta import build_relative_position
 
     span = int(attention.pos_ebd_size)
     one = torch.empty((1, 0), device=device)

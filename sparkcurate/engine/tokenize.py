@@ -104,3 +104,46 @@ def shrink_ids(ids: np.ndarray, max_tokens: int, layout: tuple[int, int]) -> np.
     prefix, suffix = layout
     keep = max_tokens - prefix - suffix
     return np.concatenate([ids[: prefix + keep], ids[len(ids) - suffix:]]) if suffix else ids[: prefix + keep]
+
+
+class RustTokenizer:
+    """A checkpoint's ``tokenizer.json`` through the ``tokenizers`` library alone, for the engine.
+
+    Why: transformers' ``AutoTokenizer`` costs a fresh worker seconds of imports (measured ~6 s with torch on a
+    busy CPU, against 0.07 s for ``tokenizers``), while the engine only ever calls the Rust backend
+    (:func:`_encode_fast`, :func:`special_layout`). It offers what the engine reads of a transformers fast
+    tokenizer: ``_tokenizer`` / ``backend_tokenizer``, ``is_fast``, ``pad_token_id``, ``get_vocab``.
+
+    What can differ from transformers' tokenizer: transformers 5 rebuilds some classes' normalizer and
+    pre-tokenizer from their Python code and ``tokenizer_config.json`` (DeBERTa-v2 among them) rather than taking
+    them from ``tokenizer.json``; for the DeBERTa-v3 tokenizers both give the same ids (tests/test_lean_deberta.py
+    checks the fixture's), but a repository whose ``tokenizer.json`` disagrees with its ``tokenizer_config.json``
+    would tokenize as its ``tokenizer.json`` says here.
+    """
+
+    is_fast = True
+
+    def __init__(self, backend, pad_token: str | None, source: str) -> None:
+        self._tokenizer = backend
+        self.source = source
+        self.pad_token = pad_token
+        self.pad_token_id = backend.token_to_id(pad_token) if pad_token is not None else None
+
+    @property
+    def backend_tokenizer(self):
+        return self._tokenizer
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"RustTokenizer({self.source!r}, vocab {self._tokenizer.get_vocab_size()})"
+
+
+def pad_token_of(config: dict | None) -> str | None:
+    """The pad token a ``tokenizer_config.json`` / ``special_tokens_map.json`` object names (a string, or an
+    added-token object with ``content``), or None."""
+    value = (config or {}).get("pad_token")
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None

@@ -20,11 +20,15 @@ class ClsHeadModel(nn.Module):
 
     fp32_children = ("fc",)
 
-    def __init__(self, backbone_config, n_labels: int, fc_dropout: float = 0.2):
+    def __init__(self, backbone_config, n_labels: int, fc_dropout: float = 0.2, backbone: nn.Module | None = None):
+        """``backbone``: a module already built from ``backbone_config`` (this package's own DeBERTa,
+        :mod:`sparkcurate.models.lean`); None builds transformers' ``AutoModel`` from it."""
         super().__init__()
-        from transformers import AutoModel
+        if backbone is None:
+            from transformers import AutoModel
 
-        self.model = AutoModel.from_config(backbone_config)
+            backbone = AutoModel.from_config(backbone_config)
+        self.model = backbone
         self.dropout = nn.Dropout(fc_dropout)
         self.fc = nn.Linear(backbone_config.hidden_size, n_labels)
 

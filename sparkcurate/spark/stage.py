@@ -213,11 +213,15 @@ def make_partition_function(classifiers: list["StageClassifier"], counter=None,
         from sparkcurate.spark.devices import current_task_device
 
         clock = TaskClock()
-        engines = []
-        for c in classifiers:
-            device, address = current_task_device(c.device)
-            engines.append((c, worker_engine(c, device)))
-        clock.load_s = time.perf_counter() - clock.start
+        placed = [(c, *current_task_device(c.device)) for c in classifiers]
+        address = placed[-1][2]
+        # The models load on a thread while this one reads the first input batch (EngineLoad says why).
+        loading = EngineLoad([(c, device) for c, device, _ in placed])
+        batches, read_s = read_first(batches)
+        engines = list(zip(classifiers, loading.wait()))
+        clock.load_s = loading.seconds
+        clock.wait_input_s += max(0.0, read_s - loading.seconds)  # the input's wait beyond the load's
+        device = placed[-1][1]
         if device_log is not None:
             given = f"GPU address {address}" if address is not None else "no GPU address"
             device_log.add({f"{device} ({given})": 1})
@@ -266,6 +270,64 @@ def make_partition_function(classifiers: list["StageClassifier"], counter=None,
                                         if hasattr(engine, "active_kernels")}))
 
     return classify_partition
+
+
+class EngineLoad:
+    """A task's engines (``worker_engine`` of each classifier, in order), loaded on a background thread.
+
+    Why: a fresh worker's load (imports, CUDA start, weights) takes seconds before its first batch is classified,
+    while the JVM is already sending the input; read meanwhile (:func:`read_first`), the first batch's transfer
+    and Arrow decoding overlap the load instead of following it, and the JVM is not held up by a full socket.
+    An error of the load (a ``ModelArtifactError``, say) is raised by :meth:`wait`, in the task's thread, as
+    before.
+    """
+
+    def __init__(self, work: Sequence[tuple["StageClassifier", str]]) -> None:
+        self.seconds = 0.0
+        self._engines: list[Any] = []
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._load, args=(list(work),), name="sparkcurate-load",
+                                        daemon=True)
+        self._thread.start()
+
+    def _load(self, work: list[tuple["StageClassifier", str]]) -> None:
+        start = time.perf_counter()
+        try:
+            self._engines = [worker_engine(classifier, device) for classifier, device in work]
+        except BaseException as exc:  # handed to wait(), never lost
+            self._error = exc
+        finally:
+            self.seconds = time.perf_counter() - start
+            self._done.set()
+
+    def wait(self) -> list[Any]:
+        """The engines, once loaded; the load's error, if it failed."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._engines
+
+
+def read_first(batches: Iterator[Any]) -> tuple[Iterator[Any], float]:
+    """``batches`` unchanged, with its first item already read (while :class:`EngineLoad` works), and the seconds
+    that read took. An error of the read is raised when the item would have been, not here."""
+    import itertools
+
+    start = time.perf_counter()
+    items = iter(batches)
+    try:
+        first = next(items)
+    except StopIteration:
+        return iter(()), time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001 - re-raised in order, after the engines' own errors
+        return _raising(exc), time.perf_counter() - start
+    return itertools.chain([first], items), time.perf_counter() - start
+
+
+def _raising(exc: BaseException) -> Iterator[Any]:
+    raise exc
+    yield  # pragma: no cover - makes this a generator
 
 
 def worker_engine(classifier: "StageClassifier", device: str):

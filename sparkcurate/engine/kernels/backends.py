@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # heavy imports stay lazy at runtime
     import torch
     from torch import nn
 
+#: Head dimensions the packed forward's kernels are built for (the packed support check and the lean modules'
+#: config check both read it).
+KERNEL_HEAD_DIMS = (32, 64, 128)
+
 #: ``tail(layer, context, hidden)``: a layer's attention output, intermediate and output blocks after its attention.
 LayerTail = Callable[[Any, Any, Any], Any]
 

@@ -45,10 +45,11 @@ def mode() -> str:
 
 
 def usable(intermediate: nn.Module, sample: torch.Tensor) -> bool:
-    """True when ``intermediate`` (a Hugging Face ``*Intermediate`` block) on tensors like ``sample`` runs fused.
+    """True when ``intermediate`` (a DeBERTa ``*Intermediate`` block, transformers' or :mod:`..deberta`'s) on
+    tensors like ``sample`` runs fused.
 
     Needs a plain biased ``nn.Linear`` named ``dense`` with weights of the activations' dtype, a GELU activation
-    of transformers' own classes (a user-defined one could be anything; ``use_gelu_python`` is the same erf
+    of transformers' own classes or torch's ``nn.GELU`` (:func:`_is_gelu`; ``use_gelu_python`` is the same erf
     GELU), fp16/bf16 CUDA activations, and mode "auto".
     """
     import torch
@@ -63,9 +64,17 @@ def usable(intermediate: nn.Module, sample: torch.Tensor) -> bool:
         and type(dense) is nn.Linear
         and dense.bias is not None
         and dense.weight.dtype == sample.dtype
-        and type(act).__name__ in GELU_CLASSES
-        and type(act).__module__ == "transformers.activations"
+        and _is_gelu(act)
     )
+
+
+def _is_gelu(act: object) -> bool:
+    """A GELU module whose forward is known: transformers' own classes (a user-defined one could be anything), or
+    exactly torch's ``nn.GELU`` (the activation of :mod:`sparkcurate.engine.deberta`'s blocks)."""
+    from torch import nn
+
+    cls = type(act)
+    return (cls.__name__ in GELU_CLASSES and cls.__module__ == "transformers.activations") or cls is nn.GELU
 
 
 def intermediate_gelu(intermediate: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""The reference attention back-end of the packed DeBERTa forward: Hugging Face's own module, one sequence at a time.
+"""The reference attention back-end of the packed DeBERTa forward: the backbone's own padded attention module
+(transformers' or :mod:`sparkcurate.engine.deberta`'s), one sequence at a time.
 
-Why: a kernel-free definition of what the packed kernels must compute (needs only transformers), so the packing
-glue can be checked on the CPU against the padded forward (tests/test_packed.py).
+Why: a kernel-free definition of what the packed kernels must compute, so the packing glue can be checked on the
+CPU against the padded forward (tests/test_packed.py).
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ def attention_varlen(
     packing/unpacking glue can be checked on CPU against the padded forward.
     """
     import torch
-    from transformers.models.deberta_v2.modeling_deberta_v2 import (
-        build_relative_position,
-    )
+
+    from sparkcurate.engine.deberta import build_relative_position
 
     outputs = []
     for start, length in zip(info.offsets, info.lengths):

@@ -33,9 +33,10 @@ scratch; slower on the H100, where it lowers to warp shuffles). Nothing of size
 ``T x 2 * span`` is written. Measured against disentangled-flash in
 benchmarks/NOTES.md (fifth round).
 
-Exactness: the slot of every distance comes from transformers' own
-``make_log_bucket_position``, evaluated on the model's device (its ``ceil(log)``
-could differ by device at a bucket edge), so the buckets are Hugging Face's.
+Exactness: the slot of every distance comes from ``make_log_bucket_position``
+(:mod:`sparkcurate.engine.deberta`: transformers' function operation for operation,
+compared with it in tests/test_lean_deberta.py), evaluated on the model's device (its
+``ceil(log)`` could differ by device at a bucket edge), so the buckets are Hugging Face's.
 Sequences never see each other (``cu_seqlens``), so the packed result equals the
 padded forward row for row (tests/test_relative_attention.py on CPU through
 Triton's interpreter; tests/gpu for the compiled kernel).
@@ -256,7 +257,8 @@ def distance_slots(attention: nn.Module, half: int, device: Any) -> torch.Tensor
     (``bucket(-d) = -bucket(d)``), so both are this one table.
     """
     import torch
-    from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
+
+    from sparkcurate.engine.deberta import make_log_bucket_position
 
     span = int(attention.pos_ebd_size)
     distance = torch.arange(-half, half + 1, dtype=torch.long, device=device)

@@ -24,6 +24,9 @@ DFLASH_TUNING = "SPARKCURATE_DFLASH_TUNING"
 FUSED_NORM = "SPARKCURATE_FUSED_NORM"
 #: GELU in the intermediate GEMM's epilogue.
 GELU_EPILOGUE = "SPARKCURATE_GELU_EPILOGUE"
+#: The DeBERTa head built from this package's own modules, without importing transformers (``models.lean``):
+#: auto on CUDA for half-precision packed engines, on everywhere it can (the CPU and fp32 too), or off.
+LEAN_LOAD = "SPARKCURATE_LEAN_LOAD"
 
 #: Spellings of on and off that every on/off switch also takes.
 _BOOLEAN = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
@@ -62,6 +65,7 @@ SWITCHES: dict[str, Switch] = {s.variable: s for s in (
     Switch(DFLASH_TUNING, "disentangled-flash's kernel tuning mode", ("auto", "autotune", "heuristic")),
     Switch(FUSED_NORM, "the fused residual + LayerNorm kernel", ("auto", "on", "off")),
     Switch(GELU_EPILOGUE, "GELU in the GEMM epilogue", ("auto", "off")),
+    Switch(LEAN_LOAD, "the DeBERTa load without transformers", ("auto", "on", "off")),
 )}
 
 
