@@ -478,6 +478,8 @@ def train(model, tokens, y: np.ndarray, args, device, pad_id: int) -> dict[str, 
                 stopped = True
                 break
         epoch += 1
+    if run_docs:  # the steps since the last logged one (a run stopped at the time limit)
+        history.append(log_progress(step, total, epoch, run_loss, run_correct, run_docs, opt, start, docs_seen))
     sync(device)
     seconds = time.perf_counter() - start
     model.eval()
@@ -677,8 +679,9 @@ def engine_rows(ckpt: Path, heldout: Split, cut: tuple[int, int], ref: np.ndarra
 
 def engine_row(name: str, precision: str, ckpt: Path, heldout: Split, cut: tuple[int, int], ref: np.ndarray,
                device, passes: int) -> dict[str, Any]:
-    """The engine loaded as a Spark worker loads it (``DomainClassifier`` pre-flight, ``load_engine``), timed on
-    the held-out tokens."""
+    """The engine loaded as a Spark worker loads it (``DomainClassifier`` pre-flight, ``load_engine``: on a GPU at
+    half precision that is the lean load, sparkcurate's own DeBERTa modules and the Rust tokenizer; the row names
+    the backbone), timed on the held-out tokens; its own tokenizer must give the same ids."""
     from sparkcurate.classifiers import DomainClassifier
 
     clf = DomainClassifier(model=str(ckpt), precision=precision, device=device.type, max_chars=cut[0],
@@ -689,10 +692,18 @@ def engine_row(name: str, precision: str, ckpt: Path, heldout: Split, cut: tuple
     load_s = time.perf_counter() - start
     if engine.tokenize_key[2:] != cut:
         raise RuntimeError(f"the engine cuts at {engine.tokenize_key[2:]}, the measured tokens at {cut}")
+    own = engine.tokenize([d.text for d in heldout.docs])
+    same_tokens = all(np.array_equal(a, b) for a, b in zip(own.ids, heldout.tokens.ids))
+    if not same_tokens:  # the rows stay comparable (all run the same tokens), but a job would see other ids
+        log.error("%s: the engine's own tokenizer (%s) gives other ids than the checkpoint's transformers tokenizer",
+                  name, type(engine.tokenizer).__name__)
     probs, secs, seconds, peak = timed(device, lambda: engine.predict_tokenized(heldout.tokens), passes)
+    backbone = type(engine.model.model)
     return row(name, probs, ref, heldout.y, heldout.tokens, secs, seconds, peak, precision=engine.precision,
                path="sparkcurate engine, " + ("packed" if engine.packed else "padded"), load_s=round(load_s, 2),
-               kernels=engine.active_kernels(), oom_retries=engine.oom_retries, token_budget=engine.budget)
+               backbone=f"{backbone.__module__}.{backbone.__qualname__}", tokenizer=type(engine.tokenizer).__name__,
+               engine_tokens_equal=same_tokens, kernels=engine.active_kernels(), oom_retries=engine.oom_retries,
+               token_budget=engine.budget)
 
 
 # --------------------------------------------------------------------------------------------------------------

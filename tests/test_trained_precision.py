@@ -119,10 +119,15 @@ def test_compare_counts_documents_past_the_target():
 @pytest.mark.slow
 def test_smoke_trains_saves_loads_and_measures_every_row(tmp_path):
     """The whole harness on the CPU: a tiny model trained above the majority label's share, saved in the published
-    layout and loaded back by the domain classifier (same probabilities), every precision row measured."""
+    layout and loaded back by the domain classifier (same probabilities), every precision row measured. The engine
+    rows take the lean load (forced on for the CPU): its modules and Rust tokenizer against transformers' fp32
+    forward and tokenizer on a trained model."""
+    import os
+
     out, keep = tmp_path / "tp.json", tmp_path / "keep"
     res = subprocess.run([sys.executable, "-m", "benchmarks.trained_precision", "--smoke", "--out", str(out),
-                          "--keep", str(keep)], capture_output=True, text=True, timeout=1200, cwd=REPO)
+                          "--keep", str(keep)], capture_output=True, text=True, timeout=1200, cwd=REPO,
+                         env={**os.environ, "SPARKCURATE_LEAN_LOAD": "on"})
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["status"] == "done" and doc["device"] == "cpu" and "--smoke" in doc["command"]
@@ -143,6 +148,8 @@ def test_smoke_trains_saves_loads_and_measures_every_row(tmp_path):
     assert rows["engine_bf16"]["max_prob_abs_diff"] > 0  # the half-precision rows really ran in half precision
     assert [r["default"] for n, r in rows.items() if n.startswith("engine")] == [False, False, False, True]
     assert rows["engine_fp16_split"]["precision"] == "fp16-split"
+    for name in ("engine_fp16", "engine_bf16", "engine_fp16_split", "engine_fp32"):
+        assert rows[name]["backbone"].startswith("sparkcurate.") and rows[name]["engine_tokens_equal"], rows[name]
     lines = (keep / "heldout" / "part-00000.jsonl").read_text().splitlines()
     assert len(lines) == corpus["measured_docs"] and set(json.loads(lines[0])) == {"id", "text", "label"}
     probs = np.load(keep / "heldout_fp32_probs.npy", allow_pickle=False)
@@ -161,7 +168,7 @@ def test_a_diverged_loss_stops_the_run():
 
 
 @pytest.mark.slow
-def test_time_budget_fixes_the_step_count_and_decays_to_zero():
+def test_time_budget_fixes_the_step_count_and_decays_to_zero(monkeypatch):
     """``--train-minutes``: the step count is set from the pace of the first steps, recorded, and the learning rate
     reaches ~0 at the last step; a separable toy task is learnt."""
     import argparse
@@ -176,7 +183,8 @@ def test_time_budget_fixes_the_step_count_and_decays_to_zero():
     y = rng.integers(0, 3, 200)
     ids = [np.concatenate([[1], rng.integers(10 + 30 * c, 40 + 30 * c, size=10), [2]]).astype(np.int32) for c in y]
     tokens = Tokenized(ids, np.array([len(i) for i in ids]))
-    args = argparse.Namespace(seed=0, lr=2e-3, train_minutes=0.15, train_steps=None, warmup_steps=5,
+    monkeypatch.setattr(tp, "PROBE_STEPS", 14)  # the pace of steps 10-14: fixed before the budget on a busy machine
+    args = argparse.Namespace(seed=0, lr=2e-3, train_minutes=0.25, train_steps=None, warmup_steps=5,
                               train_token_budget=192, train_max_rows=16, log_every=10)
     torch.manual_seed(0)
     model = ClsHeadModel(backbone_config(True, 128), 3)
@@ -187,9 +195,12 @@ def test_time_budget_fixes_the_step_count_and_decays_to_zero():
     finally:
         torch.set_num_threads(threads)
     assert facts["planned_steps"] > tp.PROBE_STEPS and facts["repeat_with"] == f"--train-steps {facts['steps']}"
-    assert facts["steps"] == facts["planned_steps"] or facts["stopped_at_time_limit"]
     last = facts["history"][-1]
-    assert last["step"] == facts["steps"] and last["lr"] < 0.1 * args.lr
+    assert last["step"] == facts["steps"]
+    if facts["stopped_at_time_limit"]:  # a machine slower after the pace was measured: stopped at 115% of the budget
+        assert facts["seconds"] >= 1.15 * 60 * args.train_minutes and facts["steps"] < facts["planned_steps"]
+    else:
+        assert facts["steps"] == facts["planned_steps"] and last["lr"] < 0.1 * args.lr
     assert last["loss"] < facts["history"][0]["loss"] and not model.training
 
 
