@@ -31,14 +31,13 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from sparkcurate.classifiers.base import DistributedDataClassifier
+from benchmarks.rule_classifier import LengthClassifier
 
 log = logging.getLogger("benchmarks.jsonl_exact")
 
@@ -47,47 +46,6 @@ VARIANTS = {
     "exact": {"jsonl_mode": "exact"},
     "attributes": {"output_mode": "attributes"},
 }
-
-
-class _Config:
-    prefetch = 1
-
-
-class LengthEngine:
-    """'long' for texts of more than 500 characters: a stand-in for a model that costs next to nothing."""
-
-    config = _Config()
-    tokenize_key = ("LengthEngine",)
-
-    def tokenize(self, texts):
-        return list(texts)
-
-    def submit(self, texts):
-        return list(texts)
-
-    def collect(self, texts) -> np.ndarray:
-        long = np.array([len(t) > 500 for t in texts], dtype=np.float32)
-        return np.stack([1.0 - long * 0.8 - 0.1, long * 0.8 + 0.1], axis=1)
-
-
-@dataclass
-class LengthClassifier(DistributedDataClassifier):
-    """A classifier with no model files (importable on executors: they start in the repository root)."""
-
-    model: str | None = "length-rule"
-    name: ClassVar[str] = "length"
-    default_pred_column: ClassVar[str] = "length_pred"
-
-    def preflight(self) -> dict[str, Any]:
-        self.labels = ["short", "long"]
-        self.model_fingerprint = "rule"
-        self.preflight_info = {"classifier": self.name, "model": self.model, "revision": None,
-                               "fingerprint": "rule", "labels": self.labels}
-        return self.preflight_info
-
-    def load_engine(self, device: str):
-        self.labels = ["short", "long"]
-        return LengthEngine()
 
 
 def write_corpus(out: Path, docs: int, files: int, seed: int = 0) -> int:
@@ -117,8 +75,9 @@ def run_variant(spark, name: str, src: Path, out: Path) -> dict[str, Any]:
     from sparkcurate.pipeline import JobOptions, run
 
     started = time.perf_counter()
-    summary = run(spark, JobOptions(input=str(src), output=str(out), classifiers=[LengthClassifier(device="cpu")],
-                                    quiet=True, report=False, **VARIANTS[name]))
+    classifier = LengthClassifier(device="cpu", long_chars=500)  # a stand-in for a model, next to no cost
+    summary = run(spark, JobOptions(input=str(src), output=str(out), classifiers=[classifier], quiet=True,
+                                    report=False, **VARIANTS[name]))
     elapsed = time.perf_counter() - started
     return {"name": name, "elapsed_s": round(elapsed, 3), "docs_per_s": round(summary["input_records"] / elapsed, 1),
             "input_records": summary["input_records"], "output_records": summary["output_records"],

@@ -13,6 +13,26 @@ written in the published checkpoint layout.
 
 The input schema is passed (``id STRING, text STRING``) unless ``--infer-schema``: inference is a full extra
 read of the data that a production job avoids the same way (``--schema``).
+
+Formats and the RAPIDS Accelerator (issues 20 and 21; ``benchmarks/spark_formats.py`` has the rows): ``--formats``
+runs, on the same documents and each in a fresh application, JSONL in/out re-serialized (today's path), JSONL
+byte-exact, Parquet in/out and attribute files, and the baseline; with ``--rapids-jar`` also the
+``--rapids-formats`` rows with the plugin on, per memory variant, each output checked against the plugin-off one
+(same records and labels, probabilities within 1e-6) and its GPU/CPU operators recorded. On the GPU machine
+(Python with torch, no Java: the Spark kit of ../shared/gpu-kit unpacked, the RAPIDS jar in its Spark's jars/):
+
+    source /tmp/kit/env.sh && export PYTHONPATH=$PWD:$PYTHONPATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+    python3 -m benchmarks.spark_e2e --formats all --docs 100000 --files 32 --tasks-per-gpu 1 \
+        --warm-up-docs 2000 --out $OUT/h100-spark-e2e-formats.json                          # issue 20, ~5 min
+    python3 -m benchmarks.spark_e2e --formats parquet,jsonl_reserialize --rapids-jar on-classpath \
+        --rapids-variants pool-NONE,pool-ASYNC-0.3 --docs 100000 --files 32 --tasks-per-gpu 1 \
+        --warm-up-docs 2000 --skip-baseline --out $OUT/h100-spark-e2e-rapids-pool.json      # issue 21, ~6 min
+    python3 -m benchmarks.spark_e2e --formats parquet,jsonl_reserialize --rapids-jar on-classpath \
+        --rapids-variants pool-NONE+python-gpu,pool-ASYNC-0.3+python-gpu --docs 100000 --files 32 \
+        --tasks-per-gpu 1 --warm-up-docs 2000 --skip-baseline --out $OUT/h100-spark-e2e-rapids-python.json
+
+    python3 -m benchmarks.spark_e2e --smoke --formats all                    # CPU, tiny model (CI: test_benchmarks)
+    python3 -m benchmarks.spark_e2e --smoke --formats all --rapids-jar JAR   # + plugin rows in explainOnly mode
 """
 
 from __future__ import annotations
@@ -30,6 +50,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from benchmarks.spark_formats import DEFAULT_RAPIDS_FORMATS, DEFAULT_RAPIDS_VARIANTS
 from sparkcurate.spark.planning import DEFAULT_WAVES
 
 log = logging.getLogger("benchmarks.spark_e2e")
@@ -104,7 +125,9 @@ def discovery_script() -> str:
     return str(fallback)
 
 
-def gpu_session(args):
+def gpu_session(args, extra: dict[str, str] | None = None):
+    """The benchmark's application: local-cluster with GPU-scheduled tasks (``local[2]`` for ``--smoke``), plus
+    ``extra`` settings (a RAPIDS row's plugin and memory settings)."""
     from sparkcurate.spark.session import get_session
 
     cores = args.tasks_per_gpu * args.gpus
@@ -127,7 +150,7 @@ def gpu_session(args):
             "spark.executor.cores": str(cores),
         })
     master = f"local-cluster[1,{cores},{args.executor_mb}]" if not args.smoke else "local[2]"
-    return get_session(master, conf)
+    return get_session(master, {**conf, **(extra or {})})
 
 
 def run_sparkcurate(spark, data: Path, out: Path, ckpt: Path, args) -> dict:
@@ -281,11 +304,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", help="keep the generated data here and reuse it in a later call (same sizes)")
     p.add_argument("--merge-with", help="a results file of an earlier call on the same machine: its rows are "
                                         "kept in front of this call's (for a scaling table over two calls)")
+    formats = p.add_argument_group("formats and RAPIDS rows (benchmarks/spark_formats.py), one application each")
+    formats.add_argument("--formats", help="rows to run on the same documents: "
+                                           "jsonl_reserialize,jsonl_exact,parquet,attributes or all")
+    formats.add_argument("--rapids-jar", help="the RAPIDS Accelerator jar, or on-classpath (in Spark's jars/): "
+                                              "adds the --rapids-formats rows with the plugin on")
+    formats.add_argument("--rapids-formats", default=",".join(DEFAULT_RAPIDS_FORMATS))
+    formats.add_argument("--rapids-variants", default=",".join(DEFAULT_RAPIDS_VARIANTS),
+                         help="memory variants: pool-NONE, pool-ASYNC-<fraction>, each optionally +python-gpu")
+    formats.add_argument("--rapids-explain-only", action="store_true",
+                         help="the plugin in explainOnly mode (always so with --smoke: no GPU)")
+    formats.add_argument("--variant-timeout", type=float, default=1800, help="seconds one application may run")
+    formats.add_argument("--variant", help=argparse.SUPPRESS)  # a child: run the row described in this JSON file
+    p.add_argument("--out", help="the results file (default: --results/<date>-<card>-spark-e2e[-formats].json)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.variant:
+        from benchmarks.spark_formats import run_variant
+
+        run_variant(json.loads(Path(args.variant).read_text()))
+        return 0
     if args.smoke:
         args.docs, args.baseline_docs, args.files, args.tasks_per_gpu = 200, 100, 2, 2
         args.warm_up_docs = min(args.warm_up_docs, 50)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.formats:
+        return main_formats(args, argv)
 
     results = earlier_results(args.merge_with) if args.merge_with else []
     with contextlib.ExitStack() as stack:
@@ -307,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     if scaling:
         doc["scaling"] = scaling
     name = "cpu-smoke" if args.smoke else card().replace(" ", "-")
-    path = Path(args.results) / f"{doc['date']}-{name}-spark-e2e.json"
+    path = Path(args.out or Path(args.results) / f"{doc['date']}-{name}-spark-e2e.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
     for r in results:
@@ -317,6 +360,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling {key}: {value}")
     print(f"-> {path}")
     return 0
+
+
+def main_formats(args, argv: list[str] | None) -> int:
+    """``--formats``: every format row (and, with ``--rapids-jar``, the plugin rows) on the same documents, each in
+    a fresh application, and the baseline; one results file."""
+    import platform
+
+    from benchmarks.spark_formats import measure
+
+    with contextlib.ExitStack() as stack:
+        root = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        ckpt = write_checkpoint(root / "model", args.smoke)
+        synthetic_data(root / "data", args.docs, args.files, seed=0)
+        synthetic_data(root / "baseline-data", args.baseline_docs, max(1, args.files // 8), seed=1)
+        if args.warm_up_docs:
+            synthetic_data(root / "warm-data", args.warm_up_docs, 2, seed=2)
+        found = measure(args, root, ckpt)
+    doc = {"card": card(), "device": card(), "date": date.today().isoformat(),
+           "command": "python3 -m benchmarks.spark_e2e " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+           "host": f"{platform.node()}: {os.cpu_count()} CPUs", "tasks_per_gpu": args.tasks_per_gpu,
+           "note": "each row a fresh Spark application (model load included in seconds, JVM start in app_seconds); "
+                   "same documents in every row (JSONL, and a Parquet copy); probabilities written in every row",
+           **found}
+    name = "cpu-smoke" if args.smoke else card().replace(" ", "-")
+    path = Path(args.out or Path(args.results) / f"{doc['date']}-{name}-spark-e2e-formats.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    for line in doc["table"]:
+        print("  ".join(f"{k}={v}" for k, v in line.items()))
+    print(f"-> {path}")
+    failed = [r["name"] for r in found["rows"] if "error" in r]
+    if failed:
+        log.error("rows that failed: %s (their log tails are in the results)", failed)
+    return 1 if failed else 0
 
 
 def synthetic_data(out: Path, docs: int, files: int, seed: int) -> None:

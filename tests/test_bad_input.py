@@ -11,69 +11,16 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
 
-import numpy as np
 import pytest
 
-from sparkcurate.classifiers.base import DistributedDataClassifier
+from benchmarks.rule_classifier import LengthClassifier, LengthEngine  # noqa: F401 (the rule; other tests import it from here)
 from sparkcurate.io.failures import InputError
 from sparkcurate.pipeline import JobOptions, run
 from tests.fixtures.no_spark import classify_texts
 
 OK = "ok"  # classified: kept or filtered
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A rule-based classifier (importable on executors: the workers start in the repository root)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class _EngineConfig:
-    prefetch = 1
-
-
-class LengthEngine:
-    """'long' for texts of more than 5 characters: a deterministic stand-in for a model."""
-
-    config = _EngineConfig()
-    tokenize_key = ("LengthEngine",)  # the stage shares one tokenization per key
-
-    def tokenize(self, texts):
-        return list(texts)
-
-    def predict_tokenized(self, texts) -> np.ndarray:
-        long = np.array([len(t) > 5 for t in texts], dtype=np.float32)
-        return np.stack([1.0 - long * 0.8 - 0.1, long * 0.8 + 0.1], axis=1)
-
-    # The stage's side of the engine contract (InferenceEngine.submit / collect): nothing runs ahead here.
-    def submit(self, texts):
-        return list(texts)
-
-    def collect(self, texts) -> np.ndarray:
-        return self.predict_tokenized(texts)
-
-
-@dataclass
-class LengthClassifier(DistributedDataClassifier):
-    """A classifier with no model files: labels short/long by text length."""
-
-    model: str | None = "length-rule"
-    name: ClassVar[str] = "length"
-    default_pred_column: ClassVar[str] = "length_pred"
-
-    def preflight(self) -> dict[str, Any]:
-        self.labels = ["short", "long"]
-        self.model_fingerprint = "rule"
-        self.preflight_info = {"classifier": self.name, "model": self.model, "revision": None,
-                               "fingerprint": "rule", "labels": self.labels}
-        return self.preflight_info
-
-    def load_engine(self, device: str):
-        self.labels = ["short", "long"]
-        return LengthEngine()
 
 
 # ---------------------------------------------------------------------------------------------------------------

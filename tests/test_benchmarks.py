@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -81,6 +82,76 @@ def test_spark_e2e_smoke(tmp_path):
     results = {r["name"]: r for r in doc["results"]}
     assert results["sparkcurate_spark_e2e"]["docs"] == 200 and results["sparkcurate_spark_e2e"]["docs_per_s"] > 0
     assert results["predict_batch_udf_fp32"]["docs"] == 100
+
+
+def _rapids_smoke_args() -> list[str]:
+    """The plugin rows for the formats smoke, in explainOnly mode: only where SPARKCURATE_RAPIDS_JAR names the jar
+    and this pyspark has a shim in it (tests/test_rapids_plugin.py: .ci/run's RAPIDS step, pyspark 4.2.0)."""
+    from tests.test_rapids_plugin import SUPPORTED_PYSPARK
+
+    jar = os.environ.get("SPARKCURATE_RAPIDS_JAR")
+    pyspark = pytest.importorskip("pyspark")
+    if not jar or pyspark.__version__ not in SUPPORTED_PYSPARK:
+        return []
+    return ["--rapids-jar", jar, "--rapids-variants", "pool-NONE,pool-ASYNC-0.3+python-gpu",
+            "--rapids-formats", "parquet,jsonl_exact"]
+
+
+@pytest.mark.slow
+def test_spark_e2e_formats_smoke(tmp_path):
+    """``--formats all``: every format row on the same documents, each its own application, bytes and docs/s
+    recorded, the formats' predictions alike; with the RAPIDS jar, the plugin rows (explainOnly: no GPU here)
+    checked against the plugin-off output and their operators recorded."""
+    from benchmarks.spark_formats import FORMATS
+
+    rapids = _rapids_smoke_args()
+    doc = _run("benchmarks.spark_e2e", ["--smoke", "--formats", "all", "--work-dir", str(tmp_path / "work"),
+                                        "--out", str(tmp_path / "formats.json"), *rapids], tmp_path)
+    assert {"card", "command", "rows", "baseline", "table", "input_bytes"} <= set(doc)
+    rows = {r["name"]: r for r in doc["rows"]}
+    for fmt in FORMATS:
+        r = rows[fmt]
+        assert r["docs"] == 200 and r["docs_per_s"] > 0 and r["output_bytes"] > 0 and not r["plugin"], r
+        if fmt != "jsonl_reserialize":  # the same documents through another format: the same predictions
+            same = r["vs_jsonl_reserialize"]
+            assert same["same_records"] and same["records"] == 200 and same["label_mismatches"] == 0, same
+            assert same["max_prob_abs_diff"] < 1e-4, same
+    assert rows["attributes"]["output_bytes"] < rows["jsonl_reserialize"]["output_bytes"] / 2
+    assert rows["jsonl_exact"]["vs_jsonl_reserialize"]["equal"]  # the same parsed texts, the same batches
+    assert doc["baseline"]["docs"] == 100 and doc["baseline"]["docs_per_s"] > 0
+    plugin = [r for r in doc["rows"] if r["plugin"]]
+    assert len(plugin) == (4 if rapids else 0) and doc["rapids_mode"] == ("explainOnly" if rapids else None)
+    for r in plugin:
+        assert r["rapids_mode"] == "explainOnly" and r["rapids"]["enabled"] is True, r
+        assert r["vs_plugin_off"]["equal"], r["vs_plugin_off"]
+        assert r["rapids"]["gpu_operators"] == [] and r["rapids"]["cpu_operators"], r["rapids"]
+
+
+def test_formats_harness_variant_names_and_output_check():
+    """The plugin rows' memory settings by name, and the check of a plugin row's output: a changed label, a
+    probability off by more than the tolerance, or a lost record each make it unequal."""
+    from benchmarks.spark_formats import compare, plugin_conf, rapids_variant_conf
+
+    assert rapids_variant_conf("pool-NONE") == {"spark.rapids.memory.gpu.pool": "NONE",
+                                                "spark.rapids.sql.python.gpu.enabled": "false"}
+    capped = rapids_variant_conf("pool-ASYNC-0.25+python-gpu")
+    assert capped["spark.rapids.memory.gpu.allocFraction"] == capped["spark.rapids.memory.gpu.maxAllocFraction"] \
+        == "0.25"
+    assert capped["spark.rapids.sql.python.gpu.enabled"] == "true"
+    assert rapids_variant_conf("pool-ASYNC")["spark.rapids.memory.gpu.allocFraction"] == "0.3"
+    for bad in ("pool-ARENA", "pool-NONE-0.3", "NONE", "pool-ASYNC-3"):
+        with pytest.raises(ValueError):
+            rapids_variant_conf(bad)
+    assert "spark.driver.extraClassPath" not in plugin_conf("on-classpath", "pool-NONE", explain_only=False)
+    assert plugin_conf("/x/r.jar", "pool-NONE", explain_only=True)["spark.rapids.sql.mode"] == "explainOnly"
+
+    off = {"a": ("Sports", [0.9, 0.1]), "b": ("News", [0.2, 0.8])}
+    assert compare(off, dict(off))["equal"]
+    assert compare(off, {**off, "b": ("News", [0.2, 0.8 + 1e-7])})["equal"]
+    assert not compare(off, {**off, "b": ("News", [0.2, 0.8 + 1e-5])})["equal"]
+    assert compare(off, {**off, "b": ("Sports", [0.2, 0.8])})["label_mismatches"] == 1
+    lost = compare(off, {"a": off["a"]})
+    assert not lost["equal"] and lost["missing"] == 1
 
 
 @pytest.mark.slow

@@ -172,3 +172,52 @@ def test_reserialize_stays_the_default(spark, hostile, tmp_path):
     assert summary["jsonl_mode"] == "reserialize"
     line = _output_lines(tmp_path / "o")["crlf.jsonl"][0]
     assert "length_pred" in json.loads(line) and not line.startswith('{"text": ')  # re-serialized by Spark
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow_udf", "pandas_udf"])
+def test_lines_stay_in_the_jvm_only_the_text_goes_to_python(spark, hostile, arrow, monkeypatch):
+    """A source read line by line holds each record twice (the line and its text): the classify stage sends
+    Python the text alone (a column-level UDF, not mapInArrow, which would move the line there and back), and
+    gives the same predictions, each row classified once, rejects not at all. Both UDF forms (Arrow on Spark 4.1
+    and later, pandas before) are run."""
+    from sparkcurate.io.sources.jsonl import JsonlSource
+    from sparkcurate.io.sources.base import REASON_COLUMN
+    from sparkcurate.spark import stage
+    from sparkcurate.spark.outcome import classified_rows
+
+    real = stage.column_udf
+    monkeypatch.setattr(stage, "column_udf", lambda fn, struct: real(fn, struct, arrow=arrow))
+    source = JsonlSource()
+    source.keep_lines = True
+    listing = source.list_files(spark, str(hostile / "in"))
+    df = source.read(spark, listing, "text", "file_name")
+    clf = LengthClassifier(device="cpu")
+    clf.preflight()
+    counter = spark.sparkContext.accumulator(0)
+    rows = classified_rows(df, [clf], counter)
+    plan = rows._jdf.queryExecution().executedPlan().toString()
+    assert "MapInArrow" not in plan and "ArrowEvalPython" in plan, plan
+    python_input = [line for line in plan.splitlines() if "ArrowEvalPython" in line][0]
+    assert "__sparkcurate_line" not in python_input, python_input  # the line is not a UDF argument
+    got = rows.select("text", REASON_COLUMN, "length_pred").collect()
+    assert counter.value == sum(1 for r in got if r[REASON_COLUMN] is None) == len(KEPT) + 3  # + the CRLF file
+    for r in got:
+        if r[REASON_COLUMN] is None:
+            assert r["length_pred"] == ("long" if len(r["text"]) > 5 else "short"), r
+        else:
+            assert r["length_pred"] is None
+
+
+def test_exact_mirror_refuses_two_inputs_on_one_output_name(spark, tmp_path):
+    """The exact lines go through the mirror layout's one writer (io/sinks/mirror.py), with its check: inputs
+    ``x.jsonl`` and ``x.jsonl.gz`` would both become ``x.jsonl``; the write is refused and nothing is moved (no
+    input's lines silently replace the other's)."""
+    from sparkcurate.io.sinks.jsonl import write_jsonl
+    from sparkcurate.io.sources.base import RAW_LINE_COLUMN
+
+    rows = [('{"text": "one"}', "x.jsonl", "short"), ('{"text": "two"}', "x.jsonl.gz", "short")]
+    df = spark.createDataFrame(rows, [RAW_LINE_COLUMN, "file_name", "length_pred"])
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="'x.jsonl' and 'x.jsonl.gz' would both be written to 'x.jsonl'"):
+        write_jsonl(df, str(out), layout="mirror")
+    assert not out.exists() or list(out.iterdir()) == []  # the staged files are gone, nothing was moved

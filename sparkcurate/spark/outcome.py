@@ -22,11 +22,14 @@ def classified_rows(df: "DataFrame", classifiers: Sequence["StageClassifier"], c
     """Every record with its predictions (null for rejects) and a status: kept, filtered or rejected."""
     from pyspark.sql import functions as F
 
-    from sparkcurate.spark.stage import classify_dataframe, filter_expression
+    from sparkcurate.spark.stage import classify_dataframe, classify_text_columns, filter_expression
 
     check_output_columns(df, classifiers)
-    out = classify_dataframe(df, classifiers, counter, skip_column=REASON_COLUMN, device_log=device_log,
-                             task_stats=task_stats)
+    # A source read line by line holds each record twice (the line and its parsed text): only the text goes to
+    # Python then, and the line stays in the JVM (classify_text_columns). Other sources keep mapInArrow, whose
+    # hand-off the RAPIDS Accelerator runs on the GPU (docs/rapids.md).
+    stage = classify_text_columns if RAW_LINE_COLUMN in df.columns else classify_dataframe
+    out = stage(df, classifiers, counter, skip_column=REASON_COLUMN, device_log=device_log, task_stats=task_stats)
     keep = filter_expression(classifiers)
     status = (F.when(F.col(REASON_COLUMN).isNotNull(), F.lit("rejected"))
               .when(F.coalesce(keep, F.lit(False)) if keep is not None else F.lit(True), F.lit("kept"))

@@ -1,4 +1,6 @@
-"""The Spark stage: ``mapInArrow`` over the DataFrame, one model per Python worker and device, all columns kept.
+"""The Spark stage: ``mapInArrow`` over the DataFrame, one model per Python worker and device, all columns kept
+(or, for rows that hold their record twice, as a line and its text, a column-level Arrow UDF that sends only the
+text to Python: ``classify_text_columns``).
 
 Only plain values cross to executors (the classifier declarations); each worker loads its models once into a
 module-level cache keyed by the classifier's identity and device, and Spark's worker reuse keeps that cache
@@ -115,6 +117,16 @@ def classify_dataframe(df: "DataFrame", classifiers: Sequence["StageClassifier"]
     """
     from pyspark.sql import types as T
 
+    fields = _checked_fields(df, classifiers, confidence)
+    schema = T.StructType(list(df.schema.fields) + [T.StructField(n, spark_type(k), True) for n, k in fields])
+    fn = make_partition_function(list(classifiers), counter, skip_column, device_log, task_stats, confidence)
+    return df.mapInArrow(fn, schema)
+
+
+def _checked_fields(df: "DataFrame", classifiers: Sequence["StageClassifier"], confidence: bool
+                    ) -> list[tuple[str, str]]:
+    """The columns the stage adds (``output_fields``), after refusing what cannot run: no classifier, an output
+    column the input already has, a text field that is not a column."""
     if not classifiers:
         raise ValueError("no classifier given")
     fields = output_fields(classifiers, confidence)
@@ -125,9 +137,92 @@ def classify_dataframe(df: "DataFrame", classifiers: Sequence["StageClassifier"]
     for c in classifiers:
         if c.text_field not in existing:
             raise ValueError(f"{c.name}: text field {c.text_field!r} is not a column (columns: {sorted(existing)})")
-    schema = T.StructType(list(df.schema.fields) + [T.StructField(n, spark_type(k), True) for n, k in fields])
-    fn = make_partition_function(list(classifiers), counter, skip_column, device_log, task_stats, confidence)
-    return df.mapInArrow(fn, schema)
+    return fields
+
+
+STAGE_STRUCT = "__sparkcurate_stage"
+
+
+def classify_text_columns(df: "DataFrame", classifiers: Sequence["StageClassifier"], counter=None,
+                          skip_column: str | None = None, device_log=None, task_stats=None,
+                          confidence: bool = True) -> "DataFrame":
+    """``classify_dataframe``'s result (same columns, same rows, same work per batch), with only the text
+    field(s) sent to Python.
+
+    Why: ``mapInArrow`` hands every column to Python and takes every column back. For a source read line by line
+    (``--jsonl-mode exact``, attribute files) that is the whole line *and* its text, twice each. Here the
+    classifiers run as one column-level Arrow UDF (Spark's ``ArrowEvalPython``): its input is the text (null
+    where ``skip_column`` is set, so rejects are not classified) and its output one struct of the stage's
+    columns; Spark keeps the other columns in the JVM and joins each output batch back to its input rows by
+    position. On Spark without ``arrow_udf`` (before 4.1) the same function runs as a pandas iterator UDF.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    fields = _checked_fields(df, classifiers, confidence)
+    if STAGE_STRUCT in df.columns:
+        raise ValueError(f"the input already has a column {STAGE_STRUCT!r}, which the stage uses")
+    text_fields = list(dict.fromkeys(c.text_field for c in classifiers))
+    inputs = [F.when(F.col(skip_column).isNull(), F.col(f)) if skip_column else F.col(f) for f in text_fields]
+    struct = T.StructType([T.StructField(n, spark_type(k), True) for n, k in fields])
+    fn = make_partition_function(list(classifiers), counter, None, device_log, task_stats, confidence)
+    udf = column_udf(text_column_function(fn, text_fields, [n for n, _ in fields]), struct)
+    out = df.withColumn(STAGE_STRUCT, udf(*inputs))
+    return out.select("*", *[F.col(STAGE_STRUCT).getField(n).alias(n) for n, _ in fields]).drop(STAGE_STRUCT)
+
+
+def text_column_function(classify: Callable[[Iterator["pa.RecordBatch"]], Iterator["pa.RecordBatch"]],
+                         text_fields: list[str], names: list[str]
+                         ) -> Callable[[Iterator[Any]], Iterator["pa.StructArray"]]:
+    """``classify`` (a ``make_partition_function``) as the body of an iterator UDF: the UDF's input arrays
+    (one per text field, a tuple when there are several) become batches named by the text fields, and each
+    output batch's ``names`` columns one struct array, in order, one per input batch."""
+
+    def classify_arrays(items: Iterator[Any]) -> Iterator["pa.StructArray"]:
+        import pyarrow as pa
+
+        def batches() -> Iterator["pa.RecordBatch"]:
+            for item in items:
+                arrays = item if isinstance(item, tuple) else (item,)
+                arrays = [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in arrays]
+                yield pa.RecordBatch.from_arrays(arrays, names=text_fields)
+
+        for out in classify(batches()):
+            yield pa.StructArray.from_arrays([out.column(n) for n in names], names=names)
+
+    return classify_arrays
+
+
+def column_udf(fn: Callable[[Iterator[Any]], Iterator["pa.StructArray"]], struct, arrow: bool | None = None):
+    """``fn`` as an iterator UDF returning ``struct``: an Arrow UDF where Spark has them (``arrow`` None: 4.1
+    and later), else a pandas iterator UDF around it (texts in as pandas Series, the struct out as a pandas
+    DataFrame: Spark 3.5 and 4.0, and tests of that path with ``arrow=False``)."""
+    import warnings
+
+    from pyspark.sql import functions as F
+    from pyspark.util import PythonEvalType
+
+    if arrow is None:
+        arrow = hasattr(F, "arrow_udf")
+    if arrow:
+        with warnings.catch_warnings():  # "preferred to specify type hints": the type is given, on purpose
+            warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
+            return F.arrow_udf(fn, struct, PythonEvalType.SQL_SCALAR_ARROW_ITER_UDF)
+
+    def via_pandas(series: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        def arrays() -> Iterator[Any]:
+            for item in series:
+                parts = item if isinstance(item, tuple) else (item,)
+                yield tuple(pa.Array.from_pandas(p, type=pa.string()) for p in parts)
+
+        for out in fn(arrays()):
+            yield pa.Table.from_arrays(out.flatten(), names=[f.name for f in out.type]).to_pandas()
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
+        return F.pandas_udf(via_pandas, struct, PythonEvalType.SQL_SCALAR_PANDAS_ITER_UDF)
 
 
 class CountsParam(AccumulatorParam):
