@@ -16,6 +16,10 @@ Where a run can die, and what the next run finds (the points a fault test aims a
 5. in the final step (``pipeline``: prune, rejects of removed units, record index, summary): every unit is
    reused; the final step runs again.
 
+Test-only: ``SPARKCURATE_TEST_DIE_AT`` (``die_if_asked``) names one of these points, and the driver SIGKILLs itself
+there, so tests/test_resume_faults.py kills a real command exactly at 1/3 (``written:N``), 4 (``committed:N``) or
+5 (``final_commit``). Never set it outside the tests.
+
 Python workers keep their loaded models between the groups' jobs: ``spark.stage`` caches each engine in the
 worker process, and Spark reuses Python workers across jobs (``spark.python.worker.reuse``, on by default).
 """
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
@@ -52,6 +58,21 @@ log = logging.getLogger(__name__)
 # options fingerprint, so changing them does not redo committed units.
 _NOT_OUTPUT = {"batch_size", "token_budget", "device", "packed", "cache_dir", "allow_pickle", "trust_remote_code",
                "preflight_info", "model_fingerprint"}
+
+
+# Test-only (module docstring): the point at which the driver kills itself; unset, nothing happens.
+DIE_AT_ENV = "SPARKCURATE_TEST_DIE_AT"
+
+
+def die_if_asked(point: str) -> None:
+    """Test-only: SIGKILL this driver process (no cleanup, no ``finally``: as a lost machine) when
+    ``SPARKCURATE_TEST_DIE_AT`` is ``point``: ``written:N`` (the Nth commit group's output and rejects are
+    written, its units not yet recorded), ``committed:N`` (its units recorded) or ``final_commit`` (in the final
+    step, once the earlier outputs are pruned and the manifest says complete, before the rejects of removed
+    units, the record index and the summary)."""
+    if os.environ.get(DIE_AT_ENV) == point:
+        log.warning("%s=%s: the driver kills itself here (test-only)", DIE_AT_ENV, point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StoppedForTest(RuntimeError):
@@ -140,10 +161,12 @@ class GroupJob:
             self.plans.append(plan)
             with planned_splits(self.spark, plan):
                 counts = self._classify_and_write(sub, whole)
+        die_if_asked(f"written:{index + 1}")
         # Every file the counts name (a source read whole may name its records otherwise: a view's, its name).
         committed = {n: {"identity": self.units.identities.get(n), "fingerprint": self.units.fingerprint,
                          "counts": c} for n, c in unit_counts(counts, names).items()}
         self.store.commit(self.commit.run_id, index, committed)
+        die_if_asked(f"committed:{index + 1}")
         return committed
 
     def _classify_and_write(self, sub: "InputListing", whole: bool):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sparkcurate.engine.kernels.usage import split_task_counts
-from sparkcurate.groups import GroupJob, output_options, plan_dict
+from sparkcurate.groups import GroupJob, die_if_asked, output_options, plan_dict
 from sparkcurate.io.commit import OutputCommit, prune_rejects, run_outputs
 from sparkcurate.io.fs import data_bytes
 from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
@@ -185,6 +185,7 @@ def _commit_run(spark: "SparkSession", opts: JobOptions, sink, commit: OutputCom
     outputs = run_outputs(spark, opts, counts, sink)
     commit.touch(outputs)
     commit.prune(spark, outputs, sink)
+    die_if_asked("final_commit")  # test-only (groups.die_if_asked)
     prune_rejects(spark, opts.output, set(current))
     job.store.compact(commit.run_id, current)
     return counts
