@@ -175,7 +175,7 @@ def test_without_tokenizer_json_transformers_loads_the_tokenizer(deberta_dir, tm
 
 
 LEAN_RUN = """
-import importlib.util, json, sys
+import json, sys
 import numpy as np, torch
 from sparkcurate.classifiers import DomainClassifier
 from sparkcurate.engine.deberta_packed import packed_last_hidden
@@ -185,7 +185,7 @@ out = engine.predict(["The football team won the match.", "Stocks fell as inflat
 tokens = engine.tokenize(["The football team won.", "A long day at the bank."])
 flat = torch.from_numpy(np.concatenate(tokens.ids).astype(np.int64))
 cu = torch.tensor([0, *np.cumsum(tokens.lengths)], dtype=torch.int32)
-for impl in ("reference", "triton") if importlib.util.find_spec("triton") else ("reference",):
+for impl in ("reference", "triton") if sys.argv[2] == "interpret-triton" else ("reference",):
     packed_last_hidden(engine.model.model, flat, cu, int(tokens.lengths.max()), impl, rows="first")
 print(type(engine.model.model).__module__, out.shape)
 print(json.dumps(sorted(name for name in sys.modules if name == "transformers" or name.startswith("transformers."))))
@@ -196,7 +196,9 @@ print(json.dumps(sorted(name for name in sys.modules if name == "transformers" o
 def test_a_fresh_interpreter_loads_and_runs_the_lean_engine_without_transformers(deberta_dir):
     """The point of the lean load: no transformers import (its models package cost a fresh worker 10 s)."""
     env = {**os.environ, "SPARKCURATE_LEAN_LOAD": "on", "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", LEAN_RUN, str(deberta_dir)], capture_output=True, text=True,
+    # The tile kernel through Triton's interpreter only where it works (Triton >= 3.9; GPU images may have older).
+    triton = "reference-only" if triton_interpreter_problem() else "interpret-triton"
+    done = subprocess.run([sys.executable, "-c", LEAN_RUN, str(deberta_dir), triton], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     dynamo, module_line, imported = done.stdout.strip().splitlines()[-3:]
