@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sparkcurate.classifiers.base import DistributedDataClassifier
+from benchmarks.rule_classifier import LengthClassifier
 
 SCHEMA = "id STRING, text STRING, source STRING"
 WORDS = np.array(["data", "spark", "model", "the", "of", "and", "learning", "river", "market", "protein", "goal",
@@ -45,45 +45,14 @@ WORDS = np.array(["data", "spark", "model", "the", "of", "and", "learning", "riv
 # --- the rule classifier (importable on executors: the run's workers start in the checkout's root) -------------
 
 
-class _Config:
-    prefetch = 1
-
-
-class RuleEngine:
-    """'long' for texts over 2,000 characters: the stage's engine contract, nothing else."""
-
-    config = _Config()
-    tokenize_key = ("RuleEngine",)
-
-    def tokenize(self, texts):
-        return list(texts)
-
-    def submit(self, texts):
-        return list(texts)
-
-    def collect(self, texts) -> np.ndarray:
-        long = np.array([len(t) > 2000 for t in texts], dtype=np.float32)
-        return np.stack([1.0 - long, long], axis=1)
-
-
 @dataclass
-class RuleClassifier(DistributedDataClassifier):
-    """No model files: what a run costs besides the model."""
+class RuleClassifier(LengthClassifier):
+    """'long' for texts over 2,000 characters, no model files: what a run costs besides the model."""
 
     model: str | None = "rule"
+    long_chars: int = 2000
     name: ClassVar[str] = "bench-rule"
     default_pred_column: ClassVar[str] = "rule_pred"
-
-    def preflight(self) -> dict[str, Any]:
-        self.labels = ["short", "long"]
-        self.model_fingerprint = "rule"
-        self.preflight_info = {"classifier": self.name, "model": self.model, "revision": None,
-                               "fingerprint": "rule", "labels": self.labels}
-        return self.preflight_info
-
-    def load_engine(self, device: str):
-        self.labels = ["short", "long"]
-        return RuleEngine()
 
 
 # --- the input ----------------------------------------------------------------------------------------------------

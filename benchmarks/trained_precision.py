@@ -605,15 +605,11 @@ def timed(device, work, passes: int, warm=None) -> tuple[Any, float, list[float]
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds, out = [], None
-    for _ in range(max(1, passes)):
-        sync(device)
-        start = time.perf_counter()
-        out = work()
-        sync(device)
-        seconds.append(round(time.perf_counter() - start, 4))
+    from benchmarks.gpu_stage import median_pass
+
+    out, median, seconds = median_pass(work, passes, device)
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    return out, float(np.median(seconds)), seconds, peak
+    return out, median, seconds, peak
 
 
 def row(name: str, probs, ref, y, tokens, seconds: float, passes: list[float], peak, **extra) -> dict[str, Any]:
