@@ -201,14 +201,14 @@ def test_delta_reruns_hold_exactly_their_inputs(delta_run):
     # a.jsonl keeps nothing (and was already dropped); sub/b.jsonl is written again; c.jsonl (not read) goes.
     assert delta_run["changed"] == [[6, "sub/b.jsonl"]]
     history = delta_run["history"]
-    assert [h["operation"] for h in history] == ["WRITE", "WRITE", "WRITE", "DELETE", "WRITE", "DELETE"]
-    assert all(history[i]["parameters"]["mode"] == "Overwrite" for i in (0, 1, 2, 4))
+    # The identical re-run reused every unit (resume: same files, same options): it committed nothing.
+    assert [h["operation"] for h in history] == ["WRITE", "WRITE", "DELETE", "WRITE", "DELETE"]
+    assert all(history[i]["parameters"]["mode"] == "Overwrite" for i in (0, 1, 3))
     # Delta's log: each write replaced the partitions it wrote, and only those; each DELETE dropped the inputs the
     # previous run held and this one did not.
     both = ["a.jsonl", "sub/b.jsonl"]
     assert log_partitions(delta_run["out"]) == [
-        {"add": both, "remove": []},                      # first run
-        {"add": both, "remove": both},                    # identical re-run: the same partitions replaced
+        {"add": both, "remove": []},                      # first run (the identical re-run: nothing to commit)
         {"add": ["c.jsonl"], "remove": []},               # another input: its partition written ...
         {"add": [], "remove": both},                      # ... then the earlier inputs' rows deleted
         {"add": ["sub/b.jsonl"], "remove": []},           # changed: b written (a keeps nothing) ...
@@ -226,11 +226,10 @@ def test_delta_catalog_table(delta_run):
     assert delta_run["table_changed"] == [[1, "a.jsonl"]]
     ops = [h["operation"] for h in delta_run["table_history"]]
     assert ops[0] in ("CREATE TABLE AS SELECT", "CREATE OR REPLACE TABLE AS SELECT")
-    assert ops[1:] == ["WRITE", "DELETE"]
-    # The re-run (insertInto under dynamic partition overwrite) replaced a.jsonl's files, then b's were deleted.
+    # The re-run: a.jsonl is unchanged (its unit reused, not rewritten); b.jsonl now keeps nothing: its rows deleted.
+    assert ops[1:] == ["DELETE"]
     assert log_partitions(delta_run["table_location"]) == [
         {"add": ["a.jsonl", "b.jsonl"], "remove": []},
-        {"add": ["a.jsonl"], "remove": ["a.jsonl"]},
         {"add": [], "remove": ["b.jsonl"]},
     ]
 
