@@ -68,7 +68,8 @@ def _attempt() -> tuple[int, int, int]:
 class _FaultEngine(LengthEngine):
     """The length rule, with ``fault(texts)`` called on every batch first."""
 
-    def __init__(self, fault):
+    def __init__(self, fault, long_chars: int):
+        super().__init__(long_chars)
         self.fault = fault
 
     def predict_tokenized(self, texts):
@@ -82,7 +83,7 @@ class _FaultClassifier(LengthClassifier):
 
     def load_engine(self, device: str):
         super().load_engine(device)
-        return _FaultEngine(self.fault)
+        return _FaultEngine(self.fault, self.long_chars)
 
     def fault(self, texts: list[str]) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
