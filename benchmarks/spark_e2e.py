@@ -333,11 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     results = earlier_results(args.merge_with) if args.merge_with else []
     with contextlib.ExitStack() as stack:
         root = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        ckpt = write_checkpoint(root / "model", args.smoke)
-        synthetic_data(root / "data", args.docs, args.files, seed=0)
-        synthetic_data(root / "baseline-data", args.baseline_docs, max(1, args.files // 8), seed=1)
-        if args.warm_up_docs:
-            synthetic_data(root / "warm-data", args.warm_up_docs, 2, seed=2)
+        ckpt = prepare_inputs(args, root)
         for gpus, tasks in args.layouts or [(args.gpus, args.tasks_per_gpu)]:
             results.extend(run_layout(args, gpus, tasks, root, ckpt, warm_up=bool(args.warm_up_docs)))
     base = next((r for r in results if r["name"] == "predict_batch_udf_fp32" and "docs_per_s" in r), None)
@@ -362,6 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def prepare_inputs(args, root: Path) -> Path:
+    """The model checkpoint and the documents (timed, baseline, warm-up) under ``root``; the checkpoint's path."""
+    ckpt = write_checkpoint(root / "model", args.smoke)
+    synthetic_data(root / "data", args.docs, args.files, seed=0)
+    synthetic_data(root / "baseline-data", args.baseline_docs, max(1, args.files // 8), seed=1)
+    if args.warm_up_docs:
+        synthetic_data(root / "warm-data", args.warm_up_docs, 2, seed=2)
+    return ckpt
+
+
 def main_formats(args, argv: list[str] | None) -> int:
     """``--formats``: every format row (and, with ``--rapids-jar``, the plugin rows) on the same documents, each in
     a fresh application, and the baseline; one results file."""
@@ -371,11 +377,7 @@ def main_formats(args, argv: list[str] | None) -> int:
 
     with contextlib.ExitStack() as stack:
         root = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        ckpt = write_checkpoint(root / "model", args.smoke)
-        synthetic_data(root / "data", args.docs, args.files, seed=0)
-        synthetic_data(root / "baseline-data", args.baseline_docs, max(1, args.files // 8), seed=1)
-        if args.warm_up_docs:
-            synthetic_data(root / "warm-data", args.warm_up_docs, 2, seed=2)
+        ckpt = prepare_inputs(args, root)
         found = measure(args, root, ckpt)
     doc = {"card": card(), "device": card(), "date": date.today().isoformat(),
            "command": "python3 -m benchmarks.spark_e2e " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
