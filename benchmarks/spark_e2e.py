@@ -18,8 +18,9 @@ Formats and the RAPIDS Accelerator (issues 20 and 21; ``benchmarks/spark_formats
 runs, on the same documents and each in a fresh application, JSONL in/out re-serialized (today's path), JSONL
 byte-exact, Parquet in/out and attribute files, and the baseline; with ``--rapids-jar`` also the
 ``--rapids-formats`` rows with the plugin on, per memory variant, each output checked against the plugin-off one
-(same records and labels, probabilities within 1e-6) and its GPU/CPU operators recorded. On the GPU machine
-(Python with torch, no Java: the Spark kit of ../shared/gpu-kit unpacked, the RAPIDS jar in its Spark's jars/):
+(same records and labels, probabilities within 1e-6) and its GPU/CPU operators recorded. On a GPU host that has
+Python with torch but no Java, from an unpacked Spark kit (pyspark 4.2.0 and a JRE; its env.sh sets JAVA_HOME,
+SPARK_HOME and PYTHONPATH) with the RAPIDS jar in that Spark's jars/ folder (hence ``on-classpath``):
 
     source /tmp/kit/env.sh && export PYTHONPATH=$PWD:$PYTHONPATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     python3 -m benchmarks.spark_e2e --formats all --docs 100000 --files 32 --tasks-per-gpu 1 \
