@@ -99,9 +99,10 @@ def check_local(master: str, conf: Mapping[str, str], devices: Sequence[str] = (
                                       "written")
 
 
-def check_resources(spark: "SparkSession", devices: Sequence[str] = ()) -> dict[str, Any] | None:
+def check_resources(spark: "SparkSession", devices: Sequence[str] = (), group: str | None = None
+                    ) -> dict[str, Any] | None:
     """Fail fast, before anything is read or written, when no task could run as asked (see the module doc).
-    Returns what the probe saw on an executor (None in local mode)."""
+    Returns what the probe saw on an executor (None in local mode). ``group``: the probe's Spark job group."""
     sc = spark.sparkContext
     conf = dict(sc.getConf().getAll())
     if is_local_master(sc.master):
@@ -109,7 +110,7 @@ def check_resources(spark: "SparkSession", devices: Sequence[str] = ()) -> dict[
         return None
     wait = wait_seconds(conf)
     check_cuda = "cuda" in devices
-    info = probe_executor(sc, wait, check_cuda)
+    info = probe_executor(sc, wait, check_cuda, group)
     if info is None:
         raise ResourceUnavailable(no_executor_message(sc.master, conf, wait, executor_count(sc)))
     if check_cuda and info.get("cuda_missing"):
@@ -119,6 +120,44 @@ def check_resources(spark: "SparkSession", devices: Sequence[str] = ()) -> dict[
             "use --device auto; nothing was written")
     log.info("executor check: a task ran on %s (GPU addresses given: %s)", info["host"], info["gpus"] or "none")
     return info
+
+
+def new_probe_group() -> str:
+    return f"sparkcurate-executor-check-{uuid.uuid4().hex[:8]}"
+
+
+class ResourceCheck:
+    """``check_resources`` in a background thread, so the driver's other checks before the job (the models'
+    pre-flight: imports of torch and transformers) run while the probe task waits for an executor and starts its
+    Python worker; ``result`` re-raises the check's error, ``cancel`` stops its probe job (a check that failed
+    meanwhile ends the run)."""
+
+    def __init__(self, spark: "SparkSession", devices: Sequence[str] = ()) -> None:
+        self._sc = spark.sparkContext
+        self._group = new_probe_group()
+        self._found: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(spark, list(devices)), daemon=True,
+                                        name=self._group)
+        self._thread.start()
+
+    def _run(self, spark: "SparkSession", devices: list[str]) -> None:
+        try:
+            self._found["info"] = check_resources(spark, devices, self._group)
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._found["error"] = exc
+
+    def result(self) -> dict[str, Any] | None:
+        self._thread.join()
+        if "error" in self._found:
+            raise self._found["error"]
+        return self._found.get("info")
+
+    def cancel(self) -> None:
+        try:
+            self._sc.cancelJobGroup(self._group)
+        except Exception as exc:  # the run fails with its own error already
+            log.debug("cancelling the executor check: %s", exc)
+        self._thread.join(60)
 
 
 def _probe_task(check_cuda: bool, _item: int) -> dict[str, Any]:
@@ -136,10 +175,11 @@ def _probe_task(check_cuda: bool, _item: int) -> dict[str, Any]:
     return info
 
 
-def probe_executor(sc: "SparkContext", wait_s: float | None, check_cuda: bool = False) -> dict[str, Any] | None:
+def probe_executor(sc: "SparkContext", wait_s: float | None, check_cuda: bool = False, group: str | None = None
+                   ) -> dict[str, Any] | None:
     """Run ``_probe_task`` as a one-task job (it asks for what every task asks for, so it starts only where the
     classify tasks could); None when it has not started and finished within ``wait_s`` (the job is cancelled)."""
-    group = f"sparkcurate-executor-check-{uuid.uuid4().hex[:8]}"
+    group = group or new_probe_group()
     result: dict[str, Any] = {}
 
     def run() -> None:
