@@ -107,8 +107,10 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     if opts.input_format != "table":  # a table's location is checked once listed (_check_listing)
         check_paths_apart(opts.input, opts.output)  # before anything is read or written
     # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries. The
-    # probe task runs while the models are checked (each takes seconds in a fresh application).
-    resources = ResourceCheck(spark, [c.device for c in opts.classifiers])
+    # probe task runs while the models are checked (each takes seconds in a fresh application), and its worker
+    # imports what the first classify task needs while the driver lists and plans (spark.resources).
+    resources = ResourceCheck(spark, [c.device for c in opts.classifiers],
+                              sorted({type(c).__module__ for c in opts.classifiers}))
     try:
         models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
     except BaseException:
