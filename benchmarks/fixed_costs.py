@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=4)
     p.add_argument("--runs", type=int, default=3, help="runs of each variant, alternated")
     p.add_argument("--before-ref", help="a git ref of this repository measured against this tree")
+    p.add_argument("--ref", action="append", default=[], metavar="NAME=REF",
+                   help="another git ref measured as variant NAME (repeatable), between before and after")
     p.add_argument("--executor-mb", type=int, default=2048)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--smoke", action="store_true", help="one run of this tree, 200 documents")
@@ -311,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         data, ckpt = write_inputs(work, args.docs, args.files)
         trees = [("after", REPO)]
+        for item in reversed(args.ref):
+            name, _, ref = item.partition("=")
+            trees.insert(0, (name, export_tree(ref, work / f"{name}-tree")))
         if args.before_ref:
             trees.insert(0, ("before", export_tree(args.before_ref, work / "before-tree")))
         rows = [run_once(tree, label, args, work, data, ckpt, i)
@@ -319,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"date": date.today().isoformat(), "device": "cpu",
            "host": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}",
            "command": "python3 -m benchmarks.fixed_costs " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-           "before_ref": args.before_ref, "docs": args.docs, "files": args.files,
+           "before_ref": args.before_ref, "refs": args.ref, "docs": args.docs, "files": args.files,
            "note": "each run a fresh `sparkcurate classify` process on local-cluster[1,1] with one fake GPU "
                    "(--device cpu), runs of the variants alternated; medians per variant",
            "variants": variants, "runs": rows}

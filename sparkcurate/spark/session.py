@@ -118,7 +118,14 @@ class SessionStart:
         self._thread.join()
         if "error" in self._found:
             raise self._found["error"]
-        return self._found["session"]
+        session = self._found["session"]
+        # The JVM's active session is per thread: made this thread's too, so what looks for the active session
+        # here (stopping_own_session, SparkSession.getActiveSession) finds the one started in the background.
+        try:
+            session._jvm.SparkSession.setActiveSession(session._jsparkSession)
+        except Exception as exc:  # a session without a JVM handle (Spark Connect) has no per-thread state here
+            log.debug("could not make the session active in this thread: %s", exc)
+        return session
 
     def discard(self) -> None:
         """The job will not run (a check failed meanwhile): stop the session this started, once it is up, so the
