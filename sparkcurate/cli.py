@@ -271,7 +271,7 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparkcurate.models.loading import ModelArtifactError
     from sparkcurate.pipeline import JobOptions, run
     from sparkcurate.spark.resources import ResourceUnavailable, check_local, wait_seconds
-    from sparkcurate.spark.session import get_session, parse_conf, under_spark_submit
+    from sparkcurate.spark.session import SessionStart, parse_conf, under_spark_submit
 
     try:
         if args.waves < 0:
@@ -296,13 +296,17 @@ def run_classify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ResourceUnavailable as exc:
         log.error("%s", exc)
         return EXIT_RESOURCES
+    # Spark starts in the background while the models are checked (both take seconds in a fresh application);
+    # a bad model still fails with its one line at once, and no Spark job runs.
+    session = SessionStart(args.master, conf)
     try:
-        for c in classifiers:  # before Spark starts: a bad model fails in seconds
+        for c in classifiers:
             c.preflight()
     except (ModelArtifactError, ValueError, OSError) as exc:
         log.error("model check failed: %s", exc)
+        session.discard()
         return EXIT_MODEL
-    spark = get_session(args.master, conf)
+    spark = session.result()
     try:
         parse_schema(args.schema)  # Spark parses DDL: checked once it runs, before any input is read
     except UsageError as exc:

@@ -38,7 +38,7 @@ from sparkcurate.io.commit import prune_stale_outputs, run_outputs, write_unit_r
 from sparkcurate.io.failures import check_no_vanished_files
 from sparkcurate.io.sources.base import INTERNAL_PREFIX
 from sparkcurate.report.progress import units_left_s
-from sparkcurate.report.summary import Counts, classified_count, count_rows, unit_counts
+from sparkcurate.report.summary import Counts, classified_count, count_rows, rejected_count, unit_counts
 from sparkcurate.spark.attributes import attribute_rows
 from sparkcurate.spark.outcome import classified_rows, output_rows, rejected_rows, without_line_copies
 from sparkcurate.spark.planning import plan_for_session, planned_splits
@@ -189,7 +189,8 @@ class GroupJob:
             prune_stale_outputs(spark, opts, sub, counts, self.sink)
             self.laps("write_output")
             write_unit_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
-                               self.commit.run_id, [f.file_name for f in sub.files])
+                               self.commit.run_id, [f.file_name for f in sub.files],
+                               none_rejected=rejected_count(counts) == 0)
             self.laps("write_rejects")
         finally:
             rows.unpersist()

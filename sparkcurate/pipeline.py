@@ -35,7 +35,7 @@ from sparkcurate.report.summary import build_summary, counts_of_units, task_stat
 from sparkcurate.spark.attributes import attribute_key
 from sparkcurate.spark.outcome import classified_rows, output_rows
 from sparkcurate.spark.planning import DEFAULT_WAVES, commit_group_bytes
-from sparkcurate.spark.resources import check_resources, explain_device_failure
+from sparkcurate.spark.resources import ResourceCheck, explain_device_failure
 from sparkcurate.spark.stage import device_accumulator, stats_accumulator
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,9 +106,17 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     check_modes(opts)
     if opts.input_format != "table":  # a table's location is checked once listed (_check_listing)
         check_paths_apart(opts.input, opts.output)  # before anything is read or written
-    models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
-    # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries.
-    check_resources(spark, [c.device for c in opts.classifiers])
+    # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries. The
+    # probe task runs while the models are checked (each takes seconds in a fresh application), and its worker
+    # imports what the first classify task needs while the driver lists and plans (spark.resources).
+    resources = ResourceCheck(spark, [c.device for c in opts.classifiers],
+                              sorted({type(c).__module__ for c in opts.classifiers}))
+    try:
+        models = [c.preflight_info or c.preflight() for c in opts.classifiers]  # fails in seconds, before any data
+    except BaseException:
+        resources.cancel()
+        raise
+    resources.result()
     source, sink, attributes = _source_and_sink(opts)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
     laps, meters = Laps(), TaskMeters(spark.sparkContext)

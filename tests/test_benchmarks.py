@@ -276,3 +276,17 @@ def test_worker_load_smoke(tmp_path):
     assert rows["full"]["backbone"].startswith("transformers.") and rows["full"]["transformers_modules_imported"]
     assert all(r["load_total_s"] > 0 and "import_torch" in r["seconds"] for r in rows.values())
     assert doc["outputs_agreement"]["lean_vs_full"]["max_abs_diff"] < 1e-5  # fp32 on the CPU: the same numbers
+
+
+@pytest.mark.slow
+def test_fixed_costs_smoke(tmp_path):
+    """One fresh command on local-cluster with a fake GPU: the driver's steps and Spark's jobs are both found, and
+    every job of the run is in the breakdown (benchmarks/fixed_costs.py)."""
+    doc = _run("benchmarks.fixed_costs", ["--smoke", "--out", str(tmp_path / "fc.json")], tmp_path)
+    [run] = doc["runs"]
+    assert run["docs"] == run["output_records"] == 200
+    assert {"preflight", "get_session", "pipeline_run", "groups", "report"} <= set(run["phases_s"])
+    kinds = [j["kind"] for j in run["jobs"]]
+    assert kinds[0].startswith("sparkcurate: waiting for an executor") and "count" in kinds
+    assert len(kinds) == run["spark_jobs"] == doc["variants"]["after"]["spark_jobs"]
+    assert 0 < run["app_start_s"] < run["executor_registered_s"] < run["app_end_s"] < run["command_s"]

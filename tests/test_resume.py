@@ -216,3 +216,29 @@ def test_the_report_shows_the_units(tmp_path):
     page = render_html({"output": "OUT", "units": units}, charts_mod.ChartWriter(tmp_path))
     assert "Input units" in page and "reused from an earlier run" in page
     assert render_html({"output": "OUT"}, charts_mod.ChartWriter(tmp_path)).count("Input units") == 0
+
+
+def test_a_group_without_rejects_writes_none_and_drops_its_units_earlier_rejects(spark, tmp_path, monkeypatch):
+    """A group whose counts say nothing was rejected runs no rejects write (a Spark job that would stage nothing,
+    issue 23), yet a redone unit's earlier rejects are still removed."""
+    from pyspark.sql.readwriter import DataFrameWriter
+
+    staged: list[str] = []
+    json_write = DataFrameWriter.json
+
+    def recording(self, path, *args, **kwargs):
+        staged.append(str(path))
+        return json_write(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(DataFrameWriter, "json", recording)
+    inp = _write(tmp_path / "in", {"a.jsonl": ['{"id": 1, "text": "short"}', "{not json"]})
+    out = tmp_path / "out"
+    first = _run(spark, inp, out)
+    assert first["rejected_records"] == 1 and list((out / "_rejects").glob(f"part-{unit_key('a.jsonl')}-*"))
+    assert sum("_staging/rejects-" in p for p in staged) == 1
+    _write(inp, {"a.jsonl": ['{"id": 1, "text": "short"}', '{"id": 2, "text": "now a record"}']})
+    staged.clear()
+    second = _run(spark, inp, out)
+    assert second["rejected_records"] == 0 and second["units"]["redone"] == 1
+    assert not any("_staging/rejects-" in p for p in staged) and staged  # the output was written, no rejects
+    assert (out / "_rejects").is_dir() and not [p for p in (out / "_rejects").iterdir() if not p.name.startswith(".")]

@@ -600,26 +600,28 @@ def clean_leftovers(fs) -> None:
 
 
 def write_unit_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run_id: str,
-                       file_names: list[str]) -> None:
+                       file_names: list[str], none_rejected: bool = False) -> None:
     """The rejects of one commit group's units (``spark.outcome.rejected_rows``): one JSON line per rejected
     record, in ``OUT/_rejects/part-<unit key>-<n>.json`` (``units.unit_key``), so a unit's rejects are replaced
     or removed with the unit. Staged first, then each unit's earlier files are removed and its new ones moved in:
-    a failure while staging leaves the earlier rejects as they were."""
+    a failure while staging leaves the earlier rejects as they were. ``none_rejected`` (the group's counts say
+    so): no Spark write, which would stage nothing at the cost of a job; earlier rejects are still removed."""
     from pyspark.sql import functions as F
 
     from sparkcurate.io.fs import HadoopFS
 
     fs = HadoopFS(spark, output)
     staging = f"_staging/rejects-{run_id}-{uuid.uuid4().hex[:8]}"
-    key = F.substring(F.sha2(F.col("file_name"), 256), 1, 16).alias(_UNIT_COLUMN)
-    rejected.select("*", key).write.mode("overwrite").partitionBy(_UNIT_COLUMN).json(
-        f"{output.rstrip('/')}/{staging}")
     staged: dict[str, list[str]] = {}
-    for dirname, is_dir in fs.list(staging):
-        if is_dir and dirname.startswith(_UNIT_COLUMN + "="):
-            folder = f"{staging}/{dirname}"
-            staged[dirname.split("=", 1)[1]] = sorted(f"{folder}/{p}" for p, d in fs.list(folder)
-                                                      if not d and p.startswith("part-"))
+    if not none_rejected:
+        key = F.substring(F.sha2(F.col("file_name"), 256), 1, 16).alias(_UNIT_COLUMN)
+        rejected.select("*", key).write.mode("overwrite").partitionBy(_UNIT_COLUMN).json(
+            f"{output.rstrip('/')}/{staging}")
+        for dirname, is_dir in fs.list(staging):
+            if is_dir and dirname.startswith(_UNIT_COLUMN + "="):
+                folder = f"{staging}/{dirname}"
+                staged[dirname.split("=", 1)[1]] = sorted(f"{folder}/{p}" for p, d in fs.list(folder)
+                                                          if not d and p.startswith("part-"))
     keys = {unit_key(n) for n in file_names}
     try:
         for name, is_dir in fs.list(REJECTS_DIR):

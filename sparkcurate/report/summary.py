@@ -253,6 +253,11 @@ def classified_count(counts: Counts) -> int:
     return sum(n for _fname, status, _reason, n in counts.by_status_file if status != "rejected")
 
 
+def rejected_count(counts: Counts) -> int:
+    """Records rejected before the model (no text, malformed line, ...)."""
+    return sum(n for _fname, status, _reason, n in counts.by_status_file if status == "rejected")
+
+
 def write_report(output: str) -> None:
     """``OUT/_report/index.html`` from the summary just written, so the Python call and the command give the same
     outputs. The report is written with local file operations: an output on another file system (S3, HDFS, ...)

@@ -11,6 +11,12 @@ are retried and fail again, each time with a long traceback. So before the job s
   ``device=cuda`` it reports whether that executor's Python sees CUDA. No executor in time, or no CUDA, is one
   ``ResourceUnavailable`` naming the settings to look at. (An executor without CUDA that the probe did not meet
   fails its classify tasks with ``DeviceError``; the pipeline turns that into the same one-line error.)
+
+The probe is a one-row ``mapInArrow`` job, so it runs in the Python worker pool the classify tasks use (an RDD
+job's workers are another pool): before it returns it starts, on a thread of that worker, what a classify task
+does first (imports of torch, the engine and the classifiers' modules; the CUDA context where the executor has
+one GPU), and Spark's worker reuse hands that worker to the first classify task, while the driver lists and plans
+meanwhile (issue 23: a fresh application's fixed costs).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import logging
 import re
 import threading
 import uuid
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark import SparkContext
@@ -99,9 +106,11 @@ def check_local(master: str, conf: Mapping[str, str], devices: Sequence[str] = (
                                       "written")
 
 
-def check_resources(spark: "SparkSession", devices: Sequence[str] = ()) -> dict[str, Any] | None:
+def check_resources(spark: "SparkSession", devices: Sequence[str] = (), group: str | None = None,
+                    warm_modules: Sequence[str] = ()) -> dict[str, Any] | None:
     """Fail fast, before anything is read or written, when no task could run as asked (see the module doc).
-    Returns what the probe saw on an executor (None in local mode)."""
+    Returns what the probe saw on an executor (None in local mode). ``group``: the probe's Spark job group;
+    ``warm_modules``: the classifiers' modules, imported ahead in the probe's worker."""
     sc = spark.sparkContext
     conf = dict(sc.getConf().getAll())
     if is_local_master(sc.master):
@@ -109,7 +118,8 @@ def check_resources(spark: "SparkSession", devices: Sequence[str] = ()) -> dict[
         return None
     wait = wait_seconds(conf)
     check_cuda = "cuda" in devices
-    info = probe_executor(sc, wait, check_cuda)
+    warm = WarmUp(tuple(warm_modules), tuple(devices), _single_gpu_executor(conf))
+    info = probe_executor(spark, wait, check_cuda, group, warm)
     if info is None:
         raise ResourceUnavailable(no_executor_message(sc.master, conf, wait, executor_count(sc)))
     if check_cuda and info.get("cuda_missing"):
@@ -119,6 +129,45 @@ def check_resources(spark: "SparkSession", devices: Sequence[str] = ()) -> dict[
             "use --device auto; nothing was written")
     log.info("executor check: a task ran on %s (GPU addresses given: %s)", info["host"], info["gpus"] or "none")
     return info
+
+
+def new_probe_group() -> str:
+    return f"sparkcurate-executor-check-{uuid.uuid4().hex[:8]}"
+
+
+class ResourceCheck:
+    """``check_resources`` in a background thread, so the driver's other checks before the job (the models'
+    pre-flight: imports of torch and transformers) run while the probe task waits for an executor and starts its
+    Python worker; ``result`` re-raises the check's error, ``cancel`` stops its probe job (a check that failed
+    meanwhile ends the run)."""
+
+    def __init__(self, spark: "SparkSession", devices: Sequence[str] = (), warm_modules: Sequence[str] = ()
+                 ) -> None:
+        self._sc = spark.sparkContext
+        self._group = new_probe_group()
+        self._found: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(spark, list(devices), list(warm_modules)),
+                                        daemon=True, name=self._group)
+        self._thread.start()
+
+    def _run(self, spark: "SparkSession", devices: list[str], warm_modules: list[str]) -> None:
+        try:
+            self._found["info"] = check_resources(spark, devices, self._group, warm_modules)
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._found["error"] = exc
+
+    def result(self) -> dict[str, Any] | None:
+        self._thread.join()
+        if "error" in self._found:
+            raise self._found["error"]
+        return self._found.get("info")
+
+    def cancel(self) -> None:
+        try:
+            self._sc.cancelJobGroup(self._group)
+        except Exception as exc:  # the run fails with its own error already
+            log.debug("cancelling the executor check: %s", exc)
+        self._thread.join(60)
 
 
 def _probe_task(check_cuda: bool, _item: int) -> dict[str, Any]:
@@ -136,16 +185,74 @@ def _probe_task(check_cuda: bool, _item: int) -> dict[str, Any]:
     return info
 
 
-def probe_executor(sc: "SparkContext", wait_s: float | None, check_cuda: bool = False) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class WarmUp:
+    """What the probe's worker starts ahead of the first classify task (plain values: pickled to the executor)."""
+
+    modules: tuple[str, ...] = ()  # the classifiers' modules
+    devices: tuple[str, ...] = ()  # the devices the classifiers ask for (auto, cuda, cpu)
+    cuda_context: bool = False  # the executor has one GPU: its tasks all use the device the probe's would
+
+    def start(self) -> None:
+        """On a daemon thread of this worker: never delays the probe, never fails it."""
+        from sparkcurate.spark.devices import current_task_device
+
+        try:
+            devices = [current_task_device(d)[0] for d in self.devices] if self.cuda_context else []
+        except Exception:  # noqa: BLE001 - the classify task says what is wrong with its device
+            devices = []
+        threading.Thread(target=self._run, args=(devices,), name="sparkcurate-warm-up", daemon=True).start()
+
+    def _run(self, devices: list[str]) -> None:
+        import importlib
+
+        try:
+            for name in ("torch", "sparkcurate.engine.runner", *self.modules):
+                importlib.import_module(name)
+            import torch
+
+            for device in dict.fromkeys(d for d in devices if d.startswith("cuda")):
+                torch.empty(1, device=device)  # the CUDA context, on the device the task will use
+        except Exception as exc:  # noqa: BLE001 - a warm-up only; the task does it again and reports
+            log.debug("worker warm-up: %s", exc)
+
+
+def _single_gpu_executor(conf: Mapping[str, str]) -> bool:
+    try:
+        return float(conf.get("spark.executor.resource.gpu.amount", "0") or 0) == 1
+    except ValueError:
+        return False
+
+
+def _probe_partition(check_cuda: bool, warm: WarmUp | None, batches: Iterator[Any]) -> Iterator[Any]:
+    """The probe job's one task (``mapInArrow``): ``_probe_task``'s answer as JSON, and the worker's warm-up."""
+    import json
+
+    import pyarrow as pa
+
+    for _ in batches:
+        pass
+    info = _probe_task(check_cuda, 0)
+    if warm is not None:
+        warm.start()
+    yield pa.RecordBatch.from_pydict({"info": [json.dumps(info)]})
+
+
+def probe_executor(spark: "SparkSession", wait_s: float | None, check_cuda: bool = False, group: str | None = None,
+                   warm: WarmUp | None = None) -> dict[str, Any] | None:
     """Run ``_probe_task`` as a one-task job (it asks for what every task asks for, so it starts only where the
     classify tasks could); None when it has not started and finished within ``wait_s`` (the job is cancelled)."""
-    group = f"sparkcurate-executor-check-{uuid.uuid4().hex[:8]}"
+    import json
+
+    sc = spark.sparkContext
+    group = group or new_probe_group()
     result: dict[str, Any] = {}
 
     def run() -> None:
         sc.setJobGroup(group, "sparkcurate: waiting for an executor that can run a task", True)
         try:
-            result["info"] = sc.parallelize([0], 1).map(partial(_probe_task, check_cuda)).collect()[0]
+            probe = spark.range(0, 1, 1, 1).mapInArrow(partial(_probe_partition, check_cuda, warm), "info string")
+            result["info"] = json.loads(probe.collect()[0]["info"])
         except Exception as exc:  # handed to the caller's thread
             result["error"] = exc
 

@@ -15,7 +15,8 @@ import contextlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Iterator, Mapping
+import threading
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -85,6 +86,66 @@ def get_session(master: str | None = None, conf: Mapping[str, str] | None = None
     if not under_spark_submit():
         quiet_spark_log(session)
     return session
+
+
+class SessionStart:
+    """``get_session`` started in a background thread, so the driver's own start-up work (the models' pre-flight,
+    which imports torch and transformers) runs while the JVM, the application and its executors come up.
+
+    Why: in a fresh application those are sequential fixed costs of seconds each (benchmarks/NOTES.md, "Fixed
+    costs of a fresh application"). Only a session this process starts is started in the background: a running
+    one (notebook, test) is taken as it is by ``result``, in the calling thread (the JVM's active session is
+    per thread)."""
+
+    def __init__(self, master: str | None, conf: Mapping[str, str] | None = None) -> None:
+        self.master, self.conf = master, dict(conf or {})
+        self._found: dict[str, Any] = {}
+        self._thread: threading.Thread | None = None
+        if not _session_running():
+            self._thread = threading.Thread(target=self._start, name="sparkcurate-session-start", daemon=True)
+            self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._found["session"] = get_session(self.master, self.conf)
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._found["error"] = exc
+
+    def result(self) -> "SparkSession":
+        """The session, once started (a start that failed raises its error here)."""
+        if self._thread is None:
+            return get_session(self.master, self.conf)
+        self._thread.join()
+        if "error" in self._found:
+            raise self._found["error"]
+        session = self._found["session"]
+        # The JVM's active session is per thread: made this thread's too, so what looks for the active session
+        # here (stopping_own_session, SparkSession.getActiveSession) finds the one started in the background.
+        try:
+            session._jvm.SparkSession.setActiveSession(session._jsparkSession)
+        except Exception as exc:  # a session without a JVM handle (Spark Connect) has no per-thread state here
+            log.debug("could not make the session active in this thread: %s", exc)
+        return session
+
+    def discard(self) -> None:
+        """The job will not run (a check failed meanwhile): stop the session this started, once it is up, so the
+        application ends cleanly instead of at the JVM's exit."""
+        if self._thread is None:
+            return
+        self._thread.join()
+        session = self._found.get("session")
+        if session is not None:
+            try:
+                session.stop()
+            except Exception as exc:  # the command's outcome is decided already
+                log.debug("stopping Spark: %s", exc)
+
+
+def _session_running() -> bool:
+    """Whether this process has a SparkContext already (a notebook's, a test's, an earlier job's)."""
+    from pyspark import SparkContext
+
+    return SparkContext._active_spark_context is not None
 
 
 @contextlib.contextmanager
