@@ -34,8 +34,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from sparkcurate.io.commit import prune_stale_outputs, run_outputs, write_unit_rejects
+from sparkcurate.io.commit import REJECTS_DIR, prune_stale_outputs, removes_by_name, run_outputs, write_unit_rejects
 from sparkcurate.io.failures import check_no_vanished_files
+from sparkcurate.io.publish import group_stage, staged_unit_outputs
 from sparkcurate.io.sources.base import INTERNAL_PREFIX
 from sparkcurate.report.progress import units_left_s
 from sparkcurate.report.summary import Counts, classified_count, count_rows, unit_counts
@@ -153,6 +154,7 @@ class GroupJob:
         names = [f.file_name for f in files]
         whole = len(files) == len(self.listing.files)
         sub = self.listing if whole else dataclasses.replace(self.listing, files=list(files), source="", ignored=())
+        stage = group_stage(self.commit.run_id, index) if self.staged else None
         if self.resumable and not any(f.size > 0 for f in files):  # empty files hold no record: no Spark job
             counts = Counts([], {c.name: [] for c in self.opts.classifiers}, {})
         else:
@@ -160,16 +162,29 @@ class GroupJob:
                                     self.opts.waves)
             self.plans.append(plan)
             with planned_splits(self.spark, plan):
-                counts = self._classify_and_write(sub, whole)
+                counts = self._classify_and_write(sub, whole, stage)
         die_if_asked(f"written:{index + 1}")
         # Every file the counts name (a source read whole may name its records otherwise: a view's, its name).
         committed = {n: {"identity": self.units.identities.get(n), "fingerprint": self.units.fingerprint,
                          "counts": c} for n, c in unit_counts(counts, names).items()}
+        if stage is not None:  # where each unit's output waits to be published (io.publish)
+            self.commit.begin()
+            opts = self.opts
+            targets = {n: self.sink.target(self.spark, opts.layout, opts.file_name_column, n, opts.compression)
+                       for n in committed}
+            for n, staged in staged_unit_outputs(self.commit.fs, stage, targets, opts.layout).items():
+                committed[n].update(staged)
         self.store.commit(self.commit.run_id, index, committed)
         die_if_asked(f"committed:{index + 1}")
         return committed
 
-    def _classify_and_write(self, sub: "InputListing", whole: bool):
+    @property
+    def staged(self) -> bool:
+        """Whether this run's groups write into staging, published in the final step (file sinks); a table
+        (Delta at OUT, a catalog table) commits each group as its own transaction instead."""
+        return not removes_by_name(self.sink)
+
+    def _classify_and_write(self, sub: "InputListing", whole: bool, stage: str | None):
         opts, spark = self.opts, self.spark
         df = self.whole if whole else self.source.read(
             spark, sub, self.text_field, opts.file_name_column,
@@ -184,12 +199,18 @@ class GroupJob:
             check_no_vanished_files(spark, sub, counts)
             written = (attribute_rows(rows, opts.classifiers, opts.file_name_column, self.key) if self.attributes
                        else output_rows(rows, opts.classifiers))
-            self.commit.touch(run_outputs(spark, opts, counts, self.sink))
-            self.sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
-            prune_stale_outputs(spark, opts, sub, counts, self.sink)
+            if stage is None:  # a table: this group is one transaction of its own
+                self.commit.touch(run_outputs(spark, opts, counts, self.sink))
+                self.sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
+                prune_stale_outputs(spark, opts, sub, counts, self.sink)
+            else:  # files: staged, published in the final step (io.publish)
+                self.commit.begin()
+                self.sink.write(written, f"{opts.output.rstrip('/')}/{stage}", opts.layout, opts.file_name_column,
+                                opts.compression)
             self.laps("write_output")
             write_unit_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
-                               self.commit.run_id, [f.file_name for f in sub.files])
+                               self.commit.run_id, [f.file_name for f in sub.files],
+                               REJECTS_DIR if stage is None else f"{stage}/{REJECTS_DIR}")
             self.laps("write_rejects")
         finally:
             rows.unpersist()
