@@ -2,23 +2,27 @@
 committed before the next starts (issue: "A job of many hours: commit as it goes, resume where it stopped").
 
 For each group: read its files (with the whole input's schema) -> classify -> persist *that group's* rows on the
-executors' local disks -> count -> write its output (the sink replaces only its inputs' outputs), drop the output
-of its inputs that keep nothing now, write its rejects -> record its units as committed (``io.units``) ->
-unpersist. So local disk holds one group at a time, and a driver lost in hour 8 loses at most the group in
-flight: the same command again reuses every committed unit.
+executors' local disks -> count -> write its output and its rejects -> record its units as committed
+(``io.units``) -> unpersist. So local disk holds one group at a time, and a driver lost in hour 8 loses at most
+the group in flight: the same command again reuses every committed unit. File sinks write a group into its
+staging folder (``OUT/_staging/<run>/g<N>``, recorded with its units) and the final step publishes every group at
+once (``io.publish``), so readers of OUT never see a mix; a table (Delta at OUT, a catalog table) takes each
+group as a transaction of its own (the sink replaces only its inputs' partitions and drops the output of its
+inputs that keep nothing now).
 
 Where a run can die, and what the next run finds (the points a fault test aims at):
 
 1. before a group's write: the group's units are not recorded: done again;
-2. during a group's write: the same, and the manifest (``io.commit``) already lists what the write may leave;
-3. after the write, before the record: done again (the sinks replace an input's output whole);
-4. after the record: reused;
-5. in the final step (``pipeline``: prune, rejects of removed units, record index, summary): every unit is
-   reused; the final step runs again.
+2. during a group's write: the same; what it staged is removed (``io.publish.clean_staging``);
+3. after the write, before the record: done again;
+4. after the record: reused (a file sink's staged output is published by the next run's final step);
+5. in the final step (``pipeline``: publish, rejects of removed units, record index, summary): every unit is
+   reused; the final step runs again (publishing is idempotent: a file moved already is not moved again).
 
 Test-only: ``SPARKCURATE_TEST_DIE_AT`` (``die_if_asked``) names one of these points, and the driver SIGKILLs itself
-there, so tests/test_resume_faults.py kills a real command exactly at 1/3 (``written:N``), 4 (``committed:N``) or
-5 (``final_commit``). Never set it outside the tests.
+there, so tests/test_resume_faults.py and tests/test_atomic_publish.py kill a real command exactly at 1/3
+(``written:N``), 4 (``committed:N``) or 5 (``publish_moving``, ``published``, ``final_commit``). Never set it
+outside the tests.
 
 Python workers keep their loaded models between the groups' jobs: ``spark.stage`` caches each engine in the
 worker process, and Spark reuses Python workers across jobs (``spark.python.worker.reuse``, on by default).
@@ -68,9 +72,10 @@ DIE_AT_ENV = "SPARKCURATE_TEST_DIE_AT"
 def die_if_asked(point: str) -> None:
     """Test-only: SIGKILL this driver process (no cleanup, no ``finally``: as a lost machine) when
     ``SPARKCURATE_TEST_DIE_AT`` is ``point``: ``written:N`` (the Nth commit group's output and rejects are
-    written, its units not yet recorded), ``committed:N`` (its units recorded) or ``final_commit`` (in the final
-    step, once the earlier outputs are pruned and the manifest says complete, before the rejects of removed
-    units, the record index and the summary)."""
+    written, its units not yet recorded), ``committed:N`` (its units recorded), ``publish_moving`` (in the final
+    step, once the first staged file is moved in), ``published`` (the Spark log and the manifest name the new
+    set; the superseded files not yet removed) or ``final_commit`` (the output published and the earlier outputs
+    pruned, before the rejects of removed units, the record index and the summary)."""
     if os.environ.get(DIE_AT_ENV) == point:
         log.warning("%s=%s: the driver kills itself here (test-only)", DIE_AT_ENV, point)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -261,9 +261,10 @@ def _source_and_sink(opts: JobOptions):
 
 
 def _output_facts(spark: "SparkSession", opts: JobOptions, source, sink, key: str | None) -> dict[str, Any]:
-    """The summary's facts about what was written: mode, JSONL mode, bytes, and the attribute files' key."""
+    """The summary's facts about what was written: mode, JSONL mode, bytes, the attribute files' key, and a Delta
+    table's version after the run (``table_version``; None for files)."""
     attributes = opts.output_mode == "attributes"
-    return {"output_mode": opts.output_mode,
+    return {"output_mode": opts.output_mode, "table_version": sink.table_version(spark, opts.output),
             "jsonl_mode": opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
             "output_bytes": None if opts.output_table else data_bytes(spark, opts.output),
             "attribute_key": [opts.file_name_column, key] if attributes else None}
