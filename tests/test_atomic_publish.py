@@ -158,3 +158,21 @@ def test_driver_killed_while_publishing_leaves_a_complete_set_and_the_same_comma
     assert summary["units"]["reused"] == 4 and summary["units"]["removed"] == 1
     _same_as_clean(spark, out, clean)
     assert _log(spark, out) == _visible(out) == _manifest(out)["files"]
+
+
+def test_staging_that_no_reused_unit_needs_is_removed(spark, tmp_path):
+    """``clean_staging``: what an unfinished run staged for units this run reuses stays (to be published); the
+    rest goes (units done again, ``--restart``: nothing is reused), and so does the folder once empty."""
+    from sparkcurate.io.publish import clean_staging, group_stage
+
+    out = tmp_path / "out"
+    kept, other = group_stage("run1", 0), group_stage("run1", 1)
+    for rel in (kept, other, group_stage("run2", 0), f"{STAGING_DIR}/rejects-run1-x"):
+        (out / rel).mkdir(parents=True)
+        (out / rel / "part-0.json").write_text("{}\n")
+    fs = HadoopFS(spark, str(out))
+    clean_staging(fs, {kept})
+    assert sorted(p.relative_to(out).as_posix() for p in (out / STAGING_DIR).rglob("part-0.json")) == [
+        f"{kept}/part-0.json"]
+    clean_staging(fs, set())  # --restart
+    assert not (out / STAGING_DIR).exists()
