@@ -27,7 +27,7 @@ from sparkcurate.io.commit import OutputCommit, prune_rejects, run_outputs
 from sparkcurate.io.fs import data_bytes
 from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
 from sparkcurate.io.publish import (SPARK_LOG_DIR, STAGING_DIR, clean_staging, current_files, log_batches,
-                                    move_staged, planned_moves, prune_log, staged_intact, superseded_files,
+                                    move_staged, prune_log, staged_intact, superseded_files,
                                     superseded_rejects, unpublished, visible_files, write_spark_log)
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
@@ -217,13 +217,13 @@ def publish_run(spark: "SparkSession", opts: JobOptions, sink, commit: OutputCom
     if not log_batches(fs):  # the first log: the output as a folder listing reads it now (none: empty)
         write_spark_log(fs, visible_files(fs))
     commit.touch(outputs, publishing=True)  # the manifest covers what the moves bring in
-    moved = move_staged(fs, planned_moves(records), lambda: die_if_asked("publish_moving"))
+    moved, folders = move_staged(fs, records, layout, lambda: die_if_asked("publish_moving"))
     batch = write_spark_log(fs, files)
     commit.published(outputs, files)
     log.info("published %d staged file(s); %s/_spark_metadata batch %d lists the %d current file(s)", moved,
              opts.output, batch, len(files))
     die_if_asked("published")  # test-only: the new set is current, the superseded files not yet removed
-    for rel in superseded_files(fs, outputs.entries, set(files), layout) + superseded_rejects(fs, records):
+    for rel in superseded_files(fs, folders, set(files)) + superseded_rejects(fs, records):
         fs.delete(rel)
     commit.prune(spark, outputs, sink)
     prune_log(fs)

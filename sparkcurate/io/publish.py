@@ -132,40 +132,45 @@ def visible_files(fs: "HadoopFS", rel: str = "") -> list[str]:
     return out
 
 
-def planned_moves(records: dict[str, dict]) -> list[tuple[str, str]]:
-    """(staged path, final path) of every file of the unpublished units, rejects included."""
-    moves: list[tuple[str, str]] = []
+def move_staged(fs: "HadoopFS", records: dict[str, dict], layout: str, after_first: Callable[[], None]
+                ) -> tuple[int, set[str]]:
+    """Step (a): move each unpublished unit's staged files to their place, and its rejects into ``_rejects``.
+    A partitioned unit whose folder is new in OUT moves as one folder rename; otherwise file by file (replacing
+    a file of that name: the mirror layout's fixed names). A file no longer staged was moved by an earlier,
+    interrupted publish. Returns how many files moved and the partition folders that were moved into file by
+    file (the only ones that can hold superseded files)."""
+    moved, into = 0, set()
     for unit in sorted(records):
         rec = records[unit]
         if not unpublished(rec) or not rec.get("staged"):
             continue
-        stage = rec["staged"]
-        moves += [(f"{stage}/{rel}", rel) for rel in rec.get("files") or []]
-        moves += [(f"{stage}/{REJECTS_DIR}/{n}", f"{REJECTS_DIR}/{n}") for n in rec.get("rejects") or []]
-    return moves
-
-
-def move_staged(fs: "HadoopFS", moves: list[tuple[str, str]], after_first: Callable[[], None]) -> int:
-    """Step (a): move each staged file to its place (replacing a file of that name: the mirror layout's fixed
-    names). A file no longer staged was moved by an earlier, interrupted publish. Returns how many moved."""
-    moved = 0
-    for src, dst in moves:
-        if not fs.exists(src):
-            continue
-        fs.delete(dst)
-        fs.rename(src, dst)
-        moved += 1
-        if moved == 1:
+        stage, files = rec["staged"], [str(f) for f in rec.get("files") or []]
+        folders = {posixpath.dirname(f) for f in files}
+        if layout == "partitioned" and len(folders) == 1:
+            folder = folders.pop()
+            if fs.exists(f"{stage}/{folder}") and not fs.exists(folder):
+                fs.rename(f"{stage}/{folder}", folder)
+                moved += len(files)
+                files = []
+                after_first()
+            else:
+                into.add(folder)
+        pairs = [(f"{stage}/{rel}", rel) for rel in files]
+        pairs += [(f"{stage}/{REJECTS_DIR}/{n}", f"{REJECTS_DIR}/{n}") for n in rec.get("rejects") or []]
+        for src, dst in pairs:
+            if not fs.exists(src):
+                continue
+            fs.delete(dst)
+            fs.rename(src, dst)
+            moved += 1
             after_first()
-    return moved
+    return moved, into
 
 
-def superseded_files(fs: "HadoopFS", entries: Iterable[str], keep: set[str], layout: str) -> list[str]:
-    """Files inside the current partition folders that the new set does not hold (earlier files of redone
-    units). Mirror outputs are replaced whole by the moves."""
-    if layout != "partitioned":
-        return []
-    return [f"{e}/{n}" for e in sorted(entries) for n, d in fs.list(e)
+def superseded_files(fs: "HadoopFS", folders: Iterable[str], keep: set[str]) -> list[str]:
+    """Files inside the partition folders moved into file by file that the new set does not hold (a redone
+    unit's earlier files). Mirror outputs are replaced whole by the moves."""
+    return [f"{e}/{n}" for e in sorted(folders) for n, d in fs.list(e)
             if not d and not spark_skips(n) and f"{e}/{n}" not in keep]
 
 
