@@ -11,7 +11,8 @@ The final step (``publish``), in this order:
 
 a. every staged file not yet published is moved to its place (partitioned: into ``OUT/file_name=X/`` under
    Spark's part name, which carries the write job's UUID, so it never meets a file there now; mirror: to the
-   input's fixed name, replacing the earlier file), and the staged rejects into ``OUT/_rejects``;
+   input's fixed name, replacing the earlier file; a partition folder that is new in OUT moves as one folder
+   rename), and the staged rejects into ``OUT/_rejects``;
 b. ``OUT/_spark_metadata/<N>.compact`` is written (to a temporary name, then renamed): the batch log of Spark's
    streaming file sink (``FileStreamSinkLog``: a ``v1`` line, then one JSON object per file) listing exactly the
    new complete set. ``spark.read.<format>(OUT)`` lists its files from that log (``MetadataLogFileIndex``)
