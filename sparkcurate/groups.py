@@ -2,23 +2,27 @@
 committed before the next starts (issue: "A job of many hours: commit as it goes, resume where it stopped").
 
 For each group: read its files (with the whole input's schema) -> classify -> persist *that group's* rows on the
-executors' local disks -> count -> write its output (the sink replaces only its inputs' outputs), drop the output
-of its inputs that keep nothing now, write its rejects -> record its units as committed (``io.units``) ->
-unpersist. So local disk holds one group at a time, and a driver lost in hour 8 loses at most the group in
-flight: the same command again reuses every committed unit.
+executors' local disks -> count -> write its output and its rejects -> record its units as committed
+(``io.units``) -> unpersist. So local disk holds one group at a time, and a driver lost in hour 8 loses at most
+the group in flight: the same command again reuses every committed unit. File sinks write a group into its
+staging folder (``OUT/_staging/<run>/g<N>``, recorded with its units) and the final step publishes every group at
+once (``io.publish``), so readers of OUT never see a mix; a table (Delta at OUT, a catalog table) takes each
+group as a transaction of its own (the sink replaces only its inputs' partitions and drops the output of its
+inputs that keep nothing now).
 
 Where a run can die, and what the next run finds (the points a fault test aims at):
 
 1. before a group's write: the group's units are not recorded: done again;
-2. during a group's write: the same, and the manifest (``io.commit``) already lists what the write may leave;
-3. after the write, before the record: done again (the sinks replace an input's output whole);
-4. after the record: reused;
-5. in the final step (``pipeline``: prune, rejects of removed units, record index, summary): every unit is
-   reused; the final step runs again.
+2. during a group's write: the same; what it staged is removed (``io.publish.clean_staging``);
+3. after the write, before the record: done again;
+4. after the record: reused (a file sink's staged output is published by the next run's final step);
+5. in the final step (``pipeline``: publish, rejects of removed units, record index, summary): every unit is
+   reused; the final step runs again (publishing is idempotent: a file moved already is not moved again).
 
 Test-only: ``SPARKCURATE_TEST_DIE_AT`` (``die_if_asked``) names one of these points, and the driver SIGKILLs itself
-there, so tests/test_resume_faults.py kills a real command exactly at 1/3 (``written:N``), 4 (``committed:N``) or
-5 (``final_commit``). Never set it outside the tests.
+there, so tests/test_resume_faults.py and tests/test_atomic_publish.py kill a real command exactly at 1/3
+(``written:N``), 4 (``committed:N``) or 5 (``publish_moving``, ``published``, ``final_commit``). Never set it
+outside the tests.
 
 Python workers keep their loaded models between the groups' jobs: ``spark.stage`` caches each engine in the
 worker process, and Spark reuses Python workers across jobs (``spark.python.worker.reuse``, on by default).
@@ -34,8 +38,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from sparkcurate.io.commit import prune_stale_outputs, run_outputs, write_unit_rejects
+from sparkcurate.io.commit import REJECTS_DIR, prune_stale_outputs, removes_by_name, run_outputs, write_unit_rejects
 from sparkcurate.io.failures import check_no_vanished_files
+from sparkcurate.io.publish import group_stage, staged_unit_outputs
 from sparkcurate.io.sources.base import INTERNAL_PREFIX
 from sparkcurate.report.progress import units_left_s
 from sparkcurate.report.summary import Counts, classified_count, count_rows, rejected_count, unit_counts
@@ -67,9 +72,10 @@ DIE_AT_ENV = "SPARKCURATE_TEST_DIE_AT"
 def die_if_asked(point: str) -> None:
     """Test-only: SIGKILL this driver process (no cleanup, no ``finally``: as a lost machine) when
     ``SPARKCURATE_TEST_DIE_AT`` is ``point``: ``written:N`` (the Nth commit group's output and rejects are
-    written, its units not yet recorded), ``committed:N`` (its units recorded) or ``final_commit`` (in the final
-    step, once the earlier outputs are pruned and the manifest says complete, before the rejects of removed
-    units, the record index and the summary)."""
+    written, its units not yet recorded), ``committed:N`` (its units recorded), ``publish_moving`` (in the final
+    step, once the first staged file is moved in), ``published`` (the Spark log and the manifest name the new
+    set; the superseded files not yet removed) or ``final_commit`` (the output published and the earlier outputs
+    pruned, before the rejects of removed units, the record index and the summary)."""
     if os.environ.get(DIE_AT_ENV) == point:
         log.warning("%s=%s: the driver kills itself here (test-only)", DIE_AT_ENV, point)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -153,6 +159,7 @@ class GroupJob:
         names = [f.file_name for f in files]
         whole = len(files) == len(self.listing.files)
         sub = self.listing if whole else dataclasses.replace(self.listing, files=list(files), source="", ignored=())
+        stage = group_stage(self.commit.run_id, index) if self.staged else None
         if self.resumable and not any(f.size > 0 for f in files):  # empty files hold no record: no Spark job
             counts = Counts([], {c.name: [] for c in self.opts.classifiers}, {})
         else:
@@ -160,16 +167,29 @@ class GroupJob:
                                     self.opts.waves)
             self.plans.append(plan)
             with planned_splits(self.spark, plan):
-                counts = self._classify_and_write(sub, whole)
+                counts = self._classify_and_write(sub, whole, stage)
         die_if_asked(f"written:{index + 1}")
         # Every file the counts name (a source read whole may name its records otherwise: a view's, its name).
         committed = {n: {"identity": self.units.identities.get(n), "fingerprint": self.units.fingerprint,
                          "counts": c} for n, c in unit_counts(counts, names).items()}
+        if stage is not None:  # where each unit's output waits to be published (io.publish)
+            self.commit.begin()
+            opts = self.opts
+            targets = {n: self.sink.target(self.spark, opts.layout, opts.file_name_column, n, opts.compression)
+                       for n in committed}
+            for n, staged in staged_unit_outputs(self.commit.fs, stage, targets, opts.layout).items():
+                committed[n].update(staged)
         self.store.commit(self.commit.run_id, index, committed)
         die_if_asked(f"committed:{index + 1}")
         return committed
 
-    def _classify_and_write(self, sub: "InputListing", whole: bool):
+    @property
+    def staged(self) -> bool:
+        """Whether this run's groups write into staging, published in the final step (file sinks); a table
+        (Delta at OUT, a catalog table) commits each group as its own transaction instead."""
+        return not removes_by_name(self.sink)
+
+    def _classify_and_write(self, sub: "InputListing", whole: bool, stage: str | None):
         opts, spark = self.opts, self.spark
         df = self.whole if whole else self.source.read(
             spark, sub, self.text_field, opts.file_name_column,
@@ -184,12 +204,18 @@ class GroupJob:
             check_no_vanished_files(spark, sub, counts)
             written = (attribute_rows(rows, opts.classifiers, opts.file_name_column, self.key) if self.attributes
                        else output_rows(rows, opts.classifiers))
-            self.commit.touch(run_outputs(spark, opts, counts, self.sink))
-            self.sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
-            prune_stale_outputs(spark, opts, sub, counts, self.sink)
+            if stage is None:  # a table: this group is one transaction of its own
+                self.commit.touch(run_outputs(spark, opts, counts, self.sink))
+                self.sink.write(written, opts.output, opts.layout, opts.file_name_column, opts.compression)
+                prune_stale_outputs(spark, opts, sub, counts, self.sink)
+            else:  # files: staged, published in the final step (io.publish)
+                self.commit.begin()
+                self.sink.write(written, f"{opts.output.rstrip('/')}/{stage}", opts.layout, opts.file_name_column,
+                                opts.compression)
             self.laps("write_output")
             write_unit_rejects(spark, rejected_rows(rows, opts.classifiers, opts.file_name_column), opts.output,
                                self.commit.run_id, [f.file_name for f in sub.files],
+                               REJECTS_DIR if stage is None else f"{stage}/{REJECTS_DIR}",
                                none_rejected=rejected_count(counts) == 0)
             self.laps("write_rejects")
         finally:

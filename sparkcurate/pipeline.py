@@ -26,6 +26,9 @@ from sparkcurate.groups import GroupJob, die_if_asked, output_options, plan_dict
 from sparkcurate.io.commit import OutputCommit, prune_rejects, run_outputs
 from sparkcurate.io.fs import data_bytes
 from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
+from sparkcurate.io.publish import (SPARK_LOG_DIR, STAGING_DIR, clean_staging, current_files, log_batches,
+                                    move_staged, prune_log, staged_intact, superseded_files,
+                                    superseded_rejects, unpublished, visible_files, write_spark_log)
 from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
 from sparkcurate.io.sources.base import UsageError
@@ -170,8 +173,14 @@ def _group_job(spark, opts: JobOptions, source, sink, listing, whole, text_field
     records under ``OUT/_units``), which are to do and which are removed."""
     store = UnitStore(commit.fs)
     fp = fingerprint(output_options(opts, models, whole.schema, key))
-    units = plan_units(listing, unit_identities(spark, listing), store.read(), fp, opts.restart,
-                       source.resumable(listing))
+    records = store.read()
+    lost = {n for n, r in records.items() if unpublished(r) and not staged_intact(commit.fs, r)}
+    if lost:
+        log.warning("%d unit(s) staged by an unfinished run lost their staged files: done again", len(lost))
+    units = plan_units(listing, unit_identities(spark, listing), records, fp, opts.restart,
+                       source.resumable(listing), lost)
+    # What an unfinished run staged and this one does not reuse goes (--restart: all of it).
+    clean_staging(commit.fs, {r.get("staged") or "" for r in units.reused.values() if unpublished(r)})
     return GroupJob(spark, opts, source, sink, listing, whole, text_field, attributes, key, meters, commit, store,
                     units, laps, resumable=source.resumable(listing))
 
@@ -186,17 +195,46 @@ def _group_bytes(spark: "SparkSession", opts: JobOptions) -> int:
 def _commit_run(spark: "SparkSession", opts: JobOptions, sink, commit: OutputCommit, job: GroupJob,
                 records: dict[str, dict[str, Any]]):
     """The final step that makes the run current, once every unit is committed: the counts of every unit
-    (reused ones from their records), the outputs and rejects of removed units and of earlier runs pruned, the
-    unit records compacted into one index; the summary follows (``commit.finish``)."""
+    (reused ones from their records); file sinks publish the staged units (``io.publish``: moved in, Spark's
+    log and the manifest switched to the new set, superseded files removed), a table's earlier outputs are
+    pruned; the rejects of removed units go, the unit records are compacted into one index (published: no
+    ``staged``) and the staging folder goes; the summary follows (``commit.finish``)."""
     current = {**job.units.reused, **records}
     counts = counts_of_units({n: r.get("counts") or {} for n, r in current.items()}, opts.classifiers)
     outputs = run_outputs(spark, opts, counts, sink)
-    commit.touch(outputs)
-    commit.prune(spark, outputs, sink)
+    if job.staged:
+        publish_run(spark, opts, sink, commit, current, outputs)
+    else:
+        commit.touch(outputs)
+        commit.prune(spark, outputs, sink)
+        commit.fs.delete(SPARK_LOG_DIR)  # a file sink's log from before would name files that are gone
     die_if_asked("final_commit")  # test-only (groups.die_if_asked)
     prune_rejects(spark, opts.output, set(current))
-    job.store.compact(commit.run_id, current)
+    job.store.compact(commit.run_id, {n: {k: v for k, v in r.items() if k != "staged"} for n, r in current.items()})
+    commit.fs.delete(STAGING_DIR)
     return counts
+
+
+def publish_run(spark: "SparkSession", opts: JobOptions, sink, commit: OutputCommit,
+                records: dict[str, dict[str, Any]], outputs) -> None:
+    """``io.publish``'s steps a, b, c for this run: readers of OUT through ``spark.read`` (or the manifest's
+    ``files``) get the previous complete set until the log batch is written, then the new one."""
+    fs, layout = commit.fs, opts.layout
+    targets = {n: sink.target(spark, layout, opts.file_name_column, n, opts.compression) for n in outputs.names}
+    files = current_files(fs, records, targets, layout)
+    if not log_batches(fs):  # the first log: the output as a folder listing reads it now (none: empty)
+        write_spark_log(fs, visible_files(fs))
+    commit.touch(outputs, publishing=True)  # the manifest covers what the moves bring in
+    moved, folders = move_staged(fs, records, layout, lambda: die_if_asked("publish_moving"))
+    batch = write_spark_log(fs, files)
+    commit.published(outputs, files)
+    log.info("published %d staged file(s); %s/_spark_metadata batch %d lists the %d current file(s)", moved,
+             opts.output, batch, len(files))
+    die_if_asked("published")  # test-only: the new set is current, the superseded files not yet removed
+    for rel in superseded_files(fs, folders, set(files)) + superseded_rejects(fs, records):
+        fs.delete(rel)
+    commit.prune(spark, outputs, sink)
+    prune_log(fs)
 
 
 def _report_and_release(opts: JobOptions, commit: OutputCommit) -> None:
@@ -231,9 +269,10 @@ def _source_and_sink(opts: JobOptions):
 
 
 def _output_facts(spark: "SparkSession", opts: JobOptions, source, sink, key: str | None) -> dict[str, Any]:
-    """The summary's facts about what was written: mode, JSONL mode, bytes, and the attribute files' key."""
+    """The summary's facts about what was written: mode, JSONL mode, bytes, the attribute files' key, and a Delta
+    table's version after the run (``table_version``; None for files)."""
     attributes = opts.output_mode == "attributes"
-    return {"output_mode": opts.output_mode,
+    return {"output_mode": opts.output_mode, "table_version": sink.table_version(spark, opts.output),
             "jsonl_mode": opts.jsonl_mode if source.name == sink.name == "jsonl" and not attributes else None,
             "output_bytes": None if opts.output_table else data_bytes(spark, opts.output),
             "attribute_key": [opts.file_name_column, key] if attributes else None}

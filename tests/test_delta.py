@@ -123,7 +123,7 @@ def delta_scenario(work: str, jars: str) -> dict:
     seen["with_other"] = _ids(spark.read.format("delta").load(str(out)))
     write_jsonl(src / "a.jsonl", [_record(1, "tiny")])
     write_jsonl(src / "sub" / "b.jsonl", [_record(6, "new long text")])
-    _classify("--input", str(src), "--output", str(out), "--output-format", "delta")
+    seen["changed_summary"] = _classify("--input", str(src), "--output", str(out), "--output-format", "delta")
     seen["changed"] = _ids(spark.read.format("delta").load(str(out)))
     seen["history"] = _history(spark, path_table)
     seen["out_entries"] = sorted(p.name for p in out.iterdir())
@@ -203,6 +203,9 @@ def test_delta_reruns_hold_exactly_their_inputs(delta_run):
     history = delta_run["history"]
     # The identical re-run reused every unit (resume: same files, same options): it committed nothing.
     assert [h["operation"] for h in history] == ["WRITE", "WRITE", "DELETE", "WRITE", "DELETE"]
+    # the summary records the table's version after the run (readers of the latest version saw one per group)
+    assert delta_run["summary"]["table_version"] == 0
+    assert delta_run["changed_summary"]["table_version"] == history[-1]["version"] == 4
     assert all(history[i]["parameters"]["mode"] == "Overwrite" for i in (0, 1, 3))
     # Delta's log: each write replaced the partitions it wrote, and only those; each DELETE dropped the inputs the
     # previous run held and this one did not.
@@ -228,6 +231,7 @@ def test_delta_catalog_table(delta_run):
     assert ops[0] in ("CREATE TABLE AS SELECT", "CREATE OR REPLACE TABLE AS SELECT")
     # The re-run: a.jsonl is unchanged (its unit reused, not rewritten); b.jsonl now keeps nothing: its rows deleted.
     assert ops[1:] == ["DELETE"]
+    assert s["table_version"] == 0
     assert log_partitions(delta_run["table_location"]) == [
         {"add": ["a.jsonl", "b.jsonl"], "remove": []},
         {"add": [], "remove": ["b.jsonl"]},

@@ -247,7 +247,9 @@ def test_driver_killed_then_the_same_command_gives_the_output_of_one_clean_run(s
     marker = json.loads((out / RUNNING_MARKER).read_text())
     assert marker["state"] == "running"  # killed: it could not say so
     assert len(_group_records(out)) == records_left
-    assert list(out.glob("file_name=f0.jsonl/part-*"))  # the killed run had written output
+    # the killed run had written output, staged: nothing of it is visible in OUT (io.publish)
+    assert list(out.glob("_staging/*/g00000/file_name=f0.jsonl/part-*"))
+    assert not list(out.glob("file_name=*")) and not (out / "_spark_metadata").exists()
 
     code, err = _cli(_command(inp, out))
     assert code == 0, err[-3000:]
@@ -262,8 +264,9 @@ def test_driver_killed_then_the_same_command_gives_the_output_of_one_clean_run(s
 
 
 def test_driver_killed_during_the_final_commit_of_a_run_that_removes_and_adds_a_file(spark, tmp_path):
-    """The killed run had pruned the removed file's output (manifest complete) but not yet its rejects, its
-    record or the summary: the same command again reuses every unit and finishes the final step."""
+    """The killed run had published (the new set moved in, Spark's log and the manifest switched, the removed
+    file's output pruned) but not yet removed its rejects, its record or the summary: the same command again
+    reuses every unit and finishes the final step."""
     inp, out = _input(tmp_path / "in"), tmp_path / "out"
     code, err = _cli(_command(inp, out))
     assert code == 0, err[-3000:]

@@ -282,6 +282,8 @@ class OutputCommit:
         self.entries: set[str] = set()
         self.names: set[str] = set()
         self.config: dict | None = None
+        # The data files the manifest names as the current complete output (None: not known, an older manifest).
+        self.files: list[str] | None = None
         self.pruned: list[str] = []
         # What this run's commit groups may have written so far (``touch``), for the manifest.
         self._touched_entries: set[str] = set()
@@ -296,6 +298,7 @@ class OutputCommit:
         commit._acquire(command, started)
         try:
             commit.entries, commit.names, commit.config = read_manifest(commit.fs)
+            commit.files = manifest_files(commit.fs)
             foreign = foreign_entries(commit.fs, commit.entries)
             if foreign:
                 shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -370,17 +373,33 @@ class OutputCommit:
         under its name with the case swapped)."""
         return self.fs.exists(RUNNING_MARKER.swapcase())
 
-    def touch(self, outputs: "RunOutputs") -> None:
-        """The output is about to change (a commit group is about to write ``outputs``): from here the manifest
-        lists what it may hold (the earlier entries and every group's of this run so far), so a run killed while
-        writing leaves nothing unaccounted."""
+    def begin(self) -> None:
+        """This run is about to write under OUT (its staging, its unit records): checked to hold the lock still,
+        and a failure from here leaves the marker as an unfinished run's."""
         self.check_owner()
         self.touched = True
+
+    def touch(self, outputs: "RunOutputs", publishing: bool = False) -> None:
+        """The output is about to change (a commit group of a table sink, or the final step of a file sink, is
+        about to write ``outputs``): from here the manifest lists what it may hold (the earlier entries and every
+        group's of this run so far), so a run killed while writing leaves nothing unaccounted. ``publishing``
+        (``io.publish``): the manifest still names the previous complete set as its ``files`` until the new one
+        is published; a table's groups mark it incomplete."""
+        self.begin()
+        if not publishing:
+            self.files = None  # a table's output: no file list
         self._touched_entries |= outputs.entries
         self._touched_names |= outputs.names
         names = self._touched_names | (self.names if _same_output(self.config, outputs.config) else set())
         write_manifest(self.fs, self.entries | self._touched_entries, names, outputs.config, self.run_id,
-                       complete=False)
+                       complete=publishing and self.files is not None, files=self.files if publishing else None)
+
+    def published(self, outputs: "RunOutputs", files: list[str]) -> None:
+        """The new complete set is published (``io.publish`` step b): the manifest names it as its ``files``; its
+        entries still cover everything earlier until ``prune`` removes what is superseded."""
+        self.files = list(files)
+        write_manifest(self.fs, self.entries | self._touched_entries, outputs.names, outputs.config, self.run_id,
+                       complete=True, files=self.files)
 
     def prune(self, spark: "SparkSession", outputs: "RunOutputs", sink: "Sink") -> list[str]:
         """Remove every earlier output that this run did not produce and record this run's as the manifest.
@@ -406,7 +425,7 @@ class OutputCommit:
                     self.fs.delete(rel)
                     _remove_empty_parents(self.fs, rel)
                 self.pruned.append(rel)
-        write_manifest(self.fs, keep, outputs.names, outputs.config, self.run_id, complete=True)
+        write_manifest(self.fs, keep, outputs.names, outputs.config, self.run_id, complete=True, files=self.files)
         self.entries, self.names, self.config = keep, set(outputs.names), outputs.config
         return self.pruned
 
@@ -495,9 +514,22 @@ def _looks_like_output(rel: str) -> bool:
 
 
 def write_manifest(fs: "HadoopFS", entries: set[str], names: set[str], config: dict, run_id: str,
-                   complete: bool) -> None:
-    fs.write_json(MANIFEST_FILE, {"run_id": run_id, "complete": complete, "output": config,
-                                  "entries": sorted(entries), "file_names": sorted(names)})
+                   complete: bool, files: list[str] | None = None) -> None:
+    """``entries``: every path under OUT sparkcurate may have written (what the ownership check accepts);
+    ``files``: the data files of the current complete output (file sinks; the set a reader that does not list
+    folders should read, the same the Spark log ``_spark_metadata`` names), None for tables."""
+    body: dict[str, Any] = {"run_id": run_id, "complete": complete, "output": config, "entries": sorted(entries),
+                            "file_names": sorted(names)}
+    if files is not None:
+        body["files"] = sorted(files)
+    fs.write_json(MANIFEST_FILE, body)
+
+
+def manifest_files(fs: "HadoopFS") -> list[str] | None:
+    """The manifest's ``files`` (the current complete set of data files), None where it names none."""
+    data = fs.read_json(MANIFEST_FILE)
+    files = data.get("files") if isinstance(data, dict) else None
+    return [str(f) for f in files] if isinstance(files, list) else None
 
 
 def visible_entries(fs: "HadoopFS", rel: str = "") -> list[str]:
@@ -592,20 +624,24 @@ def _remove_if_empty(fs) -> None:
 
 
 def clean_leftovers(fs) -> None:
-    """Staging folders an interrupted run left (ours and Spark's): hidden from readers, but they take space."""
+    """Spark's staging folders an interrupted run left: hidden from readers, but they take space. ``_staging``
+    stays: it may hold staged units a resumed run publishes (``io.publish.clean_staging`` removes the rest once
+    the run knows which units it reuses)."""
     for name, is_dir in fs.list():
-        if is_dir and (name in ("_staging", "_temporary") or name.startswith(".spark-staging")):
+        if is_dir and (name == "_temporary" or name.startswith(".spark-staging")):
             log.info("removing %s left by the unfinished run", name)
             fs.delete(name)
 
 
 def write_unit_rejects(spark: "SparkSession", rejected: "DataFrame", output: str, run_id: str,
-                       file_names: list[str], none_rejected: bool = False) -> None:
+                       file_names: list[str], into: str = REJECTS_DIR, none_rejected: bool = False) -> None:
     """The rejects of one commit group's units (``spark.outcome.rejected_rows``): one JSON line per rejected
-    record, in ``OUT/_rejects/part-<unit key>-<n>.json`` (``units.unit_key``), so a unit's rejects are replaced
+    record, in ``OUT/<into>/part-<unit key>-<n>.json`` (``units.unit_key``), so a unit's rejects are replaced
     or removed with the unit. Staged first, then each unit's earlier files are removed and its new ones moved in:
-    a failure while staging leaves the earlier rejects as they were. ``none_rejected`` (the group's counts say
-    so): no Spark write, which would stage nothing at the cost of a job; earlier rejects are still removed."""
+    a failure while staging leaves the earlier rejects as they were. ``into``: ``_rejects`` (a table sink's
+    groups), or the group's staging folder's (file sinks: published with the output, ``io.publish``).
+    ``none_rejected`` (the group's counts say so): no Spark write, which would stage nothing at the cost of a
+    job; earlier rejects are still removed."""
     from pyspark.sql import functions as F
 
     from sparkcurate.io.fs import HadoopFS
@@ -624,14 +660,14 @@ def write_unit_rejects(spark: "SparkSession", rejected: "DataFrame", output: str
                                                           if not d and p.startswith("part-"))
     keys = {unit_key(n) for n in file_names}
     try:
-        for name, is_dir in fs.list(REJECTS_DIR):
+        for name, is_dir in fs.list(into):
             if not is_dir and _rejects_key(name) in keys:
-                fs.delete(f"{REJECTS_DIR}/{name}")
+                fs.delete(f"{into}/{name}")
         for key_, parts in sorted(staged.items()):
             for i, src in enumerate(parts):
-                fs.rename(src, f"{REJECTS_DIR}/part-{key_}-{i:05d}.json")
-        if not fs.exists(REJECTS_DIR):
-            fs.mkdirs(REJECTS_DIR)
+                fs.rename(src, f"{into}/part-{key_}-{i:05d}.json")
+        if not fs.exists(into):
+            fs.mkdirs(into)
     finally:
         fs.delete(staging)
         if not fs.list("_staging"):

@@ -153,16 +153,19 @@ class UnitPlan:
 
 
 def plan_units(listing: "InputListing", identities: dict[str, dict[str, Any]], records: dict[str, dict[str, Any]],
-               options_fingerprint: str, restart: bool = False, resumable: bool = True) -> UnitPlan:
+               options_fingerprint: str, restart: bool = False, resumable: bool = True,
+               lost: set[str] | frozenset[str] = frozenset()) -> UnitPlan:
     """Compare the listing with the committed records: a unit whose record has the same identity and options
     fingerprint is reused (never with ``restart``, or where the input cannot be read in parts: ``resumable``
-    False); the others are done again or for the first time; records of files no longer listed are removed."""
+    False, or when its staged output is ``lost``); the others are done again or for the first time; records of
+    files no longer listed are removed."""
     plan = UnitPlan(options_fingerprint, identities)
     listed = {f.file_name for f in listing.files}
     plan.removed = sorted(set(records) - listed) if resumable else []
     for f in listing.files:
         rec = records.get(f.file_name)
-        if (resumable and not restart and rec is not None and rec.get("fingerprint") == options_fingerprint
+        if (resumable and not restart and rec is not None and f.file_name not in lost
+                and rec.get("fingerprint") == options_fingerprint
                 and rec.get("identity") == identities.get(f.file_name)):
             plan.reused[f.file_name] = rec
             continue

@@ -2,8 +2,10 @@
 
 A sink writes the kept rows under OUT in one of the two layouts (``partitioned``: one Spark partition directory
 per input file; ``mirror``: one output file per input file) and says where an input's output lives, so the job
-can remove the earlier output of an input that keeps nothing this time (``sparkcurate.io.commit``). A new format
-is a subclass in its own module plus one line in ``sparkcurate/io/sinks/__init__.py``.
+can remove the earlier output of an input that keeps nothing this time (``sparkcurate.io.commit``). A file sink
+is handed a commit group's staging folder as ``out`` (``OUT/_staging/<run>/g<N>``), never OUT itself:
+``sparkcurate.io.publish`` moves what it wrote into OUT at the end of the run. A new format is a subclass in its
+own module plus one line in ``sparkcurate/io/sinks/__init__.py``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class Sink:
         if layout == "partitioned":
             return partition_dir_name(spark, file_name_column, file_name)
         return self.mirror_name(file_name, compression)
+
+    def table_version(self, spark: "SparkSession", out: str) -> int | None:
+        """The table's version after the run (a Delta table's latest commit), for the summary: readers of the
+        table's latest version see one version per commit group during a run; this one is the run's result.
+        None for files (published in one step, ``io.publish``) and tables without versions."""
+        return None
 
     def remove_outputs(self, spark: "SparkSession", out: str, layout: str, file_name_column: str,
                        file_names: Iterable[str], compression: str | None) -> None:

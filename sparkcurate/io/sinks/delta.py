@@ -45,6 +45,12 @@ class DeltaSink(Sink):
     def mirror_name(self, file_name: str, compression: str | None) -> str:
         raise ValueError("a Delta table has no mirror layout: it is partitioned by file_name")
 
+    def table_version(self, spark: "SparkSession", out: str) -> int | None:
+        if not is_delta_table(spark, out):
+            return None
+        jvm = spark.sparkContext._jvm
+        return latest_version(jvm.io.delta.tables.DeltaTable.forPath(spark._jsparkSession, out))
+
     def remove_outputs(self, spark: "SparkSession", out: str, layout: str, file_name_column: str,
                        file_names: Iterable[str], compression: str | None) -> None:
         names = sorted(set(file_names))
@@ -62,6 +68,17 @@ def is_delta_table(spark: "SparkSession", path: str) -> bool:
     from sparkcurate.io.fs import HadoopFS
 
     return HadoopFS(spark, path).exists("_delta_log")
+
+
+def latest_version(jtable) -> int | None:
+    """The latest commit's version of a Delta table (its ``history(1)``, through the JVM API), None where it
+    cannot be read (the summary says so rather than the run failing at its end)."""
+    try:
+        row = jtable.history(1).head()
+        return int(row.getLong(row.fieldIndex("version")))
+    except Exception as exc:  # never fail a finished run over a figure of its summary
+        log.warning("could not read the Delta table's version: %s", exc)
+        return None
 
 
 def delete_rows(jtable, file_name_column: str, names: list[str]) -> None:

@@ -20,7 +20,7 @@ import re
 from typing import TYPE_CHECKING, ClassVar, Iterable, Iterator
 
 from sparkcurate.io.sinks.base import Sink
-from sparkcurate.io.sinks.delta import PARQUET_CODECS, delete_rows
+from sparkcurate.io.sinks.delta import PARQUET_CODECS, delete_rows, latest_version
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -96,6 +96,12 @@ class TableSink(Sink):
 
     def mirror_name(self, file_name: str, compression: str | None) -> str:
         raise ValueError("a table has no mirror layout: it is partitioned by file_name")
+
+    def table_version(self, spark: "SparkSession", out: str) -> int | None:
+        if self.provider != "delta" or not spark.catalog.tableExists(self.table):
+            return None
+        jvm = spark.sparkContext._jvm
+        return latest_version(jvm.io.delta.tables.DeltaTable.forName(spark._jsparkSession, self.table))
 
     def remove_outputs(self, spark: "SparkSession", out: str, layout: str, file_name_column: str,
                        file_names: Iterable[str], compression: str | None) -> None:
