@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sparkcurate.io.listing import spark_skips
+from sparkcurate.io.publish import REJECTS_DIR
 from sparkcurate.io.sinks import Sink, get_sink
 from sparkcurate.io.units import unit_key
 
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 RUNNING_MARKER = "_RUNNING.json"
 SUMMARY_FILE = "_summary.json"
 MANIFEST_FILE = "_manifest.json"
-REJECTS_DIR = "_rejects"
 # The running job rewrites its heartbeat this often; a marker from another host whose heartbeat is older than
 # LOCK_STALE_S belongs to a dead run (a marker from this host is judged by its process instead).
 LOCK_HEARTBEAT_S = 30.0
