@@ -143,31 +143,22 @@ class ResourceCheck:
 
     def __init__(self, spark: "SparkSession", devices: Sequence[str] = (), warm_modules: Sequence[str] = ()
                  ) -> None:
+        from sparkcurate.spark.background import Background
+
         self._sc = spark.sparkContext
         self._group = new_probe_group()
-        self._found: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._run, args=(spark, list(devices), list(warm_modules)),
-                                        daemon=True, name=self._group)
-        self._thread.start()
-
-    def _run(self, spark: "SparkSession", devices: list[str], warm_modules: list[str]) -> None:
-        try:
-            self._found["info"] = check_resources(spark, devices, self._group, warm_modules)
-        except BaseException as exc:  # handed to the caller's thread by result()
-            self._found["error"] = exc
+        self._check = Background(check_resources, spark, list(devices), self._group, list(warm_modules),
+                                 name=self._group)
 
     def result(self) -> dict[str, Any] | None:
-        self._thread.join()
-        if "error" in self._found:
-            raise self._found["error"]
-        return self._found.get("info")
+        return self._check.result()
 
     def cancel(self) -> None:
         try:
             self._sc.cancelJobGroup(self._group)
         except Exception as exc:  # the run fails with its own error already
             log.debug("cancelling the executor check: %s", exc)
-        self._thread.join(60)
+        self._check.wait(60)
 
 
 def _probe_task(check_cuda: bool, _item: int) -> dict[str, Any]:
@@ -244,28 +235,22 @@ def probe_executor(spark: "SparkSession", wait_s: float | None, check_cuda: bool
     classify tasks could); None when it has not started and finished within ``wait_s`` (the job is cancelled)."""
     import json
 
+    from sparkcurate.spark.background import Background
+
     sc = spark.sparkContext
     group = group or new_probe_group()
-    result: dict[str, Any] = {}
 
-    def run() -> None:
+    def run() -> dict[str, Any]:
         sc.setJobGroup(group, "sparkcurate: waiting for an executor that can run a task", True)
-        try:
-            probe = spark.range(0, 1, 1, 1).mapInArrow(partial(_probe_partition, check_cuda, warm), "info string")
-            result["info"] = json.loads(probe.collect()[0]["info"])
-        except Exception as exc:  # handed to the caller's thread
-            result["error"] = exc
+        probe = spark.range(0, 1, 1, 1).mapInArrow(partial(_probe_partition, check_cuda, warm), "info string")
+        return json.loads(probe.collect()[0]["info"])
 
-    thread = threading.Thread(target=run, name=group, daemon=True)
-    thread.start()
-    thread.join(wait_s)
-    if thread.is_alive():
+    job = Background(run, name=group)
+    if not job.wait(wait_s):
         sc.cancelJobGroup(group)
-        thread.join(60)
+        job.wait(60)
         return None
-    if "error" in result:
-        raise result["error"]
-    return result["info"]
+    return job.result()
 
 
 def executor_count(sc: "SparkContext") -> int:

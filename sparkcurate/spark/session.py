@@ -15,8 +15,7 @@ import contextlib
 import logging
 import os
 import sys
-import threading
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -98,27 +97,18 @@ class SessionStart:
     per thread)."""
 
     def __init__(self, master: str | None, conf: Mapping[str, str] | None = None) -> None:
-        self.master, self.conf = master, dict(conf or {})
-        self._found: dict[str, Any] = {}
-        self._thread: threading.Thread | None = None
-        if not _session_running():
-            self._thread = threading.Thread(target=self._start, name="sparkcurate-session-start", daemon=True)
-            self._thread.start()
+        from sparkcurate.spark.background import Background
 
-    def _start(self) -> None:
-        try:
-            self._found["session"] = get_session(self.master, self.conf)
-        except BaseException as exc:  # handed to the caller's thread by result()
-            self._found["error"] = exc
+        self.master, self.conf = master, dict(conf or {})
+        self._start: Background[SparkSession] | None = None
+        if not _session_running():
+            self._start = Background(get_session, self.master, self.conf, name="sparkcurate-session-start")
 
     def result(self) -> "SparkSession":
         """The session, once started (a start that failed raises its error here)."""
-        if self._thread is None:
+        if self._start is None:
             return get_session(self.master, self.conf)
-        self._thread.join()
-        if "error" in self._found:
-            raise self._found["error"]
-        session = self._found["session"]
+        session = self._start.result()
         # The JVM's active session is per thread: made this thread's too, so what looks for the active session
         # here (stopping_own_session, SparkSession.getActiveSession) finds the one started in the background.
         try:
@@ -130,15 +120,16 @@ class SessionStart:
     def discard(self) -> None:
         """The job will not run (a check failed meanwhile): stop the session this started, once it is up, so the
         application ends cleanly instead of at the JVM's exit."""
-        if self._thread is None:
+        if self._start is None:
             return
-        self._thread.join()
-        session = self._found.get("session")
-        if session is not None:
-            try:
-                session.stop()
-            except Exception as exc:  # the command's outcome is decided already
-                log.debug("stopping Spark: %s", exc)
+        try:
+            session = self._start.result()
+        except BaseException:  # noqa: BLE001 - no session came up: nothing to stop (the outcome is decided)
+            return
+        try:
+            session.stop()
+        except Exception as exc:  # the command's outcome is decided already
+            log.debug("stopping Spark: %s", exc)
 
 
 def _session_running() -> bool:

@@ -378,30 +378,22 @@ class EngineLoad:
     """
 
     def __init__(self, work: Sequence[tuple["StageClassifier", str]]) -> None:
-        self.seconds = 0.0
-        self._engines: list[Any] = []
-        self._error: BaseException | None = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._load, args=(list(work),), name="sparkcurate-load",
-                                        daemon=True)
-        self._thread.start()
+        from sparkcurate.spark.background import Background
 
-    def _load(self, work: list[tuple["StageClassifier", str]]) -> None:
-        start = time.perf_counter()
-        try:
-            self._engines = [worker_engine(classifier, device) for classifier, device in work]
-        except BaseException as exc:  # handed to wait(), never lost
-            self._error = exc
-        finally:
-            self.seconds = time.perf_counter() - start
-            self._done.set()
+        self._load = Background(_load_engines, list(work), name="sparkcurate-load")
+
+    @property
+    def seconds(self) -> float:
+        """How long the load took (once ``wait`` returned)."""
+        return self._load.seconds
 
     def wait(self) -> list[Any]:
         """The engines, once loaded; the load's error, if it failed."""
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._engines
+        return self._load.result()
+
+
+def _load_engines(work: list[tuple["StageClassifier", str]]) -> list[Any]:
+    return [worker_engine(classifier, device) for classifier, device in work]
 
 
 def read_first(batches: Iterator[Any]) -> tuple[Iterator[Any], float]:
