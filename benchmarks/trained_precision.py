@@ -665,19 +665,24 @@ def engine_rows(ckpt: Path, heldout: Split, cut: tuple[int, int], ref: np.ndarra
     from sparkcurate.engine.runner import EngineConfig
 
     default = EngineConfig().resolved_precision(device)
-    for name, precision in ENGINE_ROWS:
-        r = engine_row(name, precision, ckpt, heldout, cut, ref, device, args.passes)
-        r["default"] = precision == default
+    rows = [(name, precision, False) for name, precision in ENGINE_ROWS]
+    if getattr(args, "fp8_sim", False):
+        rows.append(("engine_fp8_sim", "fp16", True))
+    for name, precision, fp8 in rows:
+        r = engine_row(name, precision, ckpt, heldout, cut, ref, device, args.passes, fp8_sim=fp8)
+        r["default"] = precision == default and not fp8
         report.payload["rows"].append(r)
         report.write()
         free(device)  # the engine is gone with engine_row's frame: the next row's peak memory is its own
 
 
 def engine_row(name: str, precision: str, ckpt: Path, heldout: Split, cut: tuple[int, int], ref: np.ndarray,
-               device, passes: int) -> dict[str, Any]:
+               device, passes: int, fp8_sim: bool = False) -> dict[str, Any]:
     """The engine loaded as a Spark worker loads it (``DomainClassifier`` pre-flight, ``load_engine``: on a GPU at
     half precision that is the lean load, sparkcurate's own DeBERTa modules and the Rust tokenizer; the row names
-    the backbone), timed on the held-out tokens; its own tokenizer must give the same ids."""
+    the backbone), timed on the held-out tokens; its own tokenizer must give the same ids. ``fp8_sim``: the linear
+    layers' products as FP8 GEMMs return them (benchmarks.probes.fp8_gemm; its precision only, its speed is not
+    an FP8 kernel's)."""
     from sparkcurate.classifiers import DomainClassifier
 
     clf = DomainClassifier(model=str(ckpt), precision=precision, device=device.type, max_chars=cut[0],
@@ -693,13 +698,21 @@ def engine_row(name: str, precision: str, ckpt: Path, heldout: Split, cut: tuple
     if not same_tokens:  # the rows stay comparable (all run the same tokens), but a job would see other ids
         log.error("%s: the engine's own tokenizer (%s) gives other ids than the checkpoint's transformers tokenizer",
                   name, type(engine.tokenizer).__name__)
-    probs, secs, seconds, peak = timed(device, lambda: engine.predict_tokenized(heldout.tokens), passes)
+    extra: dict[str, Any] = {}
+    if fp8_sim:
+        from benchmarks.probes.fp8_gemm import simulated_fp8_linears
+
+        with simulated_fp8_linears() as calls:
+            probs, secs, seconds, peak = timed(device, lambda: engine.predict_tokenized(heldout.tokens), 1)
+        extra = {"fp8_simulated_products": dict(calls), "speed": "not measured (products emulated in fp32)"}
+    else:
+        probs, secs, seconds, peak = timed(device, lambda: engine.predict_tokenized(heldout.tokens), passes)
     backbone = type(engine.model.model)
     return row(name, probs, ref, heldout.y, heldout.tokens, secs, seconds, peak, precision=engine.precision,
                path="sparkcurate engine, " + ("packed" if engine.packed else "padded"), load_s=round(load_s, 2),
                backbone=f"{backbone.__module__}.{backbone.__qualname__}", tokenizer=type(engine.tokenizer).__name__,
                engine_tokens_equal=same_tokens, kernels=engine.active_kernels(), oom_retries=engine.oom_retries,
-               token_budget=engine.budget)
+               token_budget=engine.budget, **extra)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -881,6 +894,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("measurement")
     g.add_argument("--passes", type=int, default=3, help="timed passes of each engine row (median reported)")
+    g.add_argument("--fp8-sim", action="store_true",
+                   help="add a row with every linear layer's product as an FP8 GEMM returns it (precision only)")
     g.add_argument("--ref-token-budget", type=int, default=32_768, help="padded tokens a micro-batch of the HF rows")
     g.add_argument("--min-accuracy", type=float, default=None,
                    help="exit 3 (after writing everything) when held-out fp32 accuracy is below this "

@@ -290,3 +290,32 @@ def test_fixed_costs_smoke(tmp_path):
     assert kinds[0].startswith("sparkcurate: waiting for an executor") and "count" in kinds
     assert len(kinds) == run["spark_jobs"] == doc["variants"]["after"]["spark_jobs"]
     assert 0 < run["app_start_s"] < run["executor_registered_s"] < run["app_end_s"] < run["command_s"]
+
+
+def test_fp8_sim_rounds_operands_to_e4m3_and_restores_the_products():
+    """The FP8 precision probe: operands rounded to e4m3 with row-wise scales (an error of e4m3's size, not 0
+    and not more), every wide linear layer routed through it inside the block, the engine's product after it."""
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.probes.fp8_gemm import E4M3_MAX, fp8_product, quantize_rows, simulated_fp8_linears
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(64, 96), torch.randn(512, 96) * 0.05, torch.randn(512) * 0.05
+    q, scale = quantize_rows(x)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (64, 1)
+    assert float(q.float().abs().amax(1).min()) == E4M3_MAX  # every row's largest entry maps to e4m3's largest
+    rel = ((q.float() * scale - x).abs() / x.abs().clamp(min=1e-3)).max()
+    assert 2**-6 < rel <= 2**-4 + 1e-6  # 3 mantissa bits: half an ulp is at most 2**-4 of the value
+    exact = F.linear(x, w, b)
+    got = fp8_product(x, w, b)
+    err = float((got - exact).abs().max())
+    assert 1e-4 < err < 0.05 * float(exact.abs().max())
+    small = torch.randn(3, 96)  # a head's output layer: 3 features, the plain product
+    with simulated_fp8_linears() as calls:
+        assert torch.equal(F.linear(x, w, b), got)
+        assert torch.allclose(F.linear(x, small), x @ small.t(), atol=1e-6)
+        out = torch._addmm_activation(b, x, w.t(), use_gelu=True)
+    assert calls == {"fp8": 2, "kept": 1}
+    assert torch.allclose(out, F.gelu(got, approximate="tanh"), atol=1e-6)
+    assert torch.equal(F.linear(x, w, b), exact)  # restored
