@@ -206,3 +206,64 @@ def test_a_fresh_interpreter_loads_and_runs_the_lean_engine_without_transformers
     assert module_line.startswith("sparkcurate.engine.deberta ")
     assert not [name for name in json.loads(imported) if name.startswith("transformers.models")], imported
     assert json.loads(imported) == [], imported  # not even transformers' top-level package (1.5 s)
+
+
+def test_lean_preflight_checks_the_same_names_and_shapes_as_transformers(deberta_dir, monkeypatch):
+    """The driver's pre-flight of a GPU job checks the weights against the lean head's meta build: it must expect
+    exactly the parameters transformers' head has, or a checkpoint one accepts the other would refuse."""
+    from sparkcurate.models.lean import build_cls_head, lean_config
+    from sparkcurate.models.loading import backbone_config_dict, expected_shapes, read_json
+
+    monkeypatch.delenv("SPARKCURATE_LEAN_LOAD", raising=False)
+    clf = DomainClassifier(model=str(deberta_dir))
+    config = read_json(deberta_dir / "config.json")
+    backbone, _ = lean_config(backbone_config_dict(config, deberta_dir, clf.load_options), deberta_dir)
+    labels = clf.resolve_labels(config)
+    lean_shapes = expected_shapes(lambda: build_cls_head(backbone, len(labels), 0.2))
+    full_shapes = expected_shapes(lambda: clf.build_module(deberta_dir, config))
+    assert lean_shapes == full_shapes
+    assert clf.preflight()["checked_with"].startswith("sparkcurate's own modules")
+    assert DomainClassifier(model=str(deberta_dir), device="cpu").preflight()["checked_with"] == "transformers"
+    assert DomainClassifier(model=str(deberta_dir), precision="fp32").preflight()["checked_with"] == "transformers"
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s.pop("fc.bias"),
+    lambda s: s.update({"model.encoder.rel_embeddings.weight": torch.zeros(3, 64)}),
+], ids=["missing", "wrong-shape"])
+def test_lean_preflight_refuses_what_the_full_preflight_refuses(deberta_dir, tmp_path, monkeypatch, change):
+    monkeypatch.delenv("SPARKCURATE_LEAN_LOAD", raising=False)
+    model_dir = tmp_path / "model"
+    shutil.copytree(deberta_dir, model_dir)
+    _rewrite_safetensors(model_dir / "model.safetensors", change)
+    with pytest.raises(ModelArtifactError) as full:
+        DomainClassifier(model=str(model_dir), device="cpu", labels=DOMAIN_TEST_LABELS).preflight()
+    with pytest.raises(ModelArtifactError) as lean_error:
+        DomainClassifier(model=str(model_dir), labels=DOMAIN_TEST_LABELS).preflight()
+    assert str(lean_error.value) == str(full.value)
+
+
+def test_lean_preflight_refuses_a_broken_tokenizer_json(deberta_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARKCURATE_LEAN_LOAD", raising=False)
+    model_dir = tmp_path / "model"
+    shutil.copytree(deberta_dir, model_dir)
+    (model_dir / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nope"}}')
+    with pytest.raises(ModelArtifactError, match="tokenizer.json"):
+        DomainClassifier(model=str(model_dir), labels=DOMAIN_TEST_LABELS).preflight()
+
+
+LEAN_PREFLIGHT = """
+import json, sys
+from sparkcurate.classifiers import DomainClassifier
+info = DomainClassifier(model=sys.argv[1]).preflight()
+print(json.dumps([info["checked_with"], sorted(n for n in sys.modules if n.split(".")[0] == "transformers")]))
+"""
+
+
+def test_a_gpu_jobs_preflight_imports_no_transformers(deberta_dir):
+    env = {k: v for k, v in os.environ.items() if k != "SPARKCURATE_LEAN_LOAD"}
+    done = subprocess.run([sys.executable, "-c", LEAN_PREFLIGHT, str(deberta_dir)], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checked_with, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert checked_with.startswith("sparkcurate's own modules") and imported == []

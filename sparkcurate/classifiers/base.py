@@ -36,6 +36,7 @@ from sparkcurate.models.loading import (
     load_tokenizer,
     read_json,
     resolve_model_dir,
+    source_of,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,12 +213,15 @@ class DistributedDataClassifier:
         config = self.read_config(model_dir)
         self.labels = self.resolve_labels(config)
         extra = self.extra_dirs()
-        self.check_weights(model_dir, config, extra)
-        self.load_tokenizer(model_dir)
+        checked_with = self.lean_preflight(model_dir, config)
+        if checked_with is None:
+            self.check_weights(model_dir, config, extra)
+            self.load_tokenizer(model_dir)
+            checked_with = "transformers"
         self.check_filter()
         self.model_fingerprint = artifacts_fingerprint(model_dir, extra)
         self.preflight_info = {"classifier": self.name, "model": self.model, "revision": self.revision,
-                               **self.preflight_details(), "model_dir": str(model_dir),
+                               **self.preflight_details(), "model_dir": str(model_dir), "checked_with": checked_with,
                                "fingerprint": self.model_fingerprint, "labels": self.label_values()}
         return self.preflight_info
 
@@ -286,25 +290,15 @@ class DistributedDataClassifier:
         Why: in a fresh worker transformers' imports were most of the model load (10 s of ~13 s on the H100);
         the packed GPU engine needs none of it. Equal outputs: tests/test_lean_deberta.py.
         """
-        own = DistributedDataClassifier
-        if any(getattr(type(self), hook) is not getattr(own, hook)
-               for hook in ("build_module", "load_module", "load_tokenizer")):
-            return None
-        from sparkcurate.models.lean import build_cls_head, lean_config, lean_problem, lean_tokenizer, load_lean_strict
+        from sparkcurate.models.lean import build_cls_head, lean_tokenizer, load_lean_strict
 
-        why = lean_problem(device, self.precision, self.packed, model_dir)
-        if why is not None:
-            log.info("%s: transformers' modules (%s)", self.name, why)
-            return None
         config = self.read_config(model_dir)
-        labels = self.resolve_labels(config)
-        backbone, about = lean_config(backbone_config_dict(config, model_dir, self.load_options), model_dir)
+        backbone = self._lean_backbone(model_dir, config, device)
         if backbone is None:
-            log.info("%s: transformers' modules (%s)", self.name, about)
             return None
+        labels = self.resolve_labels(config)
         if self.labels is None:
             self.labels = labels
-        log.info("%s: sparkcurate's own modules, %s", self.name, about)
         head = build_cls_head(backbone, len(labels), float(config.get("fc_dropout", 0.2)))
         module = load_lean_strict(head, model_dir, self.load_options)
         tokenizer = lean_tokenizer(model_dir)
@@ -313,6 +307,61 @@ class DistributedDataClassifier:
                      model_dir)
             tokenizer = self.load_tokenizer(model_dir)
         return module, tokenizer
+
+    def _lean_backbone(self, model_dir: Path, config: dict[str, Any], device: str, quiet: bool = False):
+        """The backbone config (:class:`~sparkcurate.engine.deberta.DebertaConfig`) of the lean load on ``device``,
+        or None where that load does not apply (why is logged unless ``quiet``): a family with its own hooks, the
+        rules of :func:`~sparkcurate.models.lean.lean_problem`, a backbone the packed engine cannot run."""
+        own = DistributedDataClassifier
+        if any(getattr(type(self), hook) is not getattr(own, hook)
+               for hook in ("build_module", "load_module", "load_tokenizer", "check_weights", "load_lean")):
+            return None
+        from sparkcurate.models.lean import lean_config, lean_problem
+
+        why = lean_problem(device, self.precision, self.packed, model_dir)
+        if why is None:
+            backbone, why = lean_config(backbone_config_dict(config, model_dir, self.load_options), model_dir)
+            if backbone is not None:
+                if not quiet:
+                    log.info("%s: sparkcurate's own modules, %s", self.name, why)
+                return backbone
+        if not quiet:
+            log.info("%s: transformers' modules (%s)", self.name, why)
+        return None
+
+    def lean_preflight(self, model_dir: Path, config: dict[str, Any]) -> str | None:
+        """The pre-flight's weight and tokenizer checks against what a GPU worker loads (the lean load: this
+        package's DeBERTa modules, ``tokenizer.json`` through ``tokenizers``), without importing transformers;
+        None (nothing checked) where that load does not apply, and the caller checks with transformers.
+
+        Why: the driver's import of transformers (its DeBERTa modules, ``AutoTokenizer``) took ~6 s of a fresh
+        job's start on the H100 machine, on the critical path before the first Spark job; the checks need none of
+        it. The lean modules have the published head's parameter names and shapes (tests/test_lean_deberta.py
+        compares both builds), so every weight is still checked by name and shape against the safetensors
+        headers, and the tokenizer files field by field. ``device="auto"`` is checked as the GPU path it takes
+        on a GPU executor; a CPU executor then loads transformers' tokenizer, whose failure, if any, is reported
+        by the first task instead of before the job.
+        """
+        device = "cpu" if self.device == "cpu" else "cuda"
+        if not (model_dir / "tokenizer.json").is_file():
+            return None
+        base = backbone_config_dict(config, model_dir, self.load_options)
+        if not base.get("model_type"):  # the lean modules default it; the full loader's refusal, word for word
+            raise ModelArtifactError(f"{source_of(base, 'the backbone config')}: field 'model_type' is missing "
+                                     "(backbone config)")
+        backbone = self._lean_backbone(model_dir, config, device, quiet=True)
+        if backbone is None:
+            return None
+        from sparkcurate.models.lean import build_cls_head, lean_tokenizer
+        from sparkcurate.models.loading import check_tokenizer_files
+
+        labels = self.resolve_labels(config)
+        expected = expected_shapes(lambda: build_cls_head(backbone, len(labels), float(config.get("fc_dropout", 0.2))),
+                                   f"{model_dir}/config.json")
+        compare_keys(expected, checkpoint_shapes(model_dir, self.load_options), str(model_dir))
+        check_tokenizer_files(model_dir)
+        lean_tokenizer(model_dir)
+        return "sparkcurate's own modules (no transformers import)"
 
     def load_module(self, model_dir: Path):
         """``build_module`` with the checkpoint's weights, loaded strictly."""

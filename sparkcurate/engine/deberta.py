@@ -56,6 +56,12 @@ class DebertaConfig:
     conv_kernel_size: int = 0
     embedding_size: int | None = None
     attention_head_size: int | None = None
+    # Read by transformers only (initialisation, pooler), typed here so that a malformed value is refused the same
+    # way whichever modules a job builds (the pre-flight of a GPU job checks the config with these).
+    initializer_range: float = 0.02
+    pooler_dropout: float = 0.0
+    pooler_hidden_act: str = "gelu"
+    pooler_hidden_size: int | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DebertaConfig":
