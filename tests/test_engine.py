@@ -292,3 +292,70 @@ def test_fp32_children_must_name_children(engine):
     model.fp32_children = ("head",)
     with pytest.raises(ValueError, match="head"):
         to_inference(model, torch.device("cpu"), torch.bfloat16)
+
+
+def test_load_engine_waits_for_the_cuda_start_before_the_engine_and_raises_its_error(deberta_dir, monkeypatch):
+    """``load_engine`` starts the device's context first, reads the checkpoint meanwhile, and makes no engine
+    until the context is there; a failed start is the load's error (a DeviceError), not the engine's."""
+    from sparkcurate.spark import devices
+
+    events: list = []
+
+    class FakeStart:
+        fail = False
+
+        def __init__(self, device: str) -> None:
+            events.append(("start", device))
+
+        def wait(self) -> None:
+            events.append("wait")
+            if FakeStart.fail:
+                raise devices.DeviceError("CUDA could not start on cpu in this Python worker: test")
+
+    clf = DomainClassifier(model=str(deberta_dir), device="cpu")
+    real_load, real_make = clf.load_model, clf.make_engine
+    monkeypatch.setattr(devices, "CudaStart", FakeStart)
+    monkeypatch.setattr(clf, "load_model", lambda *a: (events.append("load_model"), real_load(*a))[1])
+    monkeypatch.setattr(clf, "make_engine", lambda *a: (events.append("make_engine"), real_make(*a))[1])
+    assert isinstance(clf.load_engine("cpu"), InferenceEngine)
+    assert events == [("start", "cpu"), "load_model", "wait", "make_engine"]
+    events.clear()
+    FakeStart.fail = True
+    with pytest.raises(devices.DeviceError, match="could not start"):
+        clf.load_engine("cpu")
+    assert events == [("start", "cpu"), "load_model", "wait"]
+
+
+def test_packed_kernels_are_imported_early_only_where_the_engine_would_use_them(monkeypatch):
+    from sparkcurate.engine import deberta_packed
+    from sparkcurate.engine.runner import import_packed_kernels
+
+    calls: list = []
+    monkeypatch.setattr(deberta_packed, "import_kernels", lambda: calls.append(1) or True)
+
+    class Packed(torch.nn.Module):
+        def forward_packed(self):  # pragma: no cover - only its presence matters
+            raise AssertionError
+
+    import_packed_kernels(Packed(), "cpu", "auto")
+    import_packed_kernels(Packed(), "cuda:0", "off")
+    import_packed_kernels(torch.nn.Linear(2, 2), "cuda:0", "auto")
+    assert calls == []
+    import_packed_kernels(Packed(), "cuda:0", "auto")
+    import_packed_kernels(Packed(), torch.device("cuda", 1), "on")
+    assert calls == [1, 1]
+
+
+def test_import_kernels_imports_triton_and_gluon_without_a_device(monkeypatch):
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    code = ("import sys; from sparkcurate.engine.deberta_packed import import_kernels; ok = import_kernels(); "
+            "print(ok, 'triton' in sys.modules, 'triton.experimental.gluon' in sys.modules)")
+    env_on = {**__import__("os").environ, "SPARKCURATE_SMEM_ATTENTION": "auto"}
+    env_off = {**env_on, "SPARKCURATE_SMEM_ATTENTION": "off"}
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_on, timeout=120)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_off, timeout=120)
+    assert on.stdout.split() == ["True", "True", "True"], on.stderr
+    assert off.stdout.split() == ["True", "True", "False"], off.stderr

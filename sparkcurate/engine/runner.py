@@ -106,6 +106,23 @@ def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     return model
 
 
+def import_packed_kernels(model: torch.nn.Module, device: str | torch.device, packed: str) -> None:
+    """Import the packed forward's kernel modules and Triton now, where the engine would use them (a CUDA device,
+    a model with a packed forward, ``packed`` not off); an ImportError is left to the engine's own check.
+
+    Why: the engine's packed-support check imports them (~0.1 s, Triton most of it); the load calls this while the
+    device's CUDA context is still being created on another thread (``CudaStart``), so that time overlaps it instead
+    of following it. Importing a module earlier changes nothing it computes.
+    """
+    if torch.device(device).type != "cuda" or packed == "off" or not hasattr(model, "forward_packed"):
+        return
+    try:
+        from sparkcurate.engine.deberta_packed import import_kernels
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return
+    import_kernels()
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
