@@ -359,3 +359,47 @@ def test_import_kernels_imports_triton_and_gluon_without_a_device(monkeypatch):
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_off, timeout=120)
     assert on.stdout.split() == ["True", "True", "True"], on.stderr
     assert off.stdout.split() == ["True", "True", "False"], off.stderr
+
+
+def test_staged_copy_gives_every_tensor_byte_for_byte_through_two_reused_buffers():
+    """Chunks smaller and larger than the tensors, odd sizes, every dtype a checkpoint holds; what cannot be streamed
+    (not contiguous, empty) goes through ``to``. On the CPU the buffers are not pinned; the logic is the GPU's."""
+    from sparkcurate.engine.runner import StagedCopy
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(7, 13, generator=gen), torch.randn(300, generator=gen).half(),
+               torch.randn(5, generator=gen).bfloat16(), torch.arange(41), torch.tensor(3.5),
+               torch.rand(9, generator=gen) > 0.5, torch.randn(6, 4, generator=gen).t(), torch.empty(0, 3),
+               torch.randint(0, 255, (1000,), generator=gen, dtype=torch.uint8)]
+    for chunk in (16, 48, 4096):
+        staged = StagedCopy(torch.device("cpu"), chunk_bytes=chunk, pin=False)
+        copies = [staged(t) for t in tensors]
+        staged.finish()
+        assert len(staged._buffers) == 2 and all(b.numel() == chunk for b in staged._buffers)
+        for t, c in zip(tensors, copies):
+            assert c.dtype == t.dtype and c.shape == t.shape and torch.equal(c, t)
+            streamed = t.is_contiguous() and t.numel() > 0  # the others went through to(): itself on the CPU
+            assert (c.data_ptr() != t.data_ptr()) == streamed
+
+
+def test_stage_module_keeps_parameter_objects_ties_and_buffers():
+    from sparkcurate.engine.runner import StagedCopy, stage_module
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(4, 3)
+            self.b = torch.nn.Linear(4, 3)
+            self.b.weight = self.a.weight
+            self.register_buffer("ids", torch.arange(5), persistent=False)
+
+    model = Tied()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    weight, old_ptr = model.a.weight, model.a.weight.data_ptr()
+    staged = StagedCopy(torch.device("cpu"), chunk_bytes=32, pin=False)
+    assert stage_module(model, staged) is model
+    staged.finish()
+    assert model.a.weight is weight and model.b.weight is weight and weight.data_ptr() != old_ptr
+    assert isinstance(weight, torch.nn.Parameter) and weight.requires_grad
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert torch.equal(model.ids, torch.arange(5))
