@@ -292,3 +292,114 @@ def test_fp32_children_must_name_children(engine):
     model.fp32_children = ("head",)
     with pytest.raises(ValueError, match="head"):
         to_inference(model, torch.device("cpu"), torch.bfloat16)
+
+
+def test_load_engine_waits_for_the_cuda_start_before_the_engine_and_raises_its_error(deberta_dir, monkeypatch):
+    """``load_engine`` starts the device's context first, reads the checkpoint meanwhile, and makes no engine
+    until the context is there; a failed start is the load's error (a DeviceError), not the engine's."""
+    from sparkcurate.spark import devices
+
+    events: list = []
+
+    class FakeStart:
+        fail = False
+
+        def __init__(self, device: str) -> None:
+            events.append(("start", device))
+
+        def wait(self) -> None:
+            events.append("wait")
+            if FakeStart.fail:
+                raise devices.DeviceError("CUDA could not start on cpu in this Python worker: test")
+
+    clf = DomainClassifier(model=str(deberta_dir), device="cpu")
+    real_load, real_make = clf.load_model, clf.make_engine
+    monkeypatch.setattr(devices, "CudaStart", FakeStart)
+    monkeypatch.setattr(clf, "load_model", lambda *a: (events.append("load_model"), real_load(*a))[1])
+    monkeypatch.setattr(clf, "make_engine", lambda *a: (events.append("make_engine"), real_make(*a))[1])
+    assert isinstance(clf.load_engine("cpu"), InferenceEngine)
+    assert events == [("start", "cpu"), "load_model", "wait", "make_engine"]
+    events.clear()
+    FakeStart.fail = True
+    with pytest.raises(devices.DeviceError, match="could not start"):
+        clf.load_engine("cpu")
+    assert events == [("start", "cpu"), "load_model", "wait"]
+
+
+def test_packed_kernels_are_imported_early_only_where_the_engine_would_use_them(monkeypatch):
+    from sparkcurate.engine import deberta_packed
+    from sparkcurate.engine.runner import import_packed_kernels
+
+    calls: list = []
+    monkeypatch.setattr(deberta_packed, "import_kernels", lambda: calls.append(1) or True)
+
+    class Packed(torch.nn.Module):
+        def forward_packed(self):  # pragma: no cover - only its presence matters
+            raise AssertionError
+
+    import_packed_kernels(Packed(), "cpu", "auto")
+    import_packed_kernels(Packed(), "cuda:0", "off")
+    import_packed_kernels(torch.nn.Linear(2, 2), "cuda:0", "auto")
+    assert calls == []
+    import_packed_kernels(Packed(), "cuda:0", "auto")
+    import_packed_kernels(Packed(), torch.device("cuda", 1), "on")
+    assert calls == [1, 1]
+
+
+def test_import_kernels_imports_triton_and_gluon_without_a_device(monkeypatch):
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    code = ("import sys; from sparkcurate.engine.deberta_packed import import_kernels; ok = import_kernels(); "
+            "print(ok, 'triton' in sys.modules, 'triton.experimental.gluon' in sys.modules)")
+    env_on = {**__import__("os").environ, "SPARKCURATE_SMEM_ATTENTION": "auto"}
+    env_off = {**env_on, "SPARKCURATE_SMEM_ATTENTION": "off"}
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_on, timeout=120)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_off, timeout=120)
+    assert on.stdout.split() == ["True", "True", "True"], on.stderr
+    assert off.stdout.split() == ["True", "True", "False"], off.stderr
+
+
+def test_staged_copy_gives_every_tensor_byte_for_byte_through_two_reused_buffers():
+    """Chunks smaller and larger than the tensors, odd sizes, every dtype a checkpoint holds; what cannot be streamed
+    (not contiguous, empty) goes through ``to``. On the CPU the buffers are not pinned; the logic is the GPU's."""
+    from sparkcurate.engine.runner import StagedCopy
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(7, 13, generator=gen), torch.randn(300, generator=gen).half(),
+               torch.randn(5, generator=gen).bfloat16(), torch.arange(41), torch.tensor(3.5),
+               torch.rand(9, generator=gen) > 0.5, torch.randn(6, 4, generator=gen).t(), torch.empty(0, 3),
+               torch.randint(0, 255, (1000,), generator=gen, dtype=torch.uint8)]
+    for chunk in (16, 48, 4096):
+        staged = StagedCopy(torch.device("cpu"), chunk_bytes=chunk, pin=False)
+        copies = [staged(t) for t in tensors]
+        staged.finish()
+        assert len(staged._buffers) == 2 and all(b.numel() == chunk for b in staged._buffers)
+        for t, c in zip(tensors, copies):
+            assert c.dtype == t.dtype and c.shape == t.shape and torch.equal(c, t)
+            streamed = t.is_contiguous() and t.numel() > 0  # the others went through to(): itself on the CPU
+            assert (c.data_ptr() != t.data_ptr()) == streamed
+
+
+def test_stage_module_keeps_parameter_objects_ties_and_buffers():
+    from sparkcurate.engine.runner import StagedCopy, stage_module
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(4, 3)
+            self.b = torch.nn.Linear(4, 3)
+            self.b.weight = self.a.weight
+            self.register_buffer("ids", torch.arange(5), persistent=False)
+
+    model = Tied()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    weight, old_ptr = model.a.weight, model.a.weight.data_ptr()
+    staged = StagedCopy(torch.device("cpu"), chunk_bytes=32, pin=False)
+    assert stage_module(model, staged) is model
+    staged.finish()
+    assert model.a.weight is weight and model.b.weight is weight and weight.data_ptr() != old_ptr
+    assert isinstance(weight, torch.nn.Parameter) and weight.requires_grad
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert torch.equal(model.ids, torch.arange(5))

@@ -262,7 +262,16 @@ class DistributedDataClassifier:
     # ----------------------------------------------------------------------------------------------------
 
     def load_engine(self, device: str) -> "InferenceEngine":
-        """Model + tokenizer + engine on ``device``. Called once per worker process and device."""
+        """Model + tokenizer + engine on ``device``. Called once per worker process and device.
+
+        The device's CUDA context is created on a thread meanwhile (``CudaStart``: its error is raised here before
+        the engine is made), and the packed forward's kernel modules are imported before the wait
+        (:func:`import_packed_kernels`), so both overlap the context's creation (issue 23).
+        """
+        from sparkcurate.engine.runner import import_packed_kernels
+        from sparkcurate.spark.devices import CudaStart
+
+        cuda = CudaStart(device)
         model_dir = self.resolve_dir()
         extra = self.extra_dirs()
         if self.model_fingerprint and artifacts_fingerprint(model_dir, extra) != self.model_fingerprint:
@@ -272,6 +281,8 @@ class DistributedDataClassifier:
                 "every node must see the same checkpoint"
             )
         module, tokenizer = self.load_model(model_dir, extra, device)
+        import_packed_kernels(module, device, self.packed)
+        cuda.wait()
         return self.make_engine(module, tokenizer, device)
 
     def load_model(self, model_dir: Path, extra: list[Path], device: str):

@@ -141,6 +141,20 @@ def packed_support(backbone: nn.Module, device: Any) -> tuple[bool, str]:
     return True, f"packed DeBERTa attention ({backend.description}, {dtype}) on {dev}"
 
 
+def import_kernels() -> bool:
+    """Import the chosen GPU kernel's software by asking its back-end's ``problem()``, as :func:`packed_support`
+    will (Triton for the tile kernel), and, unless ``SPARKCURATE_SMEM_ATTENTION=off``, Gluon for its Hopper
+    variant, as the first forward will; whether the back-end is usable. Imports only: no device is touched.
+    Why apart: the load runs it early (``runner.import_packed_kernels``)."""
+    kernel = gpu_kernel()
+    usable = ATTENTION_BACKENDS[kernel].problem() is None
+    if usable and kernel == "triton" and switches.read(switches.SMEM_ATTENTION) != "off":
+        from sparkcurate.engine.kernels import relative_attention_smem
+
+        relative_attention_smem.gluon_problem()
+    return usable
+
+
 def gpu_kernel() -> str:
     """The GPU kernel behind ``attention_impl="kernel"``: ``SPARKCURATE_ATTENTION_KERNEL``, default ``triton``.
 

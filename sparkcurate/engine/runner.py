@@ -74,6 +74,106 @@ def tokenizer_identity(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}:{text}".encode()).hexdigest()[:16]
 
 
+#: Bytes of each of the two pinned buffers that weights are staged through on their way to a GPU.
+STAGING_BYTES = 32 << 20
+
+
+class StagedCopy:
+    """Copies of CPU tensors on ``device``, their bytes streamed through two reused host buffers (pinned when
+    ``pin``): while the GPU takes one buffer (a copy that does not block the host), the host fills the other. Call
+    it per tensor, then :meth:`finish` (the copies are complete once it returns).
+
+    Why: ``module.to("cuda")`` copies each weight from pageable memory, synchronously, and the lean load's weights
+    are the safetensors file mapped in memory: the H100's engine step took 0.23 s for a DeBERTa-v3-base there
+    against 0.12 s for the full load, whose weights are in ordinary memory (issue 23; benchmarks/NOTES.md). Here
+    the host reads the mapping with a plain copy into a reused pinned buffer (~0.05 s for those 735 MB on a 2-core
+    CPU) and the transfers overlap the reading. The bytes are copied as they are: the values on the device are
+    ``to``'s. A tensor this cannot stream (a subclass, not contiguous, empty) goes through ``to``.
+    """
+
+    def __init__(self, device: torch.device, chunk_bytes: int = STAGING_BYTES, pin: bool = True) -> None:
+        self.device = device
+        self.chunk_bytes = int(chunk_bytes)
+        self.pin = pin
+        self._buffers: list[torch.Tensor] = []
+        self._events: list = [None, None]
+        self._slot = 0
+        self._used = 0
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not _streamable(tensor):
+            return tensor.to(self.device)
+        out = torch.empty(tensor.shape, dtype=tensor.dtype, device=self.device)
+        src, dst = _bytes_of(tensor.detach()), _bytes_of(out)
+        done = 0
+        while done < src.numel():
+            buffer = self._room()
+            take = min(src.numel() - done, self.chunk_bytes - self._used)
+            staged = buffer[self._used:self._used + take]
+            staged.copy_(src[done:done + take])
+            dst[done:done + take].copy_(staged, non_blocking=self.pin)
+            self._used += take
+            done += take
+        return out
+
+    def _room(self) -> torch.Tensor:
+        """The buffer to fill now: the current one while it has room, else the other, once the device has taken
+        everything that was staged in it."""
+        if not self._buffers:
+            self._buffers = [torch.empty(self.chunk_bytes, dtype=torch.uint8, pin_memory=self.pin) for _ in range(2)]
+        if self._used == self.chunk_bytes:
+            self._events[self._slot] = self._record()
+            self._slot, self._used = 1 - self._slot, 0
+            if self._events[self._slot] is not None:
+                self._events[self._slot].synchronize()
+        return self._buffers[self._slot]
+
+    def _record(self):
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def finish(self) -> None:
+        """Wait until every copy is on the device (the staging buffers can then be reused or freed)."""
+        if self.device.type == "cuda" and self._buffers:
+            torch.cuda.current_stream(self.device).synchronize()
+
+
+def _streamable(tensor: torch.Tensor) -> bool:
+    """A plain dense tensor whose storage is its bytes in order (no subclass, quantized, sparse or packed dtype)."""
+    return (type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.layout == torch.strided
+            and not tensor.is_quantized and tensor.is_contiguous() and tensor.numel() > 0
+            and tensor.dtype.itemsize >= 1)
+
+
+def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor's storage bytes, as a flat uint8 view."""
+    flat = tensor.reshape(-1)
+    return flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
+
+
+def to_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model.to(device)``; onto a GPU, its CPU weights and buffers go through :class:`StagedCopy` (``to`` moves
+    the rest: tensors on another GPU, and raises as before for meta tensors). Parameters stay the same objects
+    (their data replaced, as ``to`` does), so tied weights stay tied."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return model.to(device=device)
+    staged = StagedCopy(device)
+    try:
+        return stage_module(model, staged)
+    finally:
+        staged.finish()
+
+
+def stage_module(model: torch.nn.Module, staged: StagedCopy) -> torch.nn.Module:
+    """Every CPU parameter and buffer of ``model`` replaced by ``staged``'s copy, the others moved by ``to``, through
+    the walk ``to`` itself makes (``Module._apply``: a parameter keeps its object, its data replaced)."""
+    return model._apply(lambda t: staged(t) if t.device.type == "cpu" else t.to(staged.device))
+
+
 def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
                  split: bool = False) -> torch.nn.Module:
     """``model`` on ``device`` in ``dtype``, except the children it names in ``fp32_children``, which stay fp32.
@@ -86,7 +186,7 @@ def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     round, but it costs nothing). Kept children are never converted, so they keep every fp32 bit of the
     checkpoint; the model's forward casts their input.
     """
-    model = model.to(device=device)
+    model = to_device(model, device)
     keep = tuple(getattr(model, "fp32_children", ()))
     children = dict(model.named_children())
     missing = [name for name in keep if name not in children]
@@ -104,6 +204,23 @@ def to_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
         if tensor.is_floating_point():
             tensor.data = tensor.data.to(dtype)
     return model
+
+
+def import_packed_kernels(model: torch.nn.Module, device: str | torch.device, packed: str) -> None:
+    """Import the packed forward's kernel modules and Triton now, where the engine would use them (a CUDA device,
+    a model with a packed forward, ``packed`` not off); an ImportError is left to the engine's own check.
+
+    Why: the engine's packed-support check imports them (~0.1 s, Triton most of it); the load calls this while the
+    device's CUDA context is still being created on another thread (``CudaStart``), so that time overlaps it instead
+    of following it. Importing a module earlier changes nothing it computes.
+    """
+    if torch.device(device).type != "cuda" or packed == "off" or not hasattr(model, "forward_packed"):
+        return
+    try:
+        from sparkcurate.engine.deberta_packed import import_kernels
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return
+    import_kernels()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -83,3 +83,45 @@ def current_task_device(requested: str = "auto") -> tuple[str, str | None]:
     pid = ctx.partitionId() if ctx is not None else 0
     addresses = task_gpu_addresses()
     return select_device(requested, addresses, pid), (addresses[0] if addresses else None)
+
+
+class CudaStart:
+    """The CUDA context of ``device``, created on a daemon thread (:class:`~sparkcurate.spark.background.Background`)
+    while the caller goes on; :meth:`wait` before the first use of the device. Nothing happens for a CPU device.
+
+    Why: creating the context took ~0.3 s of a fresh worker's ~3 s model load on the H100 (benchmarks/NOTES.md,
+    issue 23), and nothing in the load before the weights reach the device needs it: the fingerprint, the
+    checkpoint's config, the module built on the meta device, the tokenizer. torch releases the GIL while it creates
+    the context (inside the tensor factory), so that Python work runs meanwhile. Its error would otherwise surface
+    as whatever the first device copy raises, or not at all on the thread: :meth:`wait` raises it here as one
+    ``DeviceError`` line naming the device (what the driver's failure explanation looks for).
+    """
+
+    def __init__(self, device: str) -> None:
+        from sparkcurate.spark.background import Background
+
+        self.device = str(device)
+        self._job = Background(_create_context, self.device, name="sparkcurate-cuda-start") \
+            if self.device.startswith("cuda") else None
+
+    @property
+    def seconds(self) -> float:
+        """How long the context's creation took on its thread (0 for the CPU, or before it ended)."""
+        return self._job.seconds if self._job is not None else 0.0
+
+    def wait(self) -> None:
+        """Return once the context exists; raise ``DeviceError`` (the cause chained) when it could not be made."""
+        if self._job is None:
+            return
+        try:
+            self._job.result()
+        except Exception as exc:  # noqa: BLE001 - any failure to start the device is this one error
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise DeviceError(f"CUDA could not start on {self.device} in this Python worker: "
+                              f"{type(exc).__name__}: {first}") from exc
+
+
+def _create_context(device: str) -> None:
+    import torch
+
+    torch.empty(1, device=device)  # lazy CUDA init, then the device's primary context (the GIL released)

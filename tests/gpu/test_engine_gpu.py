@@ -120,3 +120,39 @@ def test_split_linear_is_correctly_rounded_by_cublas(with_bias):
     want = exact.half()
     assert (linear(x, split(weight, torch.float16), bias) == want).float().mean() > 0.98
     assert (linear(x, weight.half(), bias) == want).float().mean() < 0.8
+
+
+def test_staged_copy_to_the_gpu_equals_to_and_keeps_ties():
+    """The pinned, non-blocking staging (``runner.to_device``) against ``Module.to``: the same bytes on the device,
+    tensors larger and smaller than a buffer, the same parameter objects, ties kept."""
+    from sparkcurate.engine.runner import StagedCopy, stage_module
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Embedding(3000, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 3000))
+        model[2].weight = model[0].weight
+        model.register_buffer("ids", torch.arange(77), persistent=False)
+        model.register_buffer("mask", torch.rand(33) > 0.5)
+        model[1].half()
+        return model
+
+    reference, model = build().to("cuda"), build()
+    weight = model[0].weight
+    staged = StagedCopy(torch.device("cuda"), chunk_bytes=64 << 10)  # the embedding spans several buffers
+    stage_module(model, staged)
+    staged.finish()
+    assert model[0].weight is weight and model[2].weight is weight and weight.device.type == "cuda"
+    got, want = model.state_dict(keep_vars=True), reference.state_dict(keep_vars=True)
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].device == want[name].device and got[name].dtype == want[name].dtype
+        assert torch.equal(got[name], want[name]), name
+    assert torch.equal(model.ids, reference.ids) and torch.equal(model.mask, reference.mask)
+
+
+def test_cuda_start_makes_the_context_on_its_thread():
+    from sparkcurate.spark.devices import CudaStart
+
+    start = CudaStart("cuda:0")
+    start.wait()
+    assert start.seconds >= 0.0 and torch.cuda.is_initialized()
