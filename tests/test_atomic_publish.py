@@ -176,3 +176,23 @@ def test_staging_that_no_reused_unit_needs_is_removed(spark, tmp_path):
         f"{kept}/part-0.json"]
     clean_staging(fs, set())  # --restart
     assert not (out / STAGING_DIR).exists()
+
+
+@pytest.mark.parametrize("whole_folder", [False, True], ids=["file", "partition-folder"])
+def test_published_output_deleted_by_hand_is_a_clear_error_naming_restart(spark, tmp_path, whole_folder):
+    import shutil
+
+    inp, out = _write(tmp_path / "in", FILES), tmp_path / "out"
+    _run(spark, inp, out)
+    gone = sorted((out / rel) for rel in _visible(out))[0]
+    if whole_folder:
+        shutil.rmtree(gone.parent)
+    else:
+        gone.unlink()
+    with pytest.raises(Exception) as info:
+        _run(spark, inp, out)  # every unit reused: the publish step finds the hole
+    message = str(info.value)
+    assert "should hold published output" in message and "--restart" in message and gone.parent.name in message
+    summary = _run(spark, inp, out, restart=True)
+    assert summary["units"]["reused"] == 0 and list(gone.parent.glob("part-*"))  # the unit written again
+    assert _log(spark, out) == _visible(out) == _manifest(out)["files"]

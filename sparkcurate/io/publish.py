@@ -232,16 +232,24 @@ def log_entries(fs: "HadoopFS", files: list[str]) -> list[dict[str, Any]]:
         by_parent.setdefault(posixpath.dirname(rel), []).append(rel)
     out = []
     for parent, rels in sorted(by_parent.items()):
-        statuses = {str(st.getPath().getName()): st for st in fs.fs.listStatus(fs.path(parent))}
+        found = fs.fs.exists(fs.path(parent))
+        statuses = {str(st.getPath().getName()): st for st in fs.fs.listStatus(fs.path(parent))} if found else {}
         for rel in sorted(rels):
             st = statuses.get(posixpath.basename(rel))
             if st is None:
-                raise FileNotFoundError(f"{fs.root}/{rel} should hold published output and is missing")
+                raise FileNotFoundError(missing_output(fs, rel))
             out.append({"path": str(st.getPath().toUri().toString()), "size": int(st.getLen()), "isDir": False,
                         "modificationTime": int(st.getModificationTime()),
                         "blockReplication": int(st.getReplication()), "blockSize": int(st.getBlockSize()),
                         "action": "add"})
     return out
+
+
+def missing_output(fs: "HadoopFS", rel: str) -> str:
+    """The error for a file the output's record says is published and is not there (deleted by hand, say): the
+    run cannot list the output as complete, and ``--restart`` rewrites it from the input."""
+    return (f"{fs.root}/{rel} should hold published output (an earlier run's, kept as committed) and is missing; "
+            "rerun with --restart to classify every input file again and rewrite the output")
 
 
 def write_spark_log(fs: "HadoopFS", files: list[str]) -> int:
