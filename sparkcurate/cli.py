@@ -113,7 +113,8 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--waves", type=int, default=DEFAULT_WAVES, metavar="N",
                    help=f"classify tasks per GPU (task slot): the input is cut so every slot gets N equal tasks, "
                         f"more when a split would pass spark.sql.files.maxPartitionBytes (default {DEFAULT_WAVES}; "
-                        "0 keeps Spark's own splitting)")
+                        "one where the cluster has a single slot and no executor can join; 0 keeps Spark's own "
+                        "splitting)")
     p.add_argument("--commit-every-bytes", type=byte_size, metavar="SIZE",
                    help="commit the output every SIZE of input (e.g. 4g, 500m; 0: once, at the end); a re-run of "
                         "the same command resumes after the last commit (default: 16 tasks of "
