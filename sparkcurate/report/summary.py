@@ -73,20 +73,23 @@ def _partial_counts(names: list[str], sets: list[tuple[str, ...]], batches):
     GROUP BY), over the whole partition; the other columns null, ``gid`` the set's index."""
     import pyarrow as pa
 
+    def grouped(table: "pa.Table", cols: tuple[str, ...], agg: tuple, out: str) -> "pa.Table":
+        # By name: where pyarrow puts the keys among the aggregates changed between versions.
+        result = table.group_by(list(cols)).aggregate([agg])
+        return pa.table({**{c: result.column(c) for c in cols}, "n": result.column(out).cast(pa.int64())})
+
     parts: list[list[pa.Table]] = [[] for _ in sets]
     for batch in batches:
         table = pa.Table.from_batches([batch])
         for i, cols in enumerate(sets):
-            parts[i].append(table.group_by(list(cols)).aggregate([([], "count_all")]).rename_columns(
-                [*cols, "n"]))
+            parts[i].append(grouped(table, cols, ([], "count_all"), "count_all"))
     for i, cols in enumerate(sets):
         if not parts[i]:
             continue
-        total = pa.concat_tables(parts[i]).group_by(list(cols)).aggregate([("n", "sum")])
-        total = total.rename_columns([*cols, "n"])
+        total = grouped(pa.concat_tables(parts[i]), cols, ("n", "sum"), "n_sum")
         arrays = [total.column(n) if n in cols else pa.nulls(total.num_rows, pa.int32() if n.startswith("b")
                                                              else pa.string()) for n in names]
-        arrays += [pa.array([i] * total.num_rows, pa.int32()), total.column("n").cast(pa.int64())]
+        arrays += [pa.array([i] * total.num_rows, pa.int32()), total.column("n")]
         yield from pa.Table.from_arrays(arrays, names=[*names, "gid", "n"]).to_batches()
 
 
