@@ -510,9 +510,11 @@ def with_file_names(spark: "SparkSession", df: "DataFrame", listing: InputListin
     from pyspark.sql import functions as F
 
     rule = name_rule(listing)
-    if rule is not None:
-        return df.withColumn(file_name_column, rule.column(F.expr(RECORD_PATH_SQL)))
+    # The path once, in a column of its own: input_file_name() is nondeterministic, so Spark would neither share
+    # it between the rule's uses nor fold this projection into the next.
     df = df.withColumn(SOURCE_COLUMN, F.expr(RECORD_PATH_SQL))
+    if rule is not None:
+        return df.withColumn(file_name_column, rule.column(F.col(SOURCE_COLUMN))).drop(SOURCE_COLUMN)
     names = spark.createDataFrame([(canonical_path(f.path), f.file_name) for f in listing.files],
                                   f"{SOURCE_COLUMN} string, {file_name_column} string")
     df = df.join(F.broadcast(names), on=SOURCE_COLUMN, how="left")
