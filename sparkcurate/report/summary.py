@@ -79,7 +79,9 @@ def _partial_counts(names: list[str], sets: list[tuple[str, ...]], batches):
         return pa.table({**{c: result.column(c) for c in cols}, "n": result.column(out).cast(pa.int64())})
 
     parts: list[list[pa.Table]] = [[] for _ in sets]
+    schema = None
     for batch in batches:
+        schema = batch.schema  # the column types Spark sends (and takes back: large strings where it uses them)
         table = pa.Table.from_batches([batch])
         for i, cols in enumerate(sets):
             parts[i].append(grouped(table, cols, ([], "count_all"), "count_all"))
@@ -87,8 +89,7 @@ def _partial_counts(names: list[str], sets: list[tuple[str, ...]], batches):
         if not parts[i]:
             continue
         total = grouped(pa.concat_tables(parts[i]), cols, ("n", "sum"), "n_sum")
-        arrays = [total.column(n) if n in cols else pa.nulls(total.num_rows, pa.int32() if n.startswith("b")
-                                                             else pa.string()) for n in names]
+        arrays = [total.column(n) if n in cols else pa.nulls(total.num_rows, schema.field(n).type) for n in names]
         arrays += [pa.array([i] * total.num_rows, pa.int32()), total.column("n")]
         yield from pa.Table.from_arrays(arrays, names=[*names, "gid", "n"]).to_batches()
 
