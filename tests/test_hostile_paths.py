@@ -222,7 +222,8 @@ def _names_by_rule_and_join(spark, listing: InputListing, paths: list[str]):
     df = spark.read.text([L.glob_escape(p) for p in paths])
     by_rule = {(r["p"], r["file_name"]) for r in L.with_file_names(spark, df, listing, "file_name")
                .select(F.expr(L.RECORD_PATH_SQL).alias("p"), "file_name").collect()}
-    names = spark.createDataFrame([(L.canonical_path(f.path), f.file_name) for f in listing.files], "p string, n string")
+    names = spark.createDataFrame([(L.canonical_path(f.path), f.file_name) for f in listing.files],
+                                  "p string, n string")
     joined = {(r["p"], r["n"]) for r in df.select(F.expr(L.RECORD_PATH_SQL).alias("p")).join(names, "p").collect()}
     return by_rule, joined
 
@@ -232,7 +233,8 @@ def test_file_names_from_the_path_equal_the_listings_without_a_join(spark, tmp_p
     from sparkcurate.io.listing import list_input_files, name_rule
 
     src = tmp_path / "in put+%20é"
-    names = ["a.jsonl", "sub dir/b+c%41.jsonl", "ü/ß €😀.jsonl", "/".join(["x" * 90] * 3) + ".jsonl", "q'[1]{x}.jsonl"]
+    names = ["a.jsonl", "sub dir/b+c%41.jsonl", "ü/ß €😀.jsonl", "/".join(["x" * 90] * 3) + ".jsonl",
+             "q'[1]{x}.jsonl"]
     for i, n in enumerate(names):
         _write(src / n, 1, f"t{i}")
     path = str(src) + "/*" if glob else str(src)

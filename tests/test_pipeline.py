@@ -149,9 +149,10 @@ def test_count_rows_in_one_job_equals_separate_group_bys(spark):
                      None if rejected else rng.randint(0, 5),
                      None if rejected else rng.choice([rng.random(), 1.0, 0.0, None]),
                      None if rejected else rng.random()))
-    df = spark.createDataFrame(spark.sparkContext.parallelize(rows, 3), f"file_name string, {STATUS_COLUMN} string, {REASON_COLUMN} string, "
-                                     f"domain_pred string, `fineweb-edu-score-int` long, "
-                                     f"{confidence_column(clfs[0])} float, {confidence_column(clfs[1])} float")
+    df = spark.createDataFrame(spark.sparkContext.parallelize(rows, 3),
+                               f"file_name string, {STATUS_COLUMN} string, {REASON_COLUMN} string, "
+                               f"domain_pred string, `fineweb-edu-score-int` long, "
+                               f"{confidence_column(clfs[0])} float, {confidence_column(clfs[1])} float")
     df = df.persist()
     assert df.count() == 500 and df.rdd.getNumPartitions() == 3
     sc = spark.sparkContext
