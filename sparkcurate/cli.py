@@ -13,7 +13,7 @@ import logging
 import re
 import shlex
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from sparkcurate.io.sinks import SINKS
 from sparkcurate.io.sources import SOURCE_NAMES
@@ -113,7 +113,8 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--waves", type=int, default=DEFAULT_WAVES, metavar="N",
                    help=f"classify tasks per GPU (task slot): the input is cut so every slot gets N equal tasks, "
                         f"more when a split would pass spark.sql.files.maxPartitionBytes (default {DEFAULT_WAVES}; "
-                        "0 keeps Spark's own splitting)")
+                        "one where the cluster has a single slot and no executor can join; 0 keeps Spark's own "
+                        "splitting)")
     p.add_argument("--commit-every-bytes", type=byte_size, metavar="SIZE",
                    help="commit the output every SIZE of input (e.g. 4g, 500m; 0: once, at the end); a re-run of "
                         "the same command resumes after the last commit (default: 16 tasks of "
@@ -424,5 +425,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once the command is done, without the interpreter's teardown.
+
+    Why: after ``main`` returns, Python's own exit takes every module down (torch, transformers, the Spark
+    bindings, each object freed one by one): 2.3 s of a fresh application on the CPU box, all of it after the
+    work and the output are done (benchmarks/NOTES.md, issue 23). What an exit must still do is done here:
+    threads that are not daemons are waited for, the exit handlers run (logging's flush, the Spark gateway's
+    JVM stopped, temporary folders removed), the standard streams are flushed."""
+    import atexit
+    import os
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can reach it
+            pass
+    os._exit(code)
+
+
+def entry() -> NoReturn:
+    """The ``sparkcurate`` command: ``main``, then ``exit_now`` (library callers of ``main`` keep their process)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

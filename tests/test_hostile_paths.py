@@ -208,3 +208,68 @@ def test_partition_folder_names_are_sparks_own_with_or_without_the_jvm(spark):
     for name in ["a.jsonl", "A-Z_09.jsonl.gz", "café.jsonl", "e\u0301.jsonl", "x/y.jsonl", "a b.jsonl", "k=v",
                  "100%.jsonl", "a+b~c.jsonl", "tab\there", "q?{[]}^'\"#:*.jsonl", "\U0001f600.jsonl"]:
         assert partition_dir_name(spark, "file_name", name) == f"file_name={utils.escapePathName(name)}", name
+
+
+# --- file names without a join (issue 23): the path rule, its exceptions, the join when they are many -----------
+
+
+def _names_by_rule_and_join(spark, listing: InputListing, paths: list[str]):
+    """Each path's file_name through ``with_file_names`` (the rule) and through the listing joined as a table."""
+    from pyspark.sql import functions as F
+
+    from sparkcurate.io import listing as L
+
+    df = spark.read.text([L.glob_escape(p) for p in paths])
+    by_rule = {(r["p"], r["file_name"]) for r in L.with_file_names(spark, df, listing, "file_name")
+               .select(F.expr(L.RECORD_PATH_SQL).alias("p"), "file_name").collect()}
+    names = spark.createDataFrame([(L.canonical_path(f.path), f.file_name) for f in listing.files],
+                                  "p string, n string")
+    joined = {(r["p"], r["n"]) for r in df.select(F.expr(L.RECORD_PATH_SQL).alias("p")).join(names, "p").collect()}
+    return by_rule, joined
+
+
+@pytest.mark.parametrize("glob", [False, True])
+def test_file_names_from_the_path_equal_the_listings_without_a_join(spark, tmp_path, glob):
+    from sparkcurate.io.listing import list_input_files, name_rule
+
+    src = tmp_path / "in put+%20é"
+    names = ["a.jsonl", "sub dir/b+c%41.jsonl", "ü/ß €😀.jsonl", "/".join(["x" * 90] * 3) + ".jsonl",
+             "q'[1]{x}.jsonl"]
+    for i, n in enumerate(names):
+        _write(src / n, 1, f"t{i}")
+    path = str(src) + "/*" if glob else str(src)
+    listing = list_input_files(spark, path, (".jsonl",), "JSON lines")
+    rule = name_rule(listing)
+    assert rule is not None and len(rule.exceptions) == 1  # only the name shortened to fit a partition folder
+    by_rule, joined = _names_by_rule_and_join(spark, listing, [f.path for f in listing.files])
+    assert by_rule == joined and len(joined) == len(listing.files)
+    from sparkcurate.io.listing import glob_escape, with_file_names
+
+    df = spark.read.text([glob_escape(f.path) for f in listing.files])
+    plan = with_file_names(spark, df, listing, "file_name")._jdf.queryExecution().optimizedPlan().toString()
+    assert "Join" not in plan
+
+
+def test_file_names_from_whole_paths_and_many_exceptions(spark, tmp_path, monkeypatch):
+    from sparkcurate.io import listing as L
+
+    for root in ("r1", "r2"):
+        for n in ("a.jsonl", "b.jsonl"):
+            _write(tmp_path / root / "in" / n, 1, root)
+    found = L.list_input_files(spark, str(tmp_path / "r*" / "in" / "*.jsonl"), (".jsonl",), "JSON lines")
+    # The names a glob over several roots gets when relative names meet (list_input_files): whole paths.
+    whole = L.InputListing(root=found.root, source=found.source, files=[
+        L.InputFile(f.path, L.canonical_path(f.path).lstrip("/"), f.size) for f in found.files])
+    assert L.name_rule(whole) == L.NameRule(None)
+    by_rule, joined = _names_by_rule_and_join(spark, whole, [f.path for f in whole.files])
+    assert by_rule == joined and len(joined) == 4
+    renamed = L.InputListing(root=found.root, source=found.source, files=[
+        L.InputFile(f.path, f"n{i}", f.size) for i, f in enumerate(found.files)])
+    monkeypatch.setattr(L, "MAX_NAME_EXCEPTIONS", 3)  # four names no rule gives: the listing is joined
+    assert L.name_rule(renamed) is None
+    by_join, joined = _names_by_rule_and_join(spark, renamed, [f.path for f in renamed.files])
+    assert by_join == joined and {n for _, n in joined} == {"n0", "n1", "n2", "n3"}
+    monkeypatch.setattr(L, "MAX_NAME_EXCEPTIONS", 4)
+    assert len(L.name_rule(renamed).exceptions) == 4
+    by_rule, _ = _names_by_rule_and_join(spark, renamed, [f.path for f in renamed.files])
+    assert by_rule == joined

@@ -125,7 +125,8 @@ def test_stats_accumulator_adds_sums_and_keeps_maxima():
 
 
 def test_count_rows_in_one_job_equals_separate_group_bys(spark):
-    """The GROUPING SETS counts equal plain per-kind group-bys (labels and histograms of classified rows only)."""
+    """The counts (partitions counted in their tasks, added up on the driver) equal plain per-kind group-bys
+    (labels and histograms of classified rows only), from one job of one stage."""
     import random
     from types import SimpleNamespace
 
@@ -148,10 +149,21 @@ def test_count_rows_in_one_job_equals_separate_group_bys(spark):
                      None if rejected else rng.randint(0, 5),
                      None if rejected else rng.choice([rng.random(), 1.0, 0.0, None]),
                      None if rejected else rng.random()))
-    df = spark.createDataFrame(rows, f"file_name string, {STATUS_COLUMN} string, {REASON_COLUMN} string, "
-                                     f"domain_pred string, `fineweb-edu-score-int` long, "
-                                     f"{confidence_column(clfs[0])} float, {confidence_column(clfs[1])} float")
-    got = count_rows(df, clfs, "file_name")
+    df = spark.createDataFrame(spark.sparkContext.parallelize(rows, 3),
+                               f"file_name string, {STATUS_COLUMN} string, {REASON_COLUMN} string, "
+                               f"domain_pred string, `fineweb-edu-score-int` long, "
+                               f"{confidence_column(clfs[0])} float, {confidence_column(clfs[1])} float")
+    df = df.persist()
+    assert df.count() == 500 and df.rdd.getNumPartitions() == 3
+    sc = spark.sparkContext
+    group = "test-count-rows"
+    sc.setJobGroup(group, group)
+    try:
+        got = count_rows(df, clfs, "file_name")
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    jobs = sc.statusTracker().getJobIdsForGroup(group)
+    assert len(jobs) == 1 and len(sc.statusTracker().getJobInfo(jobs[0]).stageIds) == 1
 
     want_status = sorted((r[0], r[1], r[2], r[3]) for r in
                          df.groupBy("file_name", STATUS_COLUMN, REASON_COLUMN).count().collect())

@@ -213,3 +213,29 @@ def test_executor_count_from_conf_master_or_dynamic_allocation():
     assert expected_executors(_Session("yarn", dynamic)) is None  # unbounded: Spark's own splitting is kept
     local = _Session("local[4]", {**dynamic, "spark.dynamicAllocation.maxExecutors": "5"})
     assert expected_executors(local) == 5
+
+
+def test_one_fixed_slot_gets_one_wave_unless_a_split_would_pass_the_maximum():
+    from sparkcurate.spark.planning import ONE_SLOT_REASON, one_slot_plan
+
+    mb = 2**20
+    small = one_slot_plan([(100 * mb, True)] * 3, 4)  # 300 MB: three waves of 128 MB at most, not four
+    assert small.slots == 1 and small.waves_asked == 4 and small.tasks == small.waves == 3
+    assert small.waves_reason.startswith(ONE_SLOT_REASON) and "maxPartitionBytes" in small.waves_reason
+    assert one_slot_plan([(60 * mb, True)], 4).tasks == 1  # one task where four were asked
+    assert one_slot_plan([(60 * mb, True)], 1).waves_reason is None
+    big = one_slot_plan([(1024 * mb, True)], 4)  # the maximum asks for more than four waves anyway
+    assert big.tasks == plan_splits([(1024 * mb, True)], 1, 4).tasks == 9
+
+
+@pytest.mark.parametrize("master, conf, grows", [
+    ("local[1]", {}, False),
+    ("local-cluster[1,1,1024]", {}, False),
+    ("yarn", {"spark.executor.instances": "1"}, False),
+    ("yarn", {"spark.dynamicAllocation.enabled": "true", "spark.dynamicAllocation.maxExecutors": "1"}, False),
+    ("spark://m:7077", {}, True),  # counted from the executors registered now: more may join
+])
+def test_one_slot_plan_only_where_no_executor_can_join(master, conf, grows):
+    from sparkcurate.spark.planning import _slots_can_grow
+
+    assert _slots_can_grow(_Session(master, conf)) is grows

@@ -225,7 +225,7 @@ def test_job_without_the_plugin_records_its_cpu_operators(spark, deberta_dir, tm
                                     report=False))
     rapids = summary["rapids"]
     assert rapids["gpu_operators"] == []
-    assert rapids["queries"] >= 3  # the counts, the output and the rejects at least
+    assert rapids["queries"] >= 2  # the classify job with its counts and the output at least (nothing rejected)
     cpu = set(rapids["cpu_operators"])
     assert {"Scan json", "Execute InsertIntoHadoopFsRelationCommand", "InMemoryTableScan"} <= cpu, cpu
     assert cpu & {"MapInArrow", "PythonMapInArrow"}, cpu  # the classify stage (Spark 4 / Spark 3.5 name)

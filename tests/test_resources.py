@@ -217,3 +217,24 @@ def test_device_cuda_on_executors_without_cuda_is_one_line(deberta_dir, tmp_path
     assert len(errors) == 1 and "executor" in errors[0] and "no usable CUDA" in errors[0], res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     assert not out.exists()
+
+
+def test_warm_up_waits_for_the_task_thread_to_block():
+    """The probe's warm-up starts its imports only once the task's thread waits (its answer is out); a thread
+    that is gone never counts as waiting (the wait ends at its limit)."""
+    import socket
+    import threading
+
+    from sparkcurate.spark.resources import _wait_until_idle
+
+    left, right = socket.socketpair()
+    waiting = threading.Thread(target=left.recv, args=(1,), daemon=True)
+    waiting.start()
+    try:
+        assert _wait_until_idle(waiting.ident, limit_s=30.0)
+    finally:
+        right.send(b"x")
+        waiting.join()
+        left.close()
+        right.close()
+    assert not _wait_until_idle(waiting.ident, limit_s=0.2)

@@ -2,8 +2,9 @@
 
 - Input: a directory (read recursively), a file, or a glob, on any file system the cluster can read.
 - ``file_name`` is the path relative to the input root, so ``a/x.jsonl`` and ``b/x.jsonl`` stay apart. It is
-  derived from Spark's own file listing, joined on the path Spark reports for each record
-  (``with_file_names``), so it is exact for any character in a name.
+  derived from Spark's own file listing, matched on the path Spark reports for each record
+  (``with_file_names``: an expression checked against every listed name, no join), so it is exact for any
+  character in a name.
 - Files under the input that are not read (hidden names, other suffixes, broken symbolic links) are listed
   with the reason.
 - Symbolic links under a local input: a link to a folder is followed once, and never into a folder that is
@@ -31,7 +32,7 @@ from urllib.parse import unquote, urlparse
 from sparkcurate.io.names import COMPRESSED_SUFFIXES, partition_safe_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import DataFrame, DataFrameReader, SparkSession
+    from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,20 @@ RECORD_PATH_SQL = (
 )
 
 
-def relative_name(listed_path: str, root: str) -> str:
-    """``listed_path`` (as Spark's listing reports it) relative to the input root."""
-    path = canonical_path(listed_path)
+def root_prefix(root: str) -> str:
+    """The input root as ``relative_name`` compares it with a canonical path ('' when there is none)."""
     root_path = canonical_path(root).rstrip("/")
     if root_path and not root_path.startswith("/"):
         import os
 
         root_path = os.path.abspath(root_path)
+    return root_path
+
+
+def relative_name(listed_path: str, root: str) -> str:
+    """``listed_path`` (as Spark's listing reports it) relative to the input root."""
+    path = canonical_path(listed_path)
+    root_path = root_prefix(root)
     if root_path and (path == root_path or path.startswith(root_path + "/")):
         rel = path[len(root_path):].lstrip("/")
         return rel or posixpath.basename(path)
@@ -493,12 +500,73 @@ def point_reader(reader: "DataFrameReader", listing: InputListing,
 def with_file_names(spark: "SparkSession", df: "DataFrame", listing: InputListing,
                     file_name_column: str) -> "DataFrame":
     """``df`` (read from the listed files) with ``file_name_column``: each record's file relative to the input
-    root, from the listing, joined on the path Spark reports for the record."""
+    root, from the listing, matched on the path Spark reports for the record.
+
+    Why an expression and not a join: a join with the listing as a table is a broadcast, i.e. a Spark job of its
+    own before the classify stage (seconds in a fresh application, issue 23). Every listed ``file_name`` is almost
+    always the record's path with the input root cut off (``NameRule``); the few that are not (names shortened
+    to fit a partition folder, globs over several roots) are matched one by one. When more than
+    ``MAX_NAME_EXCEPTIONS`` are, the listing is joined as before (a per-row chain that long would cost more)."""
     from pyspark.sql import functions as F
 
+    rule = name_rule(listing)
+    # The path once, in a column of its own: input_file_name() is nondeterministic, so Spark would neither share
+    # it between the rule's uses nor fold this projection into the next.
     df = df.withColumn(SOURCE_COLUMN, F.expr(RECORD_PATH_SQL))
+    if rule is not None:
+        return df.withColumn(file_name_column, rule.column(F.col(SOURCE_COLUMN))).drop(SOURCE_COLUMN)
     names = spark.createDataFrame([(canonical_path(f.path), f.file_name) for f in listing.files],
                                   f"{SOURCE_COLUMN} string, {file_name_column} string")
     df = df.join(F.broadcast(names), on=SOURCE_COLUMN, how="left")
     df = df.withColumn(file_name_column, F.coalesce(F.col(file_name_column), F.col(SOURCE_COLUMN)))
     return df.drop(SOURCE_COLUMN)
+
+
+# Listed files whose file_name the path rule does not give, matched one by one in each row's expression.
+MAX_NAME_EXCEPTIONS = 64
+_WHOLE = 2**31 - 1  # Spark's substring: to the end of the string
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """A record's ``file_name`` from its canonical path (``RECORD_PATH_SQL``), as a Spark expression: the path
+    after ``prefix`` + '/' (else its last component); with ``prefix`` None, the path without its leading
+    slashes. ``exceptions``: listed paths whose name the rule does not give, with their names. ``name`` is the
+    same rule in Python: a listed file's name is an exception exactly where ``name`` differs from it."""
+
+    prefix: str | None
+    exceptions: tuple[tuple[str, str], ...] = ()
+
+    def name(self, path: str) -> str:
+        if self.prefix is None:
+            return path.lstrip("/")
+        if self.prefix and path.startswith(self.prefix + "/"):
+            return path[len(self.prefix) + 1:]
+        return path.rsplit("/", 1)[-1]
+
+    def column(self, path: "Column") -> "Column":
+        from pyspark.sql import functions as F
+
+        if self.prefix is None:
+            out = F.regexp_replace(path, "^/+", "")
+        elif self.prefix:
+            out = F.when(path.startswith(F.lit(self.prefix + "/")), path.substr(len(self.prefix) + 2, _WHOLE)
+                         ).otherwise(F.substring_index(path, "/", -1))
+        else:
+            out = F.substring_index(path, "/", -1)
+        for listed, file_name in self.exceptions:
+            out = F.when(path == F.lit(listed), F.lit(file_name)).otherwise(out)
+        return out
+
+
+def name_rule(listing: InputListing) -> NameRule | None:
+    """The ``NameRule`` that gives the listed files' names with the fewest exceptions (relative to the input
+    root, or the whole path), or None when even that one has more than ``MAX_NAME_EXCEPTIONS``."""
+    best = None
+    for prefix in (root_prefix(listing.root), None):
+        rule = NameRule(prefix)
+        missed = tuple((p, f.file_name) for f in listing.files
+                       if rule.name(p := canonical_path(f.path)) != f.file_name)
+        if best is None or len(missed) < len(best.exceptions):
+            best = NameRule(prefix, missed)
+    return best if best is not None and len(best.exceptions) <= MAX_NAME_EXCEPTIONS else None

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable
@@ -36,14 +35,18 @@ class Counts:
 
 
 def count_rows(rows: "DataFrame", classifiers, file_name_column: str) -> Counts:
-    """Counts from the persisted rows, in one Spark job: per file and status/reason, per label, and confidence
-    histograms.
+    """Counts from the persisted rows, in one Spark job of one stage: per file and status/reason, per label, and
+    confidence histograms.
 
     Why one job: each action over the persisted rows is a full read of them (text included), so separate
     ``groupBy().collect()`` calls cost 1 + 2 x classifiers passes; measured on the GPU machine, those extra passes
-    took a fifth of a one-GPU run. ``GROUPING SETS`` computes every count from a single scan; ``grouping_id``
-    says which set each result row belongs to.
-    """
+    took a fifth of a one-GPU run. Why no shuffle: a ``GROUPING SETS`` aggregate (one scan) still ends in a
+    shuffle, which adaptive execution runs as jobs of their own after the classify stage (two small jobs, ~3 s
+    of a fresh application, issue 23). Here each task counts its partition's few small columns in its Python
+    worker (``_partial_counts``: one Arrow group-by per set of columns) and the driver adds the partitions'
+    counts up. Exact under retries: ``collect`` keeps one successful attempt's result per partition."""
+    from functools import partial
+
     from pyspark.sql import functions as F
 
     from sparkcurate.spark.stage import confidence_column
@@ -58,22 +61,50 @@ def count_rows(rows: "DataFrame", classifiers, file_name_column: str) -> Counts:
         columns[f"b{i}"] = F.when((status != "rejected") & conf.isNotNull(), bucket)
         sets += [("labels", c.name, ("f", f"l{i}", "s")), ("hist", c.name, ("f", f"b{i}"))]
     names = list(columns)
-    gid_of = {sum(1 << (len(names) - 1 - j) for j, n in enumerate(names) if n not in cols): (kind, name)
-              for kind, name, cols in sets}
-    view = f"sparkcurate_counts_{uuid.uuid4().hex}"
-    rows.select(*[expr.alias(n) for n, expr in columns.items()]).createOrReplaceTempView(view)
-    spark = rows.sparkSession
-    try:
-        result = spark.sql(
-            f"SELECT {', '.join(names)}, grouping_id({', '.join(names)}) AS gid, count(1) AS n FROM {view} "
-            f"GROUP BY GROUPING SETS ({', '.join('(' + ', '.join(cols) + ')' for _, _, cols in sets)})").collect()
-    finally:
-        spark.catalog.dropTempView(view)
-    return _counts_from_sets(result, gid_of, classifiers)
+    kinds = {gid: (kind, name) for gid, (kind, name, _cols) in enumerate(sets)}
+    schema = ", ".join(f"{n} {'int' if n.startswith('b') else 'string'}" for n in names) + ", gid int, n long"
+    selected = rows.select(*[expr.alias(n) for n, expr in columns.items()])
+    partials = selected.mapInArrow(partial(_partial_counts, names, [cols for _, _, cols in sets]), schema)
+    return _counts_from_sets(_add_partials(partials.collect(), names), kinds, classifiers)
+
+
+def _partial_counts(names: list[str], sets: list[tuple[str, ...]], batches):
+    """Runs in a task: rows per distinct value of each set of columns (nulls a value of their own, as in
+    GROUP BY), over the whole partition; the other columns null, ``gid`` the set's index."""
+    import pyarrow as pa
+
+    def grouped(table: "pa.Table", cols: tuple[str, ...], agg: tuple, out: str) -> "pa.Table":
+        # By name: where pyarrow puts the keys among the aggregates changed between versions.
+        result = table.group_by(list(cols)).aggregate([agg])
+        return pa.table({**{c: result.column(c) for c in cols}, "n": result.column(out).cast(pa.int64())})
+
+    parts: list[list[pa.Table]] = [[] for _ in sets]
+    schema = None
+    for batch in batches:
+        schema = batch.schema  # the column types Spark sends (and takes back: large strings where it uses them)
+        table = pa.Table.from_batches([batch])
+        for i, cols in enumerate(sets):
+            parts[i].append(grouped(table, cols, ([], "count_all"), "count_all"))
+    for i, cols in enumerate(sets):
+        if not parts[i]:
+            continue
+        total = grouped(pa.concat_tables(parts[i]), cols, ("n", "sum"), "n_sum")
+        arrays = [total.column(n) if n in cols else pa.nulls(total.num_rows, schema.field(n).type) for n in names]
+        arrays += [pa.array([i] * total.num_rows, pa.int32()), total.column("n")]
+        yield from pa.Table.from_arrays(arrays, names=[*names, "gid", "n"]).to_batches()
+
+
+def _add_partials(result, names: list[str]) -> list[dict[str, Any]]:
+    """The partitions' counts added up: one row per set and value."""
+    totals: dict[tuple, int] = {}
+    for r in result:
+        key = (r["gid"], *(r[n] for n in names))
+        totals[key] = totals.get(key, 0) + int(r["n"])
+    return [{"gid": key[0], **dict(zip(names, key[1:])), "n": n} for key, n in totals.items()]
 
 
 def _counts_from_sets(result, gid_of: dict[int, tuple[str, str | None]], classifiers) -> Counts:
-    """Sort the rows of the GROUPING SETS query back into the three kinds of counts."""
+    """Sort the counted rows (one per set of columns and value, ``gid``: the set) into the three kinds of counts."""
     by_status: list[tuple[str, str, str | None, int]] = []
     labels: dict[str, list] = {c.name: [] for c in classifiers}
     hists: dict[str, list[int]] = {c.name: [0] * HISTOGRAM_BINS for c in classifiers}

@@ -13,10 +13,10 @@ are retried and fail again, each time with a long traceback. So before the job s
   fails its classify tasks with ``DeviceError``; the pipeline turns that into the same one-line error.)
 
 The probe is a one-row ``mapInArrow`` job, so it runs in the Python worker pool the classify tasks use (an RDD
-job's workers are another pool): before it returns it starts, on a thread of that worker, what a classify task
-does first (imports of torch, the engine and the classifiers' modules; the CUDA context where the executor has
-one GPU), and Spark's worker reuse hands that worker to the first classify task, while the driver lists and plans
-meanwhile (issue 23: a fresh application's fixed costs).
+job's workers are another pool): once it has answered (its task ended, ``_wait_until_idle``) a thread of that
+worker starts what a classify task does first (imports of torch, the engine and the classifiers' modules; the
+CUDA context where the executor has one GPU), and Spark's worker reuse hands that worker to the first classify
+task, while the driver lists and plans meanwhile (issue 23: a fresh application's fixed costs).
 """
 
 from __future__ import annotations
@@ -184,20 +184,24 @@ class WarmUp:
     devices: tuple[str, ...] = ()  # the devices the classifiers ask for (auto, cuda, cpu)
     cuda_context: bool = False  # the executor has one GPU: its tasks all use the device the probe's would
 
-    def start(self) -> None:
-        """On a daemon thread of this worker: never delays the probe, never fails it."""
+    def start(self, task_thread: int | None = None) -> None:
+        """On a daemon thread of this worker: never fails the probe. Called in the task (its GPU addresses are
+        the task's); the imports wait until ``task_thread`` has finished the task (``_wait_until_idle``)."""
         from sparkcurate.spark.devices import current_task_device
 
         try:
             devices = [current_task_device(d)[0] for d in self.devices] if self.cuda_context else []
         except Exception:  # noqa: BLE001 - the classify task says what is wrong with its device
             devices = []
-        threading.Thread(target=self._run, args=(devices,), name="sparkcurate-warm-up", daemon=True).start()
+        threading.Thread(target=self._run, args=(devices, task_thread), name="sparkcurate-warm-up",
+                         daemon=True).start()
 
-    def _run(self, devices: list[str]) -> None:
+    def _run(self, devices: list[str], task_thread: int | None) -> None:
         import importlib
 
         try:
+            if task_thread is not None:
+                _wait_until_idle(task_thread)
             for name in ("torch", "sparkcurate.engine.runner", *self.modules):
                 importlib.import_module(name)
             import torch
@@ -206,6 +210,40 @@ class WarmUp:
                 torch.empty(1, device=device)  # the CUDA context, on the device the task will use
         except Exception as exc:  # noqa: BLE001 - a warm-up only; the task does it again and reports
             log.debug("worker warm-up: %s", exc)
+
+
+def _wait_until_idle(thread_id: int, settle_s: float = 0.05, limit_s: float = 2.0, poll_s: float = 0.005) -> bool:
+    """Wait until thread ``thread_id`` has used no CPU and stood on one instruction of one frame for
+    ``settle_s`` (blocked: a Python worker between tasks waits on its socket), at most ``limit_s``; whether it
+    did. A thread that is gone counts as busy until ``limit_s``.
+
+    Why: the probe's answer travels only once its task has ended (the worker writes the end of its data and
+    answers the JVM's end-of-stream, a few steps that each take the GIL). ``import torch`` holds the GIL for
+    long stretches (its native libraries load under it), so a warm-up started at once delayed the answer the
+    driver waits for (the H100's fresh application, benchmarks/NOTES.md). The frame alone cannot tell: a busy
+    thread is always switched out at the same few instructions."""
+    import sys
+    import time
+
+    def cpu() -> float | None:
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread_id))
+        except (AttributeError, OSError, OverflowError):  # not on Linux, or the thread is gone
+            return None
+
+    deadline = time.monotonic() + limit_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread_id)
+        where = (id(frame), frame.f_lasti, cpu()) if frame is not None else None
+        now = time.monotonic()
+        if where is None or last is None or where[:2] != last[:2] or (
+                where[2] is not None and last[2] is not None and where[2] - last[2] > 0.1 * settle_s):
+            last, since = where, now
+        elif now - since >= settle_s:
+            return True
+        time.sleep(poll_s)
+    return False
 
 
 def _single_gpu_executor(conf: Mapping[str, str]) -> bool:
@@ -224,9 +262,9 @@ def _probe_partition(check_cuda: bool, warm: WarmUp | None, batches: Iterator[An
     for _ in batches:
         pass
     info = _probe_task(check_cuda, 0)
-    if warm is not None:
-        warm.start()
     yield pa.RecordBatch.from_pydict({"info": [json.dumps(info)]})
+    if warm is not None:  # the answer is written; its task ends once this generator does
+        warm.start(threading.get_ident())
 
 
 def probe_executor(spark: "SparkSession", wait_s: float | None, check_cuda: bool = False, group: str | None = None,
