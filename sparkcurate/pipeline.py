@@ -112,6 +112,7 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     # A job no executor can run, or device=cuda without CUDA, fails here: not after a silent wait or retries. The
     # probe task runs while the models are checked (each takes seconds in a fresh application), and its worker
     # imports what the first classify task needs while the driver lists and plans (spark.resources).
+    laps = Laps()
     resources = ResourceCheck(spark, [c.device for c in opts.classifiers],
                               sorted({type(c).__module__ for c in opts.classifiers}))
     try:
@@ -119,10 +120,13 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
     except BaseException:
         resources.cancel()
         raise
+    laps("preflight")
     resources.result()
+    laps("probe_wait")  # what the executor probe took beyond the pre-flight
     source, sink, attributes = _source_and_sink(opts)
     commit = OutputCommit.start(spark, opts.output, opts.command, started)
-    laps, meters = Laps(), TaskMeters(spark.sparkContext)
+    laps("output_lock")
+    meters = TaskMeters(spark.sparkContext)
     listing = job = None
     try:
         text_field = _common_text_field(opts.classifiers)
