@@ -238,3 +238,25 @@ def test_warm_up_waits_for_the_task_thread_to_block():
         left.close()
         right.close()
     assert not _wait_until_idle(waiting.ident, limit_s=0.2)
+
+
+def test_warm_up_chooses_the_device_on_its_thread_not_in_the_task(monkeypatch):
+    """Choosing the device imports torch; done in the probe's task it delayed the answer the driver waits for
+    (~3 s on the H100). The task reads only its GPU addresses; the device is chosen on the warm-up thread."""
+    import threading
+
+    from sparkcurate.spark import devices, resources
+
+    calls: list[tuple[str, str, list, int]] = []
+
+    def select(requested, addresses=None, partition_id=0):
+        calls.append((threading.current_thread().name, requested, addresses, partition_id))
+        return "cpu"
+
+    monkeypatch.setattr(devices, "select_device", select)
+    monkeypatch.setattr(devices, "task_gpu_addresses", lambda: ["3"])
+    resources.WarmUp(modules=(), devices=("auto", "cuda"), cuda_context=True).start()
+    warm = next(t for t in threading.enumerate() if t.name == "sparkcurate-warm-up")
+    warm.join(120)
+    assert [c[0] for c in calls] == ["sparkcurate-warm-up"] * 2
+    assert [c[1:] for c in calls] == [("auto", ["3"], 0), ("cuda", ["3"], 0)]

@@ -185,19 +185,30 @@ class WarmUp:
     cuda_context: bool = False  # the executor has one GPU: its tasks all use the device the probe's would
 
     def start(self, task_thread: int | None = None) -> None:
-        """On a daemon thread of this worker: never fails the probe. Called in the task (its GPU addresses are
-        the task's); the imports wait until ``task_thread`` has finished the task (``_wait_until_idle``)."""
-        from sparkcurate.spark.devices import current_task_device
+        """On a daemon thread of this worker: never fails the probe. Called in the task, which reads only its GPU
+        addresses here (Spark's task context, no import); the device is chosen on the thread, as the imports
+        are, once ``task_thread`` has finished the task (``_wait_until_idle``).
+
+        Why not choose the device here: ``select_device`` imports torch, and the task, hence the probe's answer
+        the driver waits for, would end only after that import (~3 s of a fresh H100 application's probe,
+        benchmarks/NOTES.md)."""
+        from pyspark import TaskContext
+
+        from sparkcurate.spark.devices import task_gpu_addresses
 
         try:
-            devices = [current_task_device(d)[0] for d in self.devices] if self.cuda_context else []
+            ctx = TaskContext.get()
+            placed = (task_gpu_addresses(), ctx.partitionId() if ctx is not None else 0) if self.cuda_context \
+                else None
         except Exception:  # noqa: BLE001 - the classify task says what is wrong with its device
-            devices = []
-        threading.Thread(target=self._run, args=(devices, task_thread), name="sparkcurate-warm-up",
+            placed = None
+        threading.Thread(target=self._run, args=(placed, task_thread), name="sparkcurate-warm-up",
                          daemon=True).start()
 
-    def _run(self, devices: list[str], task_thread: int | None) -> None:
+    def _run(self, placed: tuple[list[str], int] | None, task_thread: int | None) -> None:
         import importlib
+
+        from sparkcurate.spark.devices import select_device
 
         try:
             if task_thread is not None:
@@ -206,6 +217,7 @@ class WarmUp:
                 importlib.import_module(name)
             import torch
 
+            devices = [select_device(d, *placed) for d in self.devices] if placed is not None else []
             for device in dict.fromkeys(d for d in devices if d.startswith("cuda")):
                 torch.empty(1, device=device)  # the CUDA context, on the device the task will use
         except Exception as exc:  # noqa: BLE001 - a warm-up only; the task does it again and reports
