@@ -222,9 +222,11 @@ def test_lean_preflight_checks_the_same_names_and_shapes_as_transformers(deberta
     lean_shapes = expected_shapes(lambda: build_cls_head(backbone, len(labels), 0.2))
     full_shapes = expected_shapes(lambda: clf.build_module(deberta_dir, config))
     assert lean_shapes == full_shapes
-    assert clf.preflight()["checked_with"].startswith("sparkcurate's own modules")
-    assert DomainClassifier(model=str(deberta_dir), device="cpu").preflight()["checked_with"] == "transformers"
-    assert DomainClassifier(model=str(deberta_dir), precision="fp32").preflight()["checked_with"] == "transformers"
+    assert clf.lean_preflight(deberta_dir, config).startswith("sparkcurate's own modules")
+    assert DomainClassifier(model=str(deberta_dir), device="cpu").lean_preflight(deberta_dir, config) is None
+    assert DomainClassifier(model=str(deberta_dir), precision="fp32").lean_preflight(deberta_dir, config) is None
+    # what the check used is no output option: the same preflight_info (the units' fingerprint) either way
+    assert clf.preflight() == DomainClassifier(model=str(deberta_dir), device="cpu").preflight()
 
 
 @pytest.mark.parametrize("change", [
@@ -256,7 +258,7 @@ LEAN_PREFLIGHT = """
 import json, sys
 from sparkcurate.classifiers import DomainClassifier
 info = DomainClassifier(model=sys.argv[1]).preflight()
-print(json.dumps([info["checked_with"], sorted(n for n in sys.modules if n.split(".")[0] == "transformers")]))
+print(json.dumps([info["classifier"], sorted(n for n in sys.modules if n.split(".")[0] == "transformers")]))
 """
 
 
@@ -265,5 +267,5 @@ def test_a_gpu_jobs_preflight_imports_no_transformers(deberta_dir):
     done = subprocess.run([sys.executable, "-c", LEAN_PREFLIGHT, str(deberta_dir)], capture_output=True, text=True,
                           env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    checked_with, imported = json.loads(done.stdout.strip().splitlines()[-1])
-    assert checked_with.startswith("sparkcurate's own modules") and imported == []
+    name, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert name == "domain" and imported == []

@@ -218,10 +218,11 @@ class DistributedDataClassifier:
             self.check_weights(model_dir, config, extra)
             self.load_tokenizer(model_dir)
             checked_with = "transformers"
+        log.info("%s: model checked with %s", self.name, checked_with)  # not in preflight_info: it is no output option
         self.check_filter()
         self.model_fingerprint = artifacts_fingerprint(model_dir, extra)
         self.preflight_info = {"classifier": self.name, "model": self.model, "revision": self.revision,
-                               **self.preflight_details(), "model_dir": str(model_dir), "checked_with": checked_with,
+                               **self.preflight_details(), "model_dir": str(model_dir),
                                "fingerprint": self.model_fingerprint, "labels": self.label_values()}
         return self.preflight_info
 
