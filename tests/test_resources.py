@@ -253,10 +253,18 @@ def test_warm_up_chooses_the_device_on_its_thread_not_in_the_task(monkeypatch):
         calls.append((threading.current_thread().name, requested, addresses, partition_id))
         return "cpu"
 
+    started: list[threading.Thread] = []
+
+    class Recorded(threading.Thread):  # the warm-up's thread, kept (it may end before it could be looked up)
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
     monkeypatch.setattr(devices, "select_device", select)
     monkeypatch.setattr(devices, "task_gpu_addresses", lambda: ["3"])
+    monkeypatch.setattr(resources.threading, "Thread", Recorded)
     resources.WarmUp(modules=(), devices=("auto", "cuda"), cuda_context=True).start()
-    warm = next(t for t in threading.enumerate() if t.name == "sparkcurate-warm-up")
-    warm.join(120)
+    assert [t.name for t in started] == ["sparkcurate-warm-up"]
+    started[0].join(120)
     assert [c[0] for c in calls] == ["sparkcurate-warm-up"] * 2
     assert [c[1:] for c in calls] == [("auto", ["3"], 0), ("cuda", ["3"], 0)]
