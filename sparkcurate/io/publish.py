@@ -232,8 +232,7 @@ def log_entries(fs: "HadoopFS", files: list[str]) -> list[dict[str, Any]]:
         by_parent.setdefault(posixpath.dirname(rel), []).append(rel)
     out = []
     for parent, rels in sorted(by_parent.items()):
-        found = fs.fs.exists(fs.path(parent))
-        statuses = {str(st.getPath().getName()): st for st in fs.fs.listStatus(fs.path(parent))} if found else {}
+        statuses = {str(st.getPath().getName()): st for st in _listed(fs, parent)}
         for rel in sorted(rels):
             st = statuses.get(posixpath.basename(rel))
             if st is None:
@@ -243,6 +242,17 @@ def log_entries(fs: "HadoopFS", files: list[str]) -> list[dict[str, Any]]:
                         "blockReplication": int(st.getReplication()), "blockSize": int(st.getBlockSize()),
                         "action": "add"})
     return out
+
+
+def _listed(fs: "HadoopFS", rel: str) -> list:
+    """The Hadoop file statuses in folder ``rel``; none when the folder is gone (deleted by hand: the caller names
+    what is missing). One listing, no existence check before it: this runs once per published folder."""
+    try:
+        return list(fs.fs.listStatus(fs.path(rel)))
+    except Exception as exc:  # py4j wraps java.io.FileNotFoundException
+        if "FileNotFound" in str(exc):
+            return []
+        raise
 
 
 def missing_output(fs: "HadoopFS", rel: str) -> str:
