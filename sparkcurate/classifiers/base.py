@@ -36,7 +36,6 @@ from sparkcurate.models.loading import (
     load_tokenizer,
     read_json,
     resolve_model_dir,
-    source_of,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -302,17 +301,15 @@ class DistributedDataClassifier:
         Why: in a fresh worker transformers' imports were most of the model load (10 s of ~13 s on the H100);
         the packed GPU engine needs none of it. Equal outputs: tests/test_lean_deberta.py.
         """
-        from sparkcurate.models.lean import build_cls_head, lean_tokenizer, load_lean_strict
+        from sparkcurate.models.lean import lean_tokenizer, load_lean_strict
 
         config = self.read_config(model_dir)
         backbone = self._lean_backbone(model_dir, config, device)
         if backbone is None:
             return None
-        labels = self.resolve_labels(config)
         if self.labels is None:
-            self.labels = labels
-        head = build_cls_head(backbone, len(labels), float(config.get("fc_dropout", 0.2)))
-        module = load_lean_strict(head, model_dir, self.load_options)
+            self.labels = self.resolve_labels(config)
+        module = load_lean_strict(self._lean_head(backbone, config), model_dir, self.load_options)
         tokenizer = lean_tokenizer(model_dir)
         if tokenizer is None:
             log.info("%s: no tokenizer.json in %s: transformers' AutoTokenizer loads the tokenizer", self.name,
@@ -341,6 +338,12 @@ class DistributedDataClassifier:
             log.info("%s: transformers' modules (%s)", self.name, why)
         return None
 
+    def _lean_head(self, backbone, config: dict[str, Any]):
+        """The published head on the lean backbone, on the meta device (``models.lean.build_cls_head``)."""
+        from sparkcurate.models.lean import build_cls_head
+
+        return build_cls_head(backbone, len(self.resolve_labels(config)), float(config.get("fc_dropout", 0.2)))
+
     def lean_preflight(self, model_dir: Path, config: dict[str, Any]) -> str | None:
         """The pre-flight's weight and tokenizer checks against what a GPU worker loads (the lean load: this
         package's DeBERTa modules, ``tokenizer.json`` through ``tokenizers``), without importing transformers;
@@ -357,19 +360,13 @@ class DistributedDataClassifier:
         device = "cpu" if self.device == "cpu" else "cuda"
         if not (model_dir / "tokenizer.json").is_file():
             return None
-        base = backbone_config_dict(config, model_dir, self.load_options)
-        if not base.get("model_type"):  # the lean modules default it; the full loader's refusal, word for word
-            raise ModelArtifactError(f"{source_of(base, 'the backbone config')}: field 'model_type' is missing "
-                                     "(backbone config)")
         backbone = self._lean_backbone(model_dir, config, device, quiet=True)
         if backbone is None:
             return None
-        from sparkcurate.models.lean import build_cls_head, lean_tokenizer
+        from sparkcurate.models.lean import lean_tokenizer
         from sparkcurate.models.loading import check_tokenizer_files
 
-        labels = self.resolve_labels(config)
-        expected = expected_shapes(lambda: build_cls_head(backbone, len(labels), float(config.get("fc_dropout", 0.2))),
-                                   f"{model_dir}/config.json")
+        expected = expected_shapes(lambda: self._lean_head(backbone, config), f"{model_dir}/config.json")
         compare_keys(expected, checkpoint_shapes(model_dir, self.load_options), str(model_dir))
         check_tokenizer_files(model_dir)
         lean_tokenizer(model_dir)

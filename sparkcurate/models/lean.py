@@ -76,6 +76,8 @@ def lean_config(backbone_dict: Mapping[str, Any], model_dir: Path) -> tuple["Deb
     from sparkcurate.engine.deberta import DebertaConfig, config_problems, describe
 
     source = source_of(backbone_dict, f"{model_dir}/config.json")
+    if not backbone_dict.get("model_type"):  # DebertaConfig would default it; the full loader's refusal, word for word
+        raise ModelArtifactError(f"{source}: field 'model_type' is missing (backbone config)")
     try:
         config = DebertaConfig.from_dict(backbone_dict)
     except ValueError as exc:
