@@ -86,6 +86,11 @@ class StoppedForTest(RuntimeError):
     between two commit groups."""
 
 
+def unit_targets(spark: "SparkSession", sink, opts: Any, names) -> dict[str, str]:
+    """Where each unit's output lives under OUT (or under a staging folder), by file name (``Sink.target``)."""
+    return {n: sink.target(spark, opts.layout, opts.file_name_column, n, opts.compression) for n in names}
+
+
 def output_options(opts: Any, models: list[dict], schema: "StructType", key: str | None) -> dict[str, Any]:
     """Everything besides the input file that changes a unit's output (its fingerprint, ``io.units``): the
     classifiers' settings and models (``_NOT_OUTPUT`` left out), the formats, layout, compression and modes, the
@@ -174,10 +179,8 @@ class GroupJob:
                          "counts": c} for n, c in unit_counts(counts, names).items()}
         if stage is not None:  # where each unit's output waits to be published (io.publish)
             self.commit.begin()
-            opts = self.opts
-            targets = {n: self.sink.target(self.spark, opts.layout, opts.file_name_column, n, opts.compression)
-                       for n in committed}
-            for n, staged in staged_unit_outputs(self.commit.fs, stage, targets, opts.layout).items():
+            targets = unit_targets(self.spark, self.sink, self.opts, committed)
+            for n, staged in staged_unit_outputs(self.commit.fs, stage, targets, self.opts.layout).items():
                 committed[n].update(staged)
         self.store.commit(self.commit.run_id, index, committed)
         die_if_asked(f"committed:{index + 1}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sparkcurate.engine.kernels.usage import split_task_counts
-from sparkcurate.groups import GroupJob, die_if_asked, output_options, plan_dict
+from sparkcurate.groups import GroupJob, die_if_asked, output_options, plan_dict, unit_targets
 from sparkcurate.io.commit import OutputCommit, prune_rejects, run_outputs
 from sparkcurate.io.fs import data_bytes
 from sparkcurate.io.listing import check_distinct_outputs, check_listing_outside, check_paths_apart
@@ -224,8 +224,7 @@ def publish_run(spark: "SparkSession", opts: JobOptions, sink, commit: OutputCom
     """``io.publish``'s steps a, b, c for this run: readers of OUT through ``spark.read`` (or the manifest's
     ``files``) get the previous complete set until the log batch is written, then the new one."""
     fs, layout = commit.fs, opts.layout
-    targets = {n: sink.target(spark, layout, opts.file_name_column, n, opts.compression) for n in outputs.names}
-    files = current_files(fs, records, targets, layout)
+    files = current_files(fs, records, unit_targets(spark, sink, opts, outputs.names), layout)
     if not log_batches(fs):  # the first log: the output as a folder listing reads it now (none: empty)
         write_spark_log(fs, visible_files(fs))
     commit.touch(outputs, publishing=True)  # the manifest covers what the moves bring in
