@@ -76,6 +76,20 @@ def test_planned_settings_give_spark_the_planned_tasks(spark, tmp_path):
             assert spark.read.json(str(tmp_path / "in")).rdd.getNumPartitions() == plan.tasks
 
 
+def test_one_slot_settings_give_spark_one_task_for_many_small_files(spark, tmp_path):
+    """The open costs of 12 files would make Spark cut 3 tasks at the maximum; the one-slot plan's split gives
+    Spark's own reader one task (the data, 120 kB, is under the maximum)."""
+    from sparkcurate.spark.planning import one_slot_plan
+
+    files = _write_files(tmp_path / "in", [10_000] * 12)
+    with sql_conf(spark, {OPEN_COST_KEY: "10000", MAX_SPLIT_KEY: "130000"}):
+        assert len(spark_partitions(files, 130_000, 10_000)) > 1
+        plan = one_slot_plan(files, 4, max_split=130_000, open_cost=10_000)
+        assert plan.tasks == 1
+        with planned_splits(spark, plan):
+            assert spark.read.json(str(tmp_path / "in")).rdd.getNumPartitions() == 1
+
+
 def test_settings_are_put_back(spark):
     plan = plan_splits([(200 * MB, True)], slots=2, waves=2)
     with sql_conf(spark, {MAX_SPLIT_KEY: str(64 * MB), MIN_PARTITIONS_KEY: None}):
@@ -225,7 +239,29 @@ def test_one_fixed_slot_gets_one_wave_unless_a_split_would_pass_the_maximum():
     assert one_slot_plan([(60 * mb, True)], 4).tasks == 1  # one task where four were asked
     assert one_slot_plan([(60 * mb, True)], 1).waves_reason is None
     big = one_slot_plan([(1024 * mb, True)], 4)  # the maximum asks for more than four waves anyway
-    assert big.tasks == plan_splits([(1024 * mb, True)], 1, 4).tasks == 9
+    assert plan_splits([(1024 * mb, True)], 1, 4).tasks == 9  # the open cost counted as data
+    assert big.tasks == 8 and big.split_bytes == 128 * mb  # eight chunks of exactly the maximum
+
+
+def test_one_slot_split_passes_the_maximum_by_open_costs_only():
+    """Many files under the maximum in all are one task (Spark's open cost is a weight, not data); a split is
+    never raised so that a task would hold more than the maximum of data."""
+    from sparkcurate.spark.planning import _SPARK_DEFAULT_OPEN_COST, one_slot_plan, spark_partitions
+
+    mb = 2**20
+    files = [(int(3.9 * mb), True)] * 32  # 125 MB of data; with the open costs Spark counts 253 MB
+    assert len(spark_partitions(files, 128 * mb, _SPARK_DEFAULT_OPEN_COST)) == 2  # Spark's default cut
+    one = one_slot_plan(files, 4)
+    assert one.tasks == 1 and one.waves == 1 and one.split_bytes > 128 * mb
+    assert spark_partitions(files, one.split_bytes, _SPARK_DEFAULT_OPEN_COST) == [sum(s for s, _ in files)]
+    many = [(2 * mb, True)] * 100  # 200 MB: two tasks of at most 128 MB of data
+    plan = one_slot_plan(many, 4)
+    parts = spark_partitions(many, plan.split_bytes, _SPARK_DEFAULT_OPEN_COST)
+    assert plan.tasks == len(parts) == 2 and max(parts) <= 128 * mb
+    big = [(300 * mb, True), (10 * mb, True)]  # a large splittable file is still cut at the maximum
+    plan = one_slot_plan(big, 1)
+    assert plan.split_bytes == 128 * mb or max(spark_partitions(big, plan.split_bytes, 0)) <= 128 * mb
+    assert max(spark_partitions(big, plan.split_bytes, _SPARK_DEFAULT_OPEN_COST)) <= 128 * mb
 
 
 @pytest.mark.parametrize("master, conf, grows", [

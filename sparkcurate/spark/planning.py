@@ -292,18 +292,46 @@ ONE_SLOT_REASON = ("one task slot, and no more can join: tasks run one after ano
 
 def one_slot_plan(files: list[tuple[int, bool]], waves: int, max_split: int = _SPARK_DEFAULT_MAX_SPLIT,
                   open_cost: int = _SPARK_DEFAULT_OPEN_COST) -> SplitPlan | None:
-    """The plan for a cluster of one task slot: one wave (more when a split would pass ``max_split``).
+    """The plan for a cluster of one task slot: one wave (more when a task would hold more than ``max_split``
+    of data).
 
     Why: waves balance slots that finish at different times and give executors that join later something to
     take; one slot runs its tasks in turn, so every task past the first only adds its fixed cost (~0.9 s a task
-    on an H200, benchmarks/NOTES.md). A task still holds at most ``max_split``, so a retried task redoes no
-    more than with several waves on a large input; commit groups and resume count input files, not tasks."""
+    on an H200, benchmarks/NOTES.md). A task still holds at most ``max_split`` of data, so a retried task redoes
+    no more than with several waves on a large input; commit groups and resume count input files, not tasks.
+    The split may pass ``max_split`` by Spark's per-file open cost (a packing weight, not data: 32 files of
+    123 MB in all were two tasks at 128 MB), never by data (``_fewest_tasks``)."""
     plan = plan_splits(files, 1, 1, max_split, open_cost)
-    if plan is None or waves == 1:
+    if plan is None:
+        return None
+    plan = _fewest_tasks(plan, files, max_split, open_cost)
+    if waves == 1:
         return plan
     why = None if plan.waves == waves else ONE_SLOT_REASON if plan.waves_reason is None else (
         f"{ONE_SLOT_REASON}; {plan.waves_reason}")
     return SplitPlan(**{**plan.as_dict(), "waves_asked": waves, "waves_reason": why})
+
+
+def _fewest_tasks(plan: SplitPlan, files: list[tuple[int, bool]], max_split: int, open_cost: int) -> SplitPlan:
+    """``plan`` with the split raised by whole open costs where that packs the input into fewer tasks, none of
+    which holds more than ``max_split`` of data (Spark's packing as ``spark_partitions`` models it)."""
+    files = [(size, splittable) for size, splittable in files if size > 0]
+    if len(files) > _SIMULATED_FILES or plan.tasks <= 1:
+        return plan
+    per_task = math.ceil(len(files) / max(1, math.ceil(plan.input_bytes / max_split)))
+    best = (plan.tasks, plan.split_bytes)
+    for extra in sorted({per_task - 1, per_task, per_task + 1, 2 * per_task}):
+        split = max_split + open_cost * max(0, extra)
+        parts = spark_partitions(files, split, open_cost)
+        if max(parts) <= max_split and len(parts) < best[0]:
+            best = (len(parts), split)
+    tasks, split = best
+    if split == plan.split_bytes:
+        return plan
+    total = plan.input_bytes + open_cost * len(files)
+    return SplitPlan(**{**plan.as_dict(), "waves": tasks, "tasks": tasks, "task_bytes": round(plan.input_bytes / tasks),
+                        "split_bytes": split, "min_partitions": max(1, total // split),
+                        "waves_reason": None if tasks == 1 else plan.waves_reason})
 
 
 def _slots_can_grow(spark: "SparkSession") -> bool:
