@@ -79,3 +79,86 @@ def test_cuda_start_without_cuda_raises_one_clear_device_error_at_wait():
         start.wait()
     explained = explain_device_failure(RuntimeError(f"Task failed: ... DeviceError: {info.value}\n  at ..."))
     assert explained is not None and "cuda:0" in str(explained)
+
+
+def test_early_cuda_start_only_before_torch_and_with_an_address():
+    """In this process torch is imported already (the runtime would make its own context): nothing starts."""
+    import sys
+
+    import torch  # noqa: F401
+
+    from sparkcurate.spark.devices import start_cuda_early
+
+    assert "torch" in sys.modules
+    assert start_cuda_early("0") is None
+    assert start_cuda_early(None) is None
+
+
+def test_early_cuda_start_in_a_fresh_worker_imports_no_torch(tmp_path):
+    """A fresh interpreter, as a new Python worker: the thread starts, ends (no NVIDIA driver here, or the context
+    made), imports Triton with ``kernels`` and never torch; a bad address is left to the task's own choice."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from sparkcurate.spark.devices import start_cuda_early\n"
+        "import os; os.environ['CUDA_VISIBLE_DEVICES'] = '3'\n"
+        "refused = start_cuda_early('0', kernels=True)\n"
+        "os.environ.pop('CUDA_VISIBLE_DEVICES')\n"
+        "thread = start_cuda_early('0', kernels=True)\n"
+        "thread.join(60)\n"
+        "print(json.dumps({'refused': refused is None, 'ended': not thread.is_alive(),"
+        " 'torch': 'torch' in sys.modules, 'triton': 'triton' in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path), env=_repo_env())
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"refused": True, "ended": True, "torch": False, "triton": _has("triton")}
+
+
+def test_driver_primary_context_steps_and_failures(monkeypatch):
+    """cuInit, the device, its primary context retained, in that order; a failing step stops there (False)."""
+    import ctypes
+
+    from sparkcurate.spark import devices
+
+    calls: list[str] = []
+
+    class FakeDriver:
+        def __init__(self, failing: str | None) -> None:
+            self.failing = failing
+
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append(name)
+                return 100 if name == self.failing else 0
+            return call
+
+    for failing, expected, steps in ((None, True, 3), ("cuDeviceGet", False, 2), ("cuInit", False, 1)):
+        calls.clear()
+        monkeypatch.setattr(ctypes, "CDLL", lambda name, failing=failing: FakeDriver(failing))
+        assert devices._driver_primary_context(0) is expected
+        assert calls == ["cuInit", "cuDeviceGet", "cuDevicePrimaryCtxRetain"][:steps]
+
+    def no_driver(name):
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    assert devices._driver_primary_context(0) is False
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _repo_env() -> dict[str, str]:
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}

@@ -125,3 +125,57 @@ def _create_context(device: str) -> None:
     import torch
 
     torch.empty(1, device=device)  # lazy CUDA init, then the device's primary context (the GIL released)
+
+
+def start_cuda_early(address: str | None, kernels: bool = False) -> "threading.Thread | None":
+    """Before torch is imported: the primary CUDA context of the task's GPU (Spark ``address``), made through the
+    driver API (``libcuda`` by ctypes) on a daemon thread, then, with ``kernels``, Triton's import there too.
+    Returns the thread (None: nothing to do here: no address, torch imported already, or no NVIDIA driver).
+
+    Why: a fresh worker's ``import torch`` takes ~2.3 s on the H100 machine and nothing of the GPU's start needs
+    torch: loading the driver library, ``cuInit`` and the context's creation (~0.3 s, benchmarks/NOTES.md) run
+    behind that import instead of after it (ctypes calls release the GIL). torch's runtime then finds the
+    device's primary context made and retains the same one: what the task computes is unchanged. Anything that
+    fails here is left to torch's own start to report (``CudaStart``), so this never raises."""
+    import sys
+    import threading
+
+    if address is None or "torch" in sys.modules:
+        return None
+    try:
+        ordinal = cuda_index_for_address(address, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    except DeviceError:
+        return None  # the task's own device choice raises this with its context
+    thread = threading.Thread(target=_early_start, args=(ordinal, kernels), name="sparkcurate-cuda-early",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def _early_start(ordinal: int, kernels: bool) -> None:
+    _driver_primary_context(ordinal)
+    if kernels:
+        try:
+            import triton  # noqa: F401 - imports no torch; the packed forward's kernels need it
+        except Exception as exc:  # noqa: BLE001 - the load imports it again and reports
+            log.debug("early Triton import: %s", exc)
+
+
+def _driver_primary_context(ordinal: int) -> bool:
+    """``cuInit``, then retain device ``ordinal``'s primary context (kept for the process, as torch keeps it);
+    whether it exists now."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False  # no NVIDIA driver on this machine
+    device, context = ctypes.c_int(), ctypes.c_void_p()
+    steps = (("cuInit", (0,)), ("cuDeviceGet", (ctypes.byref(device), ordinal)),
+             ("cuDevicePrimaryCtxRetain", (ctypes.byref(context), device)))
+    for name, args in steps:
+        status = getattr(cuda, name)(*args)
+        if status != 0:
+            log.debug("early CUDA start: %s returned %d", name, status)
+            return False
+    return True
