@@ -33,6 +33,7 @@ from sparkcurate.io.sinks import get_sink
 from sparkcurate.io.sources import get_source
 from sparkcurate.io.sources.base import UsageError
 from sparkcurate.io.units import UnitStore, commit_groups, fingerprint, plan_units, unit_identities
+from sparkcurate.report.charts import preload_matplotlib
 from sparkcurate.report.progress import ProgressReporter
 from sparkcurate.report.summary import build_summary, counts_of_units, task_stats_summary, write_report
 from sparkcurate.spark.attributes import attribute_key
@@ -140,6 +141,8 @@ def run(spark: "SparkSession", opts: JobOptions) -> dict[str, Any]:
         job = _group_job(spark, opts, source, sink, listing, whole, text_field, attributes, key, models, meters,
                          commit, laps)
         laps("list_and_infer_schema")
+        if opts.report:  # its charts' import, while the driver waits for the classify job
+            preload_matplotlib()
         # An input that cannot be read in parts (a catalog table, a view without files) is one group, always.
         groups = commit_groups(job.units.todo, _group_bytes(spark, opts)) if job.resumable else [list(listing.files)]
         with ProgressReporter(spark.sparkContext, meters.docs, None, opts.progress_interval_s, opts.quiet,

@@ -346,3 +346,22 @@ def test_awkward_labels_do_not_break_charts(tmp_path):
     page = build_report(out).read_text(encoding="utf-8")
     assert "$\\frac{1" in page and "x" * 500 in page
     assert len(list((out / "_report").glob("chart-*.png"))) == 4
+
+
+def test_matplotlib_preloaded_on_a_thread_in_a_fresh_interpreter():
+    """What the charts import is imported by the thread the pipeline starts during the classify job."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    code = ("import json, sys\n"
+            "from sparkcurate.report.charts import preload_matplotlib\n"
+            "before = 'matplotlib.backends.backend_agg' in sys.modules\n"
+            "thread = preload_matplotlib(); thread.join(120)\n"
+            "print(json.dumps([before, thread.is_alive(), 'matplotlib.backends.backend_agg' in sys.modules,"
+            " 'matplotlib.figure' in sys.modules]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, False, True, True]
