@@ -93,15 +93,16 @@ def warm_sql(session: "SparkSession") -> threading.Thread:
     """Plan, never run, a one-row ``mapInArrow`` query on a daemon thread of a session this process just started.
 
     Why: a fresh application's first DataFrame starts the SQL session state (catalog, analyzer, planner: the
-    JVM loads their classes) and its first Python-UDF plan imports pandas on the driver, ~2.4 s on the H100
-    machine before the executor probe's job could even be submitted (benchmarks/NOTES.md). Done here, it runs
+    JVM loads their classes), its first Python-UDF plan imports pandas on the driver and its first execution
+    generates and compiles code: ~2.4 s on the H100 machine before the executor probe's job could even be
+    submitted (benchmarks/NOTES.md). The query is taken as far as its RDD (``toRdd``: the code generated). Done here, it runs
     while the executors launch and the models' pre-flight works. No Spark job is run: the executors' task
     slots stay free. A failure (a session stopped meanwhile) is logged at debug and changes nothing."""
 
     def plan() -> None:
         try:
             probe_like = session.range(0, 1, 1, 1).mapInArrow(_batches_as_they_are, "id long")
-            probe_like._jdf.queryExecution().executedPlan()
+            probe_like._jdf.queryExecution().toRdd()  # planned and its code generated: an RDD, not a job
         except Exception as exc:  # noqa: BLE001 - a warm-up only; the job's own queries say what is wrong
             log.debug("planning the SQL warm-up query: %s", exc)
 
