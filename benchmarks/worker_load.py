@@ -60,11 +60,6 @@ class Phases:
 def child(model: str, fingerprint: str, path: str) -> dict:
     """One worker's load in this (fresh) interpreter: phase -> seconds and what was loaded."""
     phases = Phases()
-    from sparkcurate.spark.devices import start_cuda_early
-
-    # As a classify task of a fresh worker starts (spark.stage.classify_partition): the driver API makes the
-    # GPU's context, and Triton is imported, on a thread while torch imports (a CPU machine: nothing happens).
-    early = start_cuda_early("0", kernels=True)
     import numpy  # noqa: F401
     import pyarrow  # noqa: F401
 
@@ -117,7 +112,6 @@ def child(model: str, fingerprint: str, path: str) -> dict:
         "card": torch.cuda.get_device_name(0) if device != "cpu" else "cpu",
         "seconds": phases.seconds,
         "cuda_context_thread_s": round(cuda.seconds, 3),  # overlapped: not a phase; cuda_init_wait is what is left
-        "cuda_early": early is not None,  # the driver API's context and Triton's import ran behind torch's import
         "load_total_s": load_total,
         "to_first_result_s": first_result,
         "backbone": f"{type(module.model).__module__}.{type(module.model).__qualname__}",

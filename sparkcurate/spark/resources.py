@@ -208,13 +208,11 @@ class WarmUp:
     def _run(self, placed: tuple[list[str], int] | None, task_thread: int | None) -> None:
         import importlib
 
-        from sparkcurate.spark.devices import select_device, start_cuda_early
+        from sparkcurate.spark.devices import select_device
 
         try:
             if task_thread is not None:
                 _wait_until_idle(task_thread)
-            if placed is not None and placed[0] and any(d != "cpu" for d in self.devices):
-                start_cuda_early(placed[0][0], kernels=True)  # the GPU starts while torch imports
             for name in ("torch", "sparkcurate.engine.runner", *self.modules):
                 importlib.import_module(name)
             import torch

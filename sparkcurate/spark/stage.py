@@ -304,12 +304,8 @@ def make_partition_function(classifiers: list["StageClassifier"], counter=None,
     """The function Spark runs per partition. It closes over plain values only."""
 
     def classify_partition(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
-        from sparkcurate.spark.devices import current_task_device, start_cuda_early, task_gpu_addresses
-
-        if any(c.device != "cpu" for c in classifiers):  # a fresh worker: the GPU starts while torch imports
-            start_cuda_early(next(iter(task_gpu_addresses()), None),
-                             kernels=any(getattr(c, "packed", "off") != "off" for c in classifiers))
         from sparkcurate.engine.runner import collect_ahead, prefetch
+        from sparkcurate.spark.devices import current_task_device
 
         clock = TaskClock()
         placed = [(c, *current_task_device(c.device)) for c in classifiers]

@@ -156,39 +156,3 @@ def test_cuda_start_makes_the_context_on_its_thread():
     start = CudaStart("cuda:0")
     start.wait()
     assert start.seconds >= 0.0 and torch.cuda.is_initialized()
-
-
-def test_early_cuda_start_makes_the_primary_context_torch_then_uses():
-    """In a fresh interpreter (a new Python worker): the driver API's context exists before torch is imported,
-    and torch's runtime runs in that same primary context (the driver's current context once torch computed)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = (
-        "import ctypes, json\n"
-        "from sparkcurate.spark.devices import start_cuda_early\n"
-        "thread = start_cuda_early('0', kernels=True)\n"
-        "thread.join(60)\n"
-        "cuda = ctypes.CDLL('libcuda.so.1')\n"
-        "dev, flags, active = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()\n"
-        "cuda.cuDeviceGet(ctypes.byref(dev), 0)\n"
-        "cuda.cuDevicePrimaryCtxGetState(dev, ctypes.byref(flags), ctypes.byref(active))\n"
-        "before = active.value\n"
-        "primary = ctypes.c_void_p()\n"
-        "cuda.cuDevicePrimaryCtxRetain(ctypes.byref(primary), dev)\n"
-        "import torch\n"
-        "x = torch.arange(6.0, device='cuda:0').reshape(2, 3) @ torch.ones(3, 1, device='cuda:0')\n"
-        "current = ctypes.c_void_p()\n"
-        "cuda.cuCtxGetCurrent(ctypes.byref(current))\n"
-        "print(json.dumps({'active_before_torch': before, 'same': current.value == primary.value,"
-        " 'result': x.flatten().tolist()}))\n"
-    )
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"active_before_torch": 1, "same": True, "result": [3.0, 12.0]}
