@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -39,21 +40,20 @@ def matplotlib_available() -> bool:
     return True
 
 
-def preload_matplotlib() -> "threading.Thread | None":
+def preload_matplotlib() -> threading.Thread | None:
     """Import what the PNG charts need on a daemon thread; None when matplotlib is not installed.
 
     Why: the import is most of a report's time (0.7 s of ~1 s here) and came after the job's last Spark step;
     the pipeline starts it while the driver only waits for the classify job."""
     import importlib.util
-    import threading
 
     if importlib.util.find_spec("matplotlib") is None:
         return None
 
     def load() -> None:
         try:
-            from matplotlib.backends import backend_agg  # noqa: F401
             from matplotlib import figure  # noqa: F401
+            from matplotlib.backends import backend_agg  # noqa: F401
         except Exception as exc:  # noqa: BLE001 - the report imports it again and says what is wrong
             logger.debug("preloading matplotlib: %s", exc)
 

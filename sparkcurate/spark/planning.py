@@ -329,8 +329,8 @@ def _fewest_tasks(plan: SplitPlan, files: list[tuple[int, bool]], max_split: int
     if split == plan.split_bytes:
         return plan
     total = plan.input_bytes + open_cost * len(files)
-    return SplitPlan(**{**plan.as_dict(), "waves": tasks, "tasks": tasks, "task_bytes": round(plan.input_bytes / tasks),
-                        "split_bytes": split, "min_partitions": max(1, total // split),
+    return SplitPlan(**{**plan.as_dict(), "waves": tasks, "tasks": tasks, "split_bytes": split,
+                        "task_bytes": round(plan.input_bytes / tasks), "min_partitions": max(1, total // split),
                         "waves_reason": None if tasks == 1 else plan.waves_reason})
 
 

@@ -95,9 +95,10 @@ def warm_sql(session: "SparkSession") -> threading.Thread:
     Why: a fresh application's first DataFrame starts the SQL session state (catalog, analyzer, planner: the
     JVM loads their classes), its first Python-UDF plan imports pandas on the driver and its first execution
     generates and compiles code: ~2.4 s on the H100 machine before the executor probe's job could even be
-    submitted (benchmarks/NOTES.md). The query is taken as far as its RDD (``toRdd``: the code generated). Done here, it runs
-    while the executors launch and the models' pre-flight works. No Spark job is run: the executors' task
-    slots stay free. A failure (a session stopped meanwhile) is logged at debug and changes nothing."""
+    submitted (benchmarks/NOTES.md). The query is taken as far as its RDD (``toRdd``: the code generated). Done
+    here, it runs while the executors launch and the models' pre-flight works. No Spark job is run: the
+    executors' task slots stay free. A failure (a session stopped meanwhile) is logged at debug and changes
+    nothing."""
 
     def plan() -> None:
         try:
