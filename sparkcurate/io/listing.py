@@ -562,11 +562,11 @@ class NameRule:
 def name_rule(listing: InputListing) -> NameRule | None:
     """The ``NameRule`` that gives the listed files' names with the fewest exceptions (relative to the input
     root, or the whole path), or None when even that one has more than ``MAX_NAME_EXCEPTIONS``."""
+    listed = [(canonical_path(f.path), f.file_name) for f in listing.files]  # once for both rules
     best = None
     for prefix in (root_prefix(listing.root), None):
         rule = NameRule(prefix)
-        missed = tuple((p, f.file_name) for f in listing.files
-                       if rule.name(p := canonical_path(f.path)) != f.file_name)
+        missed = tuple((path, name) for path, name in listed if rule.name(path) != name)
         if best is None or len(missed) < len(best.exceptions):
             best = NameRule(prefix, missed)
     return best if best is not None and len(best.exceptions) <= MAX_NAME_EXCEPTIONS else None
